@@ -1,0 +1,119 @@
+"""The model specification: one dataclass describes VAE, LVAE, LVAE+ and BIVA hierarchies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+VARIANTS = ("vae", "lvae", "lvae+", "biva")
+LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian", "categorical")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field, expected and found."""
+
+
+@dataclass
+class ModelConfig:
+    """A hierarchy of ``L = len(latents)`` stochastic layers over inputs of ``input_shape``.
+
+    Per-layer tuples (``filters``, ``kernels``, ``strides``) are listed bottom (layer 1) to top
+    (layer L); a 1-tuple applies to every layer. Stage i (the deterministic block stack below
+    latent i) has ``blocks`` gated residual blocks, ``filters[i]`` channels, a first kernel
+    ``kernels[i]`` and changes resolution by ``strides[i]``. Latents are dense vectors or
+    convolutional feature maps (``latent_type``); a conv latent's kernel is ``latent_kernel``,
+    0 meaning the size of its feature map (appendix C).
+    """
+
+    variant: Literal["vae", "lvae", "lvae+", "biva"] = "biva"
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    likelihood: Literal["bernoulli", "discretized_logistic", "gaussian", "categorical"] = (
+        "bernoulli")
+    latents: tuple[int, ...] = (48, 40, 32, 24, 16, 8)
+    latent_type: Literal["dense", "conv"] = "dense"
+    latent_kernel: int = 0
+    filters: tuple[int, ...] = (64,)
+    kernels: tuple[int, ...] = (5, 3, 3, 3, 3, 3)
+    strides: tuple[int, ...] = (2, 1, 1, 1, 1, 2)
+    blocks: int = 3
+    dropout_q: float = 0.5
+    dropout_p: float = 0.5
+    min_std: float = 1e-3
+    n_mix: int = 10
+    bits: int = 8
+    num_classes: int = 256
+    likelihood_std: float = 0.0
+    description: str = field(default="", compare=False)
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of stochastic layers."""
+        return len(self.latents)
+
+    def per_layer(self, name: str) -> tuple[int, ...]:
+        """``filters``/``kernels``/``strides`` expanded to one value per layer (length L)."""
+        values = getattr(self, name)
+        return tuple(values) * self.n_layers if len(values) == 1 else tuple(values)
+
+    def spatial_sizes(self) -> list[int]:
+        """[r_0, r_1, ..., r_L]: the feature-map side at the input and after each stage."""
+        sizes = [self.input_shape[-1]]
+        for s in self.per_layer("strides"):
+            sizes.append(sizes[-1] // s)
+        return sizes
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        def fail(fld: str, expected: str, found) -> None:
+            raise ConfigError(f"model.{fld}: expected {expected}, found {found!r}")
+
+        if self.variant not in VARIANTS:
+            fail("variant", f"one of {VARIANTS}", self.variant)
+        if self.likelihood not in LIKELIHOODS:
+            fail("likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.latent_type not in ("dense", "conv"):
+            fail("latent_type", "'dense' or 'conv'", self.latent_type)
+        if len(self.input_shape) != 3 or any(int(d) < 1 for d in self.input_shape):
+            fail("input_shape", "(channels, height, width) of positive ints", self.input_shape)
+        c, h, w = self.input_shape
+        if h != w:
+            fail("input_shape", "square images (height == width)", self.input_shape)
+        n = len(self.latents)
+        if n < 1:
+            fail("latents", "at least one stochastic layer", self.latents)
+        for i, z in enumerate(self.latents):
+            if int(z) < 1:
+                fail(f"latents[{i}]", "a positive size", z)
+        for name, minimum in (("filters", 1), ("kernels", 1), ("strides", 1)):
+            values = getattr(self, name)
+            if len(values) not in (1, n):
+                fail(name, f"1 or {n} values (one per layer)", values)
+            for i, v in enumerate(values):
+                if int(v) < minimum:
+                    fail(f"{name}[{i}]", f"an int >= {minimum}", v)
+        for i, k in enumerate(self.kernels):
+            if k % 2 == 0:
+                fail(f"kernels[{i}]", "an odd kernel size", k)
+        size = h
+        for i, s in enumerate(self.per_layer("strides")):
+            if size % s:
+                raise ConfigError(
+                    f"model.strides[{i}]: image size {h} is not divisible by the strides: "
+                    f"stage {i + 1} gets a {size}x{size} feature map and stride {s}")
+            size //= s
+        if self.blocks < 1:
+            fail("blocks", "an int >= 1", self.blocks)
+        for name in ("dropout_q", "dropout_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                fail(name, "a probability in [0, 1)", p)
+        if not self.min_std > 0:
+            fail("min_std", "a positive float", self.min_std)
+        if self.latent_kernel < 0:
+            fail("latent_kernel", "0 (feature-map size) or a positive kernel", self.latent_kernel)
+        if self.n_mix < 1:
+            fail("n_mix", "an int >= 1", self.n_mix)
+        if not 1 <= self.bits <= 16:
+            fail("bits", "an int in 1..16", self.bits)
+        if self.likelihood == "bernoulli" and c < 1:
+            fail("input_shape", "at least one channel", self.input_shape)

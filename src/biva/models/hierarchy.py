@@ -1,0 +1,369 @@
+"""One hierarchy, four models: VAE, LVAE, LVAE+ and BIVA (Maaloe et al. 2019, appendix B).
+
+Notation (bottom to top, layer i = 1..L; r_i is the feature-map side after stage i):
+
+* Bottom-up (BU) stage i, parameters phi, maps r_{i-1} -> r_i with M gated blocks g_{i,j}:
+  ``d~_{i,0} = x`` (i = 1) else ``<z^BU_{i-1}; d~_{i-1,M}>`` (eq. 7) and
+  ``d~_{i,j} = <g_{i,j}(d~_{i,j-1}); d~_{i-1,j}>`` (eq. 8). BIVA samples
+  ``z^BU_i ~ q(z^BU_i | d~_{i,M})`` (eq. 9) for i < L, and ``z_L ~ q(z_L | d~_{L,M})``.
+* Top-down (TD) stage i, parameters theta, shared by p and q, maps r_{i+1} -> r_i (the mirror
+  of BU stage i+1): ``d_{i,0} = z_{i+1}`` (eq. 4), ``d_{i,j} = <f_{i,j}(d_{i,j-1}); d_{i+1,j}>``
+  (eq. 5, with d_{L,j} = 0). ``p(z^BU_i | z_{>i})`` and ``p(z^TD_i | z_{>i})`` come from one
+  head on ``d_{i,M}`` (eq. 6). TD stage 0 (f_0) maps z_1 and d_{1,.} to the parameters of p(x|z).
+* The TD posterior (eq. 10) is ``q(z^TD_i | <d~_{i,M}; d_{i,M}>)``: an inference-only gated
+  "merge" block that takes d~_{i,M} as input and d_{i,M} as auxiliary input, then a head.
+
+Choices where the paper is silent (also recorded in ``docs``/README):
+
+* ``<a; b>`` is a concatenation followed by the first convolution of the next block; a conv of
+  a concatenation equals the sum of convs, so the skip ``b`` enters a block as its auxiliary
+  input (resampled to the block's input size when the resolutions differ).
+* The stride of a stage sits in its first block. ``<z^BU_{i-1}; d~_{i-1,M}>`` concatenates a
+  learned embedding of the latent (dense: linear + reshape, conv: conv) with the features.
+* BIVA's z^BU_i and z^TD_i both have ``latents[i]`` units; ``z_i = <z^BU_i; z^TD_i>`` is
+  embedded jointly for the stage below.
+
+The four variants differ only in four switches (see :data:`VARIANT_FLAGS`):
+``stochastic_bu`` (z^BU latents on the BU path; VAE's whole inference path is stochastic),
+``bu_skip`` (d~ features flow up through eq. 7/8; off for the VAE, whose q(z_{i+1}|z_i) sees only
+z_i), ``td_inference`` (posterior merges d~ and d: LVAE, LVAE+, BIVA) and ``td_skip``
+(the deterministic top-down path of eq. 5: LVAE+ and BIVA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..likelihoods import Likelihood, build_likelihood
+from ..nn.blocks import GatedResBlock, Stage
+from ..nn.gaussian import (
+    DiagonalGaussian,
+    LatentEmbedding,
+    LatentHead,
+    repeat_batch,
+    standard_normal_log_prob,
+)
+from ..nn.weightnorm import WNConv2d, data_dependent_init
+
+VARIANT_FLAGS = {
+    #          stochastic_bu, bu_skip, td_inference, td_skip
+    "vae": (True, False, False, False),
+    "lvae": (False, True, True, False),
+    "lvae+": (False, True, True, True),
+    "biva": (True, True, True, True),
+}
+
+
+@dataclass
+class HierarchyOutput:
+    """What one pass of the model returns. N = n_samples * B rows, sample-major.
+
+    ``log_weight`` = log p(x|z) + log p(z_>k) - log q(z_>k|x): nats, (N,); its mean is the ELBO
+    (k = 0) or L^{>k}. ``kl`` (N, G) holds log q - log p per latent group (one-sample Monte
+    Carlo), 0 for groups drawn from the prior. ``loss`` is the training objective (scalar).
+    """
+
+    loss: Tensor
+    log_weight: Tensor
+    log_px: Tensor
+    kl: Tensor
+    group_names: list[str]
+    x_params: Tensor
+    latents: dict[str, Tensor]
+    posteriors: dict[str, DiagonalGaussian]
+    n_samples: int
+
+    @property
+    def elbo(self) -> Tensor:
+        """Per-example ELBO (or L^{>k}) in nats, averaged over the samples: (B,)."""
+        return self.log_weight.view(self.n_samples, -1).mean(0)
+
+    @property
+    def kl_per_group(self) -> Tensor:
+        """Per-example KL of each group, averaged over samples: (B, G) nats."""
+        return self.kl.view(self.n_samples, -1, self.kl.shape[1]).mean(0)
+
+
+class HierarchicalVAE(nn.Module):
+    """BIVA and its ablations (LVAE, LVAE+, VAE), selected by ``config.variant``.
+
+    ``model(x)`` with x: (B, C, H, W) in model-input space (see ``biva.data.to_model_input``)
+    returns a :class:`HierarchyOutput`. Call :meth:`initialize` once on a data batch before
+    training (data-dependent weight-norm init); its result is part of ``state_dict``.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.stochastic_bu, self.bu_skip, self.td_inference, self.td_skip = (
+            VARIANT_FLAGS[config.variant])
+        L = self.n_layers = config.n_layers
+        c_in = config.input_shape[0]
+        r = config.spatial_sizes()                    # r[0] = input side, r[i] after stage i
+        F = (0,) + config.per_layer("filters")       # F[i]: channels of stage i (1-based)
+        K = (0,) + config.per_layer("kernels")
+        n = (0,) + tuple(config.latents)             # n[i]: units (or maps) of latent i
+        conv = config.latent_type == "conv"
+        lk = [config.latent_kernel or r[i] for i in range(L + 1)]  # conv latent kernels
+        M = config.blocks
+        self.register_buffer("initialized", torch.tensor(False))
+
+        # Bottom-up path.
+        self.bu_stages = nn.ModuleList()
+        for i in range(1, L + 1):
+            if i == 1:
+                in_ch = c_in
+            else:
+                in_ch = F[i - 1] * (int(self.stochastic_bu) + int(self.bu_skip))
+            skip_ch = F[i - 1] if (self.bu_skip and i > 1) else 0
+            self.bu_stages.append(Stage(in_ch, F[i], r[i - 1], r[i], M, K[i], config.dropout_q,
+                                        skip_ch=skip_ch, skip_size=r[i - 1]))
+        self.bu_heads = nn.ModuleList()        # q(z^BU_i | d~_{i,M}), i < L
+        self.bu_embed = nn.ModuleList()        # z^BU_i -> features entering BU stage i + 1
+        if self.stochastic_bu:
+            for i in range(1, L):
+                self.bu_heads.append(LatentHead(F[i], r[i], [n[i]], conv, lk[i], config.min_std))
+                self.bu_embed.append(LatentEmbedding(n[i], F[i], r[i], conv, lk[i]))
+        self.top_head = LatentHead(F[L], r[L], [n[L]], conv, lk[L], config.min_std)
+
+        # Top-down path (shared by the generative model and the TD inference path).
+        parts = 2 if config.variant == "biva" else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
+        self.td_stages = nn.ModuleList()       # td_stages[i]: r[i+1] -> r[i], i = 0..L-1
+        self.td_embed = nn.ModuleList()        # td_embed[i]: z_{i+1} -> features, i = 0..L-1
+        self.prior_heads = nn.ModuleList()     # prior_heads[i-1]: p(z_i | z_>i), i = 1..L-1
+        for i in range(0, L):
+            out_ch = F[i] if i > 0 else F[1]
+            skip = self.td_skip and i < L - 1
+            self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], M, K[i + 1],
+                                        config.dropout_p, skip_ch=F[i + 2] if skip else 0,
+                                        skip_size=r[i + 1]))
+            z_units = n[i + 1] * (parts if i + 1 < L else 1)
+            self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], conv, lk[i + 1]))
+        for i in range(1, L):
+            self.prior_heads.append(
+                LatentHead(F[i], r[i], [n[i]] * parts, conv, lk[i], config.min_std))
+        self.merges = nn.ModuleList()          # q(z^TD_i | <d~_{i,M}; d_{i,M}>), i = 1..L-1
+        self.td_heads = nn.ModuleList()
+        if self.td_inference:
+            for i in range(1, L):
+                self.merges.append(GatedResBlock(F[i], F[i], r[i], r[i], 3, aux_ch=F[i],
+                                                 dropout=config.dropout_q))
+                self.td_heads.append(
+                    LatentHead(F[i], r[i], [n[i]], conv, lk[i], config.min_std))
+
+        self.likelihood: Likelihood = build_likelihood(
+            config.likelihood, n_mix=config.n_mix, bits=config.bits,
+            num_classes=config.num_classes, fixed_std=config.likelihood_std)
+        self.out_conv = WNConv2d(F[1], self.likelihood.param_channels(c_in), 1, init_scale=0.1)
+        self.group_names = self._group_names()
+
+    # ----------------------------------------------------------------------------- structure
+    def _group_names(self) -> list[str]:
+        names = []
+        for i in range(1, self.n_layers):
+            if self.config.variant == "biva":
+                names += [f"z{i}_bu", f"z{i}_td"]
+            else:
+                names.append(f"z{i}")
+        return names + [f"z{self.n_layers}"]
+
+    def latent_shape(self, layer: int) -> tuple[int, ...]:
+        """Shape of one example's latent at ``layer`` (1..L): (n,) dense, (n, r, r) conv."""
+        units = self.config.latents[layer - 1]
+        if self.config.latent_type == "dense":
+            return (units,)
+        side = self.config.spatial_sizes()[layer]
+        return (units, side, side)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of KL groups: 2L - 1 for BIVA, L otherwise."""
+        return len(self.group_names)
+
+    def group_layer(self, name: str) -> int:
+        """The stochastic layer (1..L) a group belongs to, e.g. 'z3_td' -> 3."""
+        return int(name[1:].split("_")[0])
+
+    # ----------------------------------------------------------------------------- inference
+    def _bottom_up(self, x: Tensor, n_samples: int):
+        """BU pass. Returns per-stage last features d~_{i,M} (at N rows), q's and z^BU samples.
+
+        Work that does not depend on a sample runs once on the B input rows: all of it for the
+        LVAEs, stage 1 for BIVA and the VAE. Tensors are repeated to N = n_samples * B rows
+        only when they first meet a sample.
+        """
+        outs: list[list[Tensor]] = []
+        q_bu: list[DiagonalGaussian] = []
+        z_bu: list[Tensor] = []
+        expanded = n_samples == 1
+        for i, stage in enumerate(self.bu_stages):
+            if i == 0:
+                h, skips = x, None
+            else:
+                pieces = []
+                if self.stochastic_bu:
+                    if not expanded:
+                        outs = [[repeat_batch(t, n_samples) for t in o] for o in outs]
+                        expanded = True
+                    pieces.append(self.bu_embed[i - 1]([z_bu[i - 1]]))
+                if self.bu_skip:
+                    pieces.append(outs[i - 1][-1])
+                h = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+                skips = outs[i - 1] if self.bu_skip else None
+            outs.append(stage(h, skips))
+            if self.stochastic_bu and i < self.n_layers - 1:
+                q = self.bu_heads[i](outs[i][-1])[0]
+                q = q if expanded else q.expand(n_samples)
+                q_bu.append(q)
+                z_bu.append(q.sample())
+        q_top = self.top_head(outs[-1][-1])[0]
+        if not expanded:
+            q_top = q_top.expand(n_samples)
+        last = [o[-1] if expanded else repeat_batch(o[-1], n_samples) for o in outs]
+        return last, q_bu, z_bu, q_top
+
+    def _top_down(self, z_top: Tensor,
+                  layer_fn: Callable[[int, Tensor, list[DiagonalGaussian]], list[Tensor]]
+                  ) -> Tensor:
+        """TD pass from z_L to the parameters of p(x|z).
+
+        ``layer_fn(i, d_iM, priors)`` returns z_i's parts (BIVA: [z^BU_i, z^TD_i]) given the TD
+        features and the conditional priors of layer i; it decides between q and p.
+        """
+        zs, skips = [z_top], None
+        for i in range(self.n_layers - 1, 0, -1):
+            outs = self.td_stages[i](self.td_embed[i](zs), skips if self.td_skip else None)
+            zs = layer_fn(i, outs[-1], self.prior_heads[i - 1](outs[-1]))
+            skips = outs
+        outs = self.td_stages[0](self.td_embed[0](zs), skips if self.td_skip else None)
+        return self.out_conv(outs[-1])
+
+    def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
+                free_bits: float = 0.0, kl_weight: float = 1.0) -> HierarchyOutput:
+        """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
+
+        ``prior_layers = k`` gives the L^{>k} bound (eq. 2): layers 1..k are drawn from the
+        conditional prior p(z_<=k | z_>k) -- for BIVA both z^BU_i and z^TD_i -- while z_>k come
+        from q. BIVA's q(z_>k | x) still conditions on the q-draws of z^BU_<=k, which act as
+        auxiliary variables: with r(a | x, z_>k) = q(a | x) for a = z^BU_<=k,
+        ``E[log p(x|z) + log p(z_>k) - log q(z_>k | x, a)] <= log p(x)`` (Jensen twice), and the
+        same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. Loss: the negative ELBO with
+        free bits ``max(KL_g, free_bits)`` per group and example, KL scaled by ``kl_weight``.
+        """
+        if not 0 <= prior_layers < self.n_layers:
+            raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
+        last, q_bu, z_bu, q_top = self._bottom_up(x, n_samples)
+        kl: dict[str, Tensor] = {}
+        latents: dict[str, Tensor] = {}
+        posteriors: dict[str, DiagonalGaussian] = {}
+        L = self.n_layers
+
+        def record(name: str, z: Tensor, q: DiagonalGaussian, p_log: Tensor) -> None:
+            kl[name] = q.log_prob(z) - p_log
+            latents[name], posteriors[name] = z, q
+
+        z_top = q_top.sample()
+        record(f"z{L}", z_top, q_top, standard_normal_log_prob(z_top))
+
+        def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
+            if i <= prior_layers:
+                zs = [p.sample() for p in priors]
+                for name, z in zip(self._layer_names(i), zs, strict=True):
+                    latents[name] = z
+                return zs
+            if self.config.variant == "biva":
+                q_td = self.td_heads[i - 1](self.merges[i - 1](last[i - 1], d))[0]
+                z_td = q_td.sample()
+                record(f"z{i}_bu", z_bu[i - 1], q_bu[i - 1], priors[0].log_prob(z_bu[i - 1]))
+                record(f"z{i}_td", z_td, q_td, priors[1].log_prob(z_td))
+                return [z_bu[i - 1], z_td]
+            if self.td_inference:
+                q = self.td_heads[i - 1](self.merges[i - 1](last[i - 1], d))[0]
+                z = q.sample()
+            else:
+                q, z = q_bu[i - 1], z_bu[i - 1]
+            record(f"z{i}", z, q, priors[0].log_prob(z))
+            return [z]
+
+        x_params = self._top_down(z_top, layer_fn)
+        log_px = self.likelihood.log_prob(x_params, repeat_batch(x, n_samples))
+        zero = log_px.new_zeros(log_px.shape)
+        kl_all = torch.stack([kl.get(g, zero) for g in self.group_names], dim=1)
+        log_weight = log_px - kl_all.sum(1)
+        kl_train = kl_all.clamp_min(free_bits) if free_bits > 0 else kl_all
+        loss = -(log_px - kl_weight * kl_train.sum(1)).mean()
+        return HierarchyOutput(loss=loss, log_weight=log_weight, log_px=log_px, kl=kl_all,
+                               group_names=list(self.group_names), x_params=x_params,
+                               latents=latents, posteriors=posteriors, n_samples=n_samples)
+
+    def _layer_names(self, i: int) -> list[str]:
+        return [f"z{i}_bu", f"z{i}_td"] if self.config.variant == "biva" else [f"z{i}"]
+
+    # ----------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float | Sequence[float] = 1.0,
+               generator: torch.Generator | None = None, mode: str = "mean") -> Tensor:
+        """Draw n images from the prior; (n, C, H, W) in model-input space.
+
+        ``temperature`` scales the latent standard deviations, globally or per layer (a list
+        of L values, layer 1 first). With a ``generator`` the latent noise is a function of its
+        seed only, so rows are comparable across temperatures. ``mode``: "mean" shows p(x|z)'s
+        mean, "sample" draws from it.
+        """
+        return self.decode(self.sample_params(n, temperature, generator), mode)
+
+    @torch.no_grad()
+    def sample_params(self, n: int, temperature: float | Sequence[float] = 1.0,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """The parameters of p(x|z) for n prior draws (see :meth:`sample`)."""
+        temps = self._temperatures(temperature)
+        device, dtype = self.out_conv.v.device, self.out_conv.v.dtype
+        was_training = self.training
+        self.eval()  # generation never uses dropout
+
+        def noise(shape) -> Tensor:
+            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+        z_top = temps[-1] * noise((n, *self.latent_shape(self.n_layers)))
+
+        def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
+            return [p.sample(temps[i - 1], noise(p.mu.shape)) for p in priors]
+
+        try:
+            return self._top_down(z_top, layer_fn)
+        finally:
+            self.train(was_training)
+
+    def decode(self, x_params: Tensor, mode: str = "mean") -> Tensor:
+        """Turn p(x|z) parameters into images: its mean ("mean") or a draw ("sample")."""
+        if mode == "mean":
+            return self.likelihood.mean(x_params)
+        if mode == "sample":
+            return self.likelihood.sample(x_params)
+        raise ValueError(f"mode must be 'mean' or 'sample', got {mode!r}")
+
+    def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
+        if isinstance(temperature, (int, float)):
+            return [float(temperature)] * self.n_layers
+        temps = [float(t) for t in temperature]
+        if len(temps) != self.n_layers:
+            raise ValueError(f"temperature: expected one value or {self.n_layers} (one per "
+                             f"layer), found {len(temps)}")
+        return temps
+
+    # ----------------------------------------------------------------------------- init
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Data-dependent weight-norm init on a batch x (B, C, H, W); run once before training.
+
+        Marks the model initialized (a buffer saved in ``state_dict``), so trainers that load
+        a checkpoint never run it again.
+        """
+        data_dependent_init(self, lambda: self(x))
+        self.initialized.fill_(True)

@@ -1,0 +1,86 @@
+"""Named model presets: the architectures of appendix C and CPU-sized versions of them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .config import ConfigError, ModelConfig
+
+
+def _binary(**kw) -> ModelConfig:
+    # Appendix C, binary images: L = 6, 64 filters, M = 3, 5x5 kernels in stage 1, stride 2 in
+    # stages 1 and 6 (28 -> 14 -> 7), dense latents 48..8, dropout 0.5 in q and p.
+    base = ModelConfig(
+        input_shape=(1, 28, 28), likelihood="bernoulli", latents=(48, 40, 32, 24, 16, 8),
+        latent_type="dense", filters=(64,), kernels=(5, 3, 3, 3, 3, 3),
+        strides=(2, 1, 1, 1, 1, 2), blocks=3, dropout_q=0.5, dropout_p=0.5)
+    return replace(base, **kw)
+
+
+def _natural32(n_layers: int = 15, **kw) -> ModelConfig:
+    # Appendix C, 32x32: 96 filters, M = 3, 5x5 in stage 1; stride 2 in stages 1, 11 and 15
+    # (32 -> 16 -> 8 -> 4); conv latents 38, 36, ..., 10; dropout 0.2 in q, none in p.
+    # For L != 15 (the LVAE+ L = 29 ablation) the strides are spread the same way: stride 2 at
+    # the first layer, at 2/3 of the depth (rounded up) and at the top.
+    strides = [1] * n_layers
+    strides[0] = strides[-1] = 2
+    strides[round(n_layers * 10 / 15)] = 2
+    latents = tuple(max(2, 38 - 2 * i) for i in range(n_layers))
+    base = ModelConfig(
+        input_shape=(3, 32, 32), likelihood="discretized_logistic", latents=latents,
+        latent_type="conv", latent_kernel=0, filters=(96,), kernels=(5,) + (3,) * (n_layers - 1),
+        strides=tuple(strides), blocks=3, dropout_q=0.2, dropout_p=0.0, n_mix=10)
+    return replace(base, **kw)
+
+
+def _natural64(**kw) -> ModelConfig:
+    # Appendix C, 64x64: L = 20; 7x7 and 5x5 stride-2 stages 1-2, 64 filters up to stage 11
+    # (stride 2), 128 filters for 12-20 (stride 2 at 20): 64 -> 32 -> 16 -> 8 -> 4;
+    # conv latents 20, 19, ..., 1.
+    strides = [2, 2] + [1] * 8 + [2] + [1] * 8 + [2]
+    base = ModelConfig(
+        input_shape=(3, 64, 64), likelihood="discretized_logistic",
+        latents=tuple(range(20, 0, -1)), latent_type="conv", latent_kernel=0,
+        filters=(64,) * 11 + (128,) * 9, kernels=(7, 5) + (3,) * 18, strides=tuple(strides),
+        blocks=3, dropout_q=0.2, dropout_p=0.0, n_mix=10)
+    return replace(base, **kw)
+
+
+def _digits(**kw) -> ModelConfig:
+    # scikit-learn's 8x8 digits: a small BIVA that trains in minutes on 2 CPU cores.
+    base = ModelConfig(
+        input_shape=(1, 8, 8), likelihood="bernoulli", latents=(16, 12, 8), latent_type="dense",
+        filters=(32,), kernels=(3,), strides=(2, 1, 2), blocks=2, dropout_q=0.1, dropout_p=0.1)
+    return replace(base, **kw)
+
+
+PRESETS = {
+    # Binary images (MNIST, OMNIGLOT, Fashion-MNIST), the paper's size: 31.5M parameters.
+    "binary": lambda: _binary(description="Appendix C binary-image BIVA, L=6"),
+    # Same structure sized for a CPU: 32 filters, 2 blocks a stage.
+    "binary-cpu": lambda: _binary(filters=(32,), blocks=2, dropout_q=0.2, dropout_p=0.2,
+                                  description="CPU-sized binary-image BIVA, L=6"),
+    "natural32": lambda: _natural32(description="Appendix C 32x32 BIVA, L=15"),
+    "natural32-cpu": lambda: _natural32(filters=(32,), blocks=1,
+                                        description="CPU-sized 32x32 BIVA, L=15"),
+    "natural64": lambda: _natural64(description="Appendix C 64x64 BIVA, L=20"),
+    "digits": lambda: _digits(description="Small BIVA for 8x8 digits"),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A named :class:`ModelConfig` (see ``PRESETS``) with fields replaced by ``overrides``.
+
+    ``preset("natural32", variant="lvae")`` gives the LVAE ablation of Table 1;
+    ``preset("natural32-l29", variant="lvae+")`` the LVAE+ with 2L-1 = 29 layers.
+    """
+    if name == "natural32-l29":
+        cfg = _natural32(n_layers=29, description="32x32 hierarchy with 29 layers")
+    elif name in PRESETS:
+        cfg = PRESETS[name]()
+    else:
+        names = sorted([*PRESETS, "natural32-l29"])
+        raise ConfigError(f"unknown preset {name!r}; expected one of {names}")
+    cfg = replace(cfg, **overrides)
+    cfg.validate()
+    return cfg

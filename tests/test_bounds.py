@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from biva import HierarchicalVAE, LinearGaussianHierarchy, importance_weighted_bound, preset
+from biva.objectives import bits_per_dim, effective_sample_size, log_weights
+
+
+def _data(model, n=64, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.dims[-1], generator=g, dtype=torch.float64)
+    for i in range(model.L - 1, -1, -1):
+        z = z @ model.A[i].T + model.b[i] + model.s[i] * torch.randn(
+            n, model.dims[i], generator=g, dtype=torch.float64)
+    return z
+
+
+def test_exact_posterior_gives_log_px_with_every_sample():
+    torch.manual_seed(0)
+    m = LinearGaussianHierarchy((5, 3, 2), exact_posterior=True)
+    x = _data(m)
+    lw = m(x, n_samples=4).log_weight.view(4, -1)
+    torch.testing.assert_close(lw, m.log_marginal(x).expand(4, -1))
+
+
+def test_iw_bound_rises_with_k_towards_log_px():
+    torch.manual_seed(0)
+    m = LinearGaussianHierarchy((6, 4, 2), seed=1)
+    x = _data(m, n=32)
+    log_px = m.log_marginal(x).mean().item()
+    bounds = {k: importance_weighted_bound(m, x, k).mean().item() for k in (1, 10, 100, 5000)}
+    assert bounds[1] < bounds[10] < bounds[100] < bounds[5000] <= log_px + 1e-3
+    assert log_px - bounds[5000] < 0.25 * (log_px - bounds[1])
+
+
+def test_l_greater_k_is_a_lower_bound_on_the_exact_marginal():
+    torch.manual_seed(0)
+    m = LinearGaussianHierarchy((6, 4, 3, 2), seed=2, exact_posterior=True)
+    x = _data(m, n=16)
+    log_px = m.log_marginal(x)
+    for k in range(m.L):
+        lw = m(x, n_samples=2000, prior_layers=k).log_weight.view(2000, -1)
+        mean, se = lw.mean(0), lw.std(0) / math.sqrt(2000)
+        assert torch.all(mean <= log_px + 4 * se + 1e-9), k
+        if k > 0:  # the prior replaces the exact posterior below k: strictly looser on average
+            assert (log_px - mean).mean() > 0.1
+
+
+def test_chunked_logsumexp_equals_the_direct_one():
+    class Fixed(torch.nn.Module):
+        """Log-weights that depend only on the call count, to compare chunkings exactly."""
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x, n_samples=1, prior_layers=0):
+            start = self.calls
+            self.calls += n_samples
+            s = torch.arange(start, start + n_samples, dtype=torch.float64)
+            lw = (torch.sin(s)[:, None] * 30 + x[None, :, 0]).reshape(-1)
+            return type("O", (), {"log_weight": lw})()
+
+    x = torch.randn(3, 1, dtype=torch.float64)
+    direct = torch.logsumexp(torch.sin(torch.arange(1000.0, dtype=torch.float64))[:, None] * 30
+                             + x[None, :, 0], 0) - math.log(1000)
+    for max_batch in (3, 30, 3 * 7, 10**6):
+        got = importance_weighted_bound(Fixed(), x, 1000, max_batch=max_batch)
+        torch.testing.assert_close(got, direct)
+
+
+@pytest.mark.parametrize("variant", ["vae", "lvae", "lvae+", "biva"])
+def test_l_greater_zero_is_the_elbo_estimator_on_the_same_samples(variant):
+    model = HierarchicalVAE(preset("digits", variant=variant)).eval()
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3))
+    model.initialize(x)
+    torch.manual_seed(5)
+    l0 = importance_weighted_bound(model, x, 1, prior_layers=0)
+    torch.manual_seed(5)
+    out = model(x)
+    torch.testing.assert_close(l0, out.elbo.double())
+    torch.testing.assert_close(out.elbo, out.log_px - out.kl.sum(1))
+
+
+@pytest.mark.parametrize("variant", ["lvae", "biva"])
+def test_real_model_bounds_are_ordered_and_finite(variant):
+    torch.manual_seed(0)
+    model = HierarchicalVAE(preset("digits", variant=variant))
+    x = torch.bernoulli(torch.full((8, 1, 8, 8), 0.3))
+    model.initialize(x)
+    l1 = importance_weighted_bound(model, x, 200, max_batch=8).mean()
+    l200 = importance_weighted_bound(model, x, 200, max_batch=400).mean()
+    elbo = torch.stack([model.eval()(x).elbo for _ in range(50)]).mean()
+    assert torch.isfinite(l200) and l200 > elbo
+    assert l1 == pytest.approx(l200.item(), abs=0.5)   # chunking changes only the noise
+    lw = log_weights(model, x, 64)
+    ess = effective_sample_size(lw)
+    assert lw.shape == (64, 8) and torch.all((ess >= 1) & (ess <= 64 + 1e-6))
+    for k in range(1, model.n_layers):
+        assert torch.isfinite(importance_weighted_bound(model, x, 4, prior_layers=k)).all()
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(-math.log(2) * 3072 * 3.0, 3072) == pytest.approx(3.0)

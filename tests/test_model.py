@@ -1,0 +1,124 @@
+import io
+
+import pytest
+import torch
+from safetensors.torch import load, save
+
+from biva import HierarchicalVAE, ModelConfig, preset
+from biva.nn import WNConv2d, data_dependent_init, std_from_raw
+
+VARIANTS = ["vae", "lvae", "lvae+", "biva"]
+
+
+def tiny_conv(variant: str) -> ModelConfig:
+    return ModelConfig(variant=variant, input_shape=(3, 8, 8), likelihood="discretized_logistic",
+                       latents=(6, 4, 2), latent_type="conv", filters=(8,), kernels=(3,),
+                       strides=(2, 1, 2), blocks=2, dropout_q=0.1, dropout_p=0.1, n_mix=2)
+
+
+def rgb_batch(b=4):
+    return torch.randint(0, 256, (b, 3, 8, 8)).float() / 127.5 - 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_shapes_and_gradients_reach_every_parameter(variant, kind):
+    torch.manual_seed(0)
+    if kind == "dense":
+        model, x = HierarchicalVAE(preset("digits", variant=variant)), torch.bernoulli(
+            torch.full((4, 1, 8, 8), 0.4))
+    else:
+        model, x = HierarchicalVAE(tiny_conv(variant)), rgb_batch()
+    model.initialize(x)
+    out = model(x)
+    groups = 2 * model.n_layers - 1 if variant == "biva" else model.n_layers
+    assert out.kl.shape == (4, groups) and out.elbo.shape == (4,)
+    assert out.x_params.shape[0] == 4 and out.loss.dim() == 0
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+    assert model.sample(3).shape == (3, *x.shape[1:])
+    out3 = model(x, n_samples=3)
+    assert out3.log_weight.shape == (12,) and out3.elbo.shape == (4,)
+
+
+def test_variants_differ_exactly_where_the_paper_says():
+    m = {v: HierarchicalVAE(preset("binary-cpu", variant=v)) for v in VARIANTS}
+    L = 6
+    assert m["biva"].n_groups == 2 * L - 1 and m["lvae+"].n_groups == L
+    # BU latents only in BIVA (and the VAE, whose whole q is bottom-up).
+    assert len(m["biva"].bu_heads) == L - 1 and len(m["lvae"].bu_heads) == 0
+    assert len(m["lvae+"].bu_heads) == 0 and len(m["vae"].bu_heads) == L - 1
+    # The deterministic top-down skip path: blocks with an auxiliary input in the TD stages.
+    def td_skips(model):
+        return sum(b.aux is not None for s in model.td_stages for b in s.blocks)
+    assert td_skips(m["lvae"]) == 0 and td_skips(m["vae"]) == 0
+    assert td_skips(m["lvae+"]) == td_skips(m["biva"]) == (L - 1) * 2   # stages 0..L-2, M=2
+    # Top-down inference (shared TD parameters + merge) in all but the VAE.
+    assert len(m["vae"].merges) == 0 and len(m["lvae"].merges) == L - 1
+    # The VAE's BU stages see only z_{i-1}: no skips from the stage below.
+    assert all(b.aux is None for s in m["vae"].bu_stages for b in s.blocks)
+    # LVAE+ is LVAE plus the TD path; BIVA is LVAE+ plus the BU latents.
+    n = {v: sum(p.numel() for p in model.parameters()) for v, model in m.items()}
+    assert n["lvae"] < n["lvae+"] < n["biva"]
+
+
+def test_std_can_go_below_one_but_not_below_the_floor():
+    s = std_from_raw(torch.tensor([-50.0, -3.0, 0.0, 5.0]), 1e-3)
+    assert s[0] >= 1e-3 and s[0] < 2e-3 and s[1] < 0.2
+    assert s[2] == pytest.approx(1.001) and s[3] > 4
+
+
+def test_data_dependent_init_normalizes_preactivations_and_forward_never_reinits():
+    torch.manual_seed(0)
+    conv = WNConv2d(3, 5, 3)
+    x = torch.randn(16, 3, 6, 6) * 4 + 2
+    data_dependent_init(conv, lambda: conv(x))
+    y = conv(x)
+    torch.testing.assert_close(y.mean((0, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std((0, 2, 3), unbiased=False), torch.ones(5), atol=1e-4,
+                               rtol=0)
+    g = conv.g.detach().clone()
+    conv(x * 10)
+    assert torch.equal(g, conv.g)   # forward never touches the init
+
+
+def test_initialize_sets_flag_and_survives_save_load_bit_identically():
+    torch.manual_seed(0)
+    cfg = preset("digits")
+    a = HierarchicalVAE(cfg)
+    x = torch.bernoulli(torch.full((8, 1, 8, 8), 0.4))
+    assert not bool(a.initialized)
+    a.initialize(x)
+    assert bool(a.initialized)
+    blob = save({k: v.contiguous() for k, v in a.state_dict().items()})
+    b = HierarchicalVAE(cfg)
+    b.load_state_dict(load(io.BytesIO(blob).getvalue()))
+    assert bool(b.initialized)
+    for model in (a, b):
+        model.eval()
+    torch.manual_seed(42)
+    oa = a(x, n_samples=2)
+    torch.manual_seed(42)
+    ob = b(x, n_samples=2)
+    assert torch.equal(oa.log_weight, ob.log_weight) and torch.equal(oa.x_params, ob.x_params)
+
+
+def test_sampling_with_a_generator_is_reproducible_and_temperature_scales_the_noise():
+    model = HierarchicalVAE(preset("digits"))
+    model.initialize(torch.bernoulli(torch.full((8, 1, 8, 8), 0.4)))
+    p1 = model.sample_params(4, 1.0, torch.Generator().manual_seed(0))
+    p2 = model.sample_params(4, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(p1, p2)
+    p0 = model.sample_params(4, 0.0, torch.Generator().manual_seed(0))
+    p0b = model.sample_params(4, 0.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(p0, p0b)     # temperature 0: the noise does not matter
+    with pytest.raises(ValueError, match="one per layer"):
+        model.sample(2, temperature=[1.0, 0.5])
+
+
+def test_prior_layers_out_of_range_is_an_error():
+    model = HierarchicalVAE(preset("digits"))
+    with pytest.raises(ValueError, match="prior_layers"):
+        model(torch.zeros(1, 1, 8, 8), prior_layers=3)
