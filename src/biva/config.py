@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .utils.config_io import ConfigError
+
 VARIANTS = ("vae", "lvae", "lvae+", "biva")
 LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian", "categorical")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field, expected and found."""
+__all__ = ["ConfigError", "ModelConfig", "VARIANTS", "LIKELIHOODS"]
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..training.trainer import resolve_device
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--device and --threads."""
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0: torch's default)")
+
+
+def setup_runtime(args: argparse.Namespace) -> torch.device:
+    """Apply --threads and resolve --device."""
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def parse_temperatures(text: str) -> list[float]:
+    """"1.0" or "1.0,0.8,0.6" -> list of floats."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"--temperature: expected numbers separated by commas, found {text!r}"
+                         ) from err
+    if not values or any(v < 0 for v in values):
+        raise ValueError(f"--temperature: expected non-negative numbers, found {text!r}")
+    return values

@@ -1,0 +1,40 @@
+"""The ``biva`` command: train, evaluate, sample, run (the whole pipeline), download, configs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import configs_cmd, download_cmd, evaluate_cmd, run_cmd, sample_cmd, train_cmd
+
+SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="biva", description="Deep hierarchical VAEs (BIVA, LVAE, LVAE+, VAE): train, "
+        "evaluate importance-weighted bounds, sample.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        # Bad input: one clear line naming the problem, no traceback.
+        print(f"biva {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

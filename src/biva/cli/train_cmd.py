@@ -1,0 +1,84 @@
+"""``biva train``: train a model from a config, or resume a run."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..training import Trainer, load_run_config
+from ..training.config import shipped_configs
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model (or resume a run)",
+        description="Train a model from a shipped config name or a YAML/JSON file. Any field "
+        "can be overridden with --set section.field=value, e.g. --set train.steps=2000 "
+        "--set model.filters=[32]. Resume an interrupted run with --resume RUN_DIR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_options(p)
+    p.set_defaults(func=run)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``biva train`` (shared with ``biva run``)."""
+    p.add_argument("--config", default="digits",
+                   help=f"shipped config ({', '.join(shipped_configs())}) or a file path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="run directory (default: runs/<config>-<time>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="shortcut for --set train.steps=N")
+    p.add_argument("--seed", type=int, default=None, help="shortcut for --set train.seed=N")
+    p.add_argument("--device", default=None, help="shortcut for --set train.device=...")
+    p.add_argument("--threads", type=int, default=None, help="shortcut for train.threads")
+    p.add_argument("--amp", choices=["none", "bf16"], default=None,
+                   help="bf16 autocast (CPU or CUDA); the bounds stay in float32")
+    p.add_argument("--data-root", default=None, help="shortcut for --set data.root=DIR")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="stop at this step as if interrupted (resume later with --resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """Turn the shortcut flags into --set overrides."""
+    out = list(args.overrides)
+    for flag, key in (("steps", "train.steps"), ("seed", "train.seed"),
+                      ("device", "train.device"), ("threads", "train.threads"),
+                      ("amp", "train.amp"), ("data_root", "data.root")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    if getattr(args, "no_progress", False):
+        out.append("train.progress=false")
+    return out
+
+
+def default_run_dir(config: str) -> Path:
+    """runs/<config name>-<YYYYmmdd-HHMMSS>."""
+    return Path("runs") / f"{Path(config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
+    """A new or resumed Trainer from the parsed train options, and its run directory."""
+    if args.resume is not None:
+        return Trainer.resume(args.resume, stop_after=args.stop_after), args.resume
+    cfg = load_run_config(args.config, shortcut_overrides(args))
+    cfg.name = Path(args.config).stem
+    run_dir = args.run_dir or default_run_dir(args.config)
+    return Trainer(cfg, run_dir, stop_after=args.stop_after), run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    trainer, run_dir = make_trainer(args)
+    last = trainer.fit()
+    if trainer.rank == 0:
+        best = trainer.best_valid
+        print(f"run directory: {run_dir}  (step {trainer.step}, best validation ELBO "
+              f"{best:.3f} nats, {trainer.skipped} skipped updates)")
+        if last.get("images_per_s"):
+            print(f"throughput: {last['images_per_s']:.1f} images/s")
+    return 0

@@ -1,0 +1,51 @@
+"""Load a trained model (EMA weights) from a run directory or a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models import HierarchicalVAE
+from ..training.config import RunConfig, resolve_config
+from ..utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from ..utils.config_io import load_config_file
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """``which``: "best" (best validation ELBO; falls back to latest), "latest", or a path."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "latest"):
+        path = Path(which)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint")
+        return path
+    best = run_dir / "checkpoints" / "best"
+    if which == "best" and (best / "meta.json").is_file():
+        return best
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/"
+                              f"step_*/ or best/); has the run saved one yet?")
+    return latest
+
+
+def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+                 ) -> tuple[HierarchicalVAE, RunConfig, dict]:
+    """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
+
+    The data-dependent init is part of the saved weights and is never re-run here.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: no such file; is {run_dir} a biva run directory?")
+    cfg = resolve_config(load_config_file(cfg_path))
+    path = find_checkpoint(run_dir, which)
+    tensors, state = load_checkpoint(path, map_location=device)
+    weights = tensors["ema"] if "ema" in tensors else tensors["model"]
+    model = HierarchicalVAE(cfg.model).to(device)
+    model.load_state_dict(weights)
+    model.eval()
+    state = {**state, "checkpoint": str(path)}
+    return model, cfg, state

@@ -1,0 +1,46 @@
+"""Training curves from a run's metrics.jsonl (matplotlib, consistent style, labelled units)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..utils.jsonl import read_jsonl  # noqa: E402
+
+
+def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """ELBO (train and validation) and KL per latent group against steps; returns the PNG."""
+    run_dir = Path(run_dir)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r.get("kind") == "train"]
+    valid = [r for r in records if r.get("kind") == "valid"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    ax = axes[0]
+    if train:
+        ax.plot([r["step"] for r in train], [r["elbo"] for r in train], label="train ELBO")
+    if valid:
+        ax.plot([r["step"] for r in valid], [r["valid_elbo"] for r in valid], "o-",
+                label="validation ELBO (EMA)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ELBO (nats per example)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax = axes[1]
+    if train and train[0].get("kl_groups"):
+        for g in train[0]["kl_groups"]:
+            ax.plot([r["step"] for r in train], [max(r["kl_groups"][g], 1e-3) for r in train],
+                    label=g)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("KL(q || p) per group (nats)")
+    ax.grid(alpha=0.3)
+    out = Path(out) if out else run_dir / "figures" / "training_curves.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,169 @@
+"""Run configuration: model + data + training + evaluation, as plain validated dataclasses.
+
+A config file (YAML or JSON) has the sections ``model``, ``data``, ``train`` and ``eval``.
+``model.preset`` names a preset from :mod:`biva.presets` whose fields the rest of the section
+overrides. The resolved config (preset expanded) is what a run directory stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from ..config import ConfigError, ModelConfig
+from ..presets import preset
+from ..utils.config_io import apply_overrides, from_dict, load_config_file
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where its files are, and how binary data are binarized."""
+
+    name: str = "digits"
+    root: str | None = None          # data folder; default $BIVA_DATA_DIR or ~/.cache/biva/data
+    path: str | None = None          # for "folder" / "npz" datasets
+    binarization: Literal["static", "dynamic"] | None = None   # None: the dataset's default
+    valid_size: int | None = None    # None: the dataset's default
+    download: bool = False
+    labels_per_class: int = 0        # > 0: semi-supervised split (labelled per class)
+
+    def validate(self) -> None:
+        if self.valid_size is not None and self.valid_size < 1:
+            raise ConfigError(f"data.valid_size: expected a positive int, found {self.valid_size}")
+        if self.labels_per_class < 0:
+            raise ConfigError(
+                f"data.labels_per_class: expected an int >= 0, found {self.labels_per_class}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimization recipe; defaults follow the paper (appendix C) and its reference code.
+
+    Adamax(0.9, 0.999); lr warms up linearly over ``warmup_steps`` to ``lr`` then decays by
+    ``lr_decay`` per step to ``min_lr``; free bits ``free_bits`` per group and example, then
+    a fine-tuning phase with free bits 0 for the last ``finetune_steps``; KL weight warm-up
+    over ``kl_warmup_steps``; EMA of the parameters (decay ``ema_decay``) for evaluation.
+    Updates whose gradient norm is non-finite or above ``skip_threshold`` are skipped (counted
+    in the logs); others are clipped to ``grad_clip``.
+    """
+
+    steps: int = 100_000
+    batch_size: int = 48
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    lr_decay: float = 0.999999
+    warmup_steps: int = 200
+    adam_betas: tuple[float, ...] = (0.9, 0.999)
+    free_bits: float = 2.0
+    finetune_steps: int = 0
+    kl_warmup_steps: int = 0
+    ema_decay: float = 0.9995
+    grad_clip: float = 200.0
+    skip_threshold: float = 1000.0
+    max_consecutive_skips: int = 20
+    seed: int = 0
+    device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: Literal["none", "bf16"] = "none"
+    threads: int = 0                 # CPU threads; 0 leaves torch's default
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_batches: int = 0            # validation batches per evaluation; 0 = whole split
+    checkpoint_every: int = 1000
+    keep_last: int = 2
+    init_batch: int = 256            # examples for the data-dependent weight-norm init
+    max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+                     "init_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: expected an int >= 1, found "
+                                  f"{getattr(self, name)}")
+        if not 0 <= self.finetune_steps <= self.steps:
+            raise ConfigError(f"train.finetune_steps: expected 0..steps ({self.steps}), found "
+                              f"{self.finetune_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: expected a value in [0, 1), found "
+                              f"{self.ema_decay}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError(f"train.lr/min_lr: expected lr > 0 and min_lr >= 0, found "
+                              f"{self.lr}, {self.min_lr}")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"train.adam_betas: expected 2 values, found {self.adam_betas}")
+        if self.free_bits < 0:
+            raise ConfigError(f"train.free_bits: expected >= 0, found {self.free_bits}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation defaults: importance samples and the memory bound of one batched pass."""
+
+    k: int = 1000
+    batch_size: int = 100
+    max_batch: int = 4096            # rows (samples x examples) of one batched pass
+    n_examples: int = 0              # 0 = the whole split
+
+    def validate(self) -> None:
+        if self.k < 1 or self.batch_size < 1 or self.max_batch < 1:
+            raise ConfigError("eval.k, eval.batch_size and eval.max_batch must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved as ``config.json`` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "run"
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        self.eval.validate()
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package (``biva train --config NAME``)."""
+    folder = resources.files("biva") / "configs"
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _config_source(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        return load_config_file(path)
+    shipped = resources.files("biva") / "configs" / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"config {name_or_path!r}: no such file, and not a shipped config "
+                          f"(shipped: {', '.join(shipped_configs())})")
+    with resources.as_file(shipped) as p:
+        return load_config_file(p)
+
+
+def resolve_config(data: dict) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a raw dict (expands ``model.preset``)."""
+    data = dict(data)
+    model = dict(data.get("model") or {})
+    if "preset" in model:
+        base = asdict(preset(model.pop("preset")))
+        base.pop("description", None)
+        base.update(model)  # unknown keys are reported by from_dict, with suggestions
+        model = base
+    data["model"] = model
+    cfg = from_dict(RunConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def load_run_config(name_or_path: str | None = None, overrides: list[str] | None = None,
+                    base: dict | None = None) -> RunConfig:
+    """Load a shipped config by name or a YAML/JSON file, apply ``a.b=value`` overrides."""
+    raw = base if base is not None else (_config_source(name_or_path) if name_or_path else {})
+    raw = apply_overrides(raw, overrides or [])
+    return resolve_config(raw)

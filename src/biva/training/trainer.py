@@ -1,0 +1,373 @@
+"""The training loop: paper recipe, safe updates, atomic checkpoints, exact resume.
+
+A run directory holds::
+
+    config.json          resolved RunConfig
+    metrics.jsonl        one JSON record per log interval / evaluation
+    checkpoints/step_*/  model, EMA, optimizer, RNG and step (safetensors + JSON)
+    checkpoints/best/    EMA weights with the best validation ELBO (never the test set)
+    tensorboard/         event files
+    figures/             images written by evaluation and sampling
+
+Resuming loads the latest checkpoint and replays the data stream from the same position:
+batches are a pure function of (seed, epoch, batch index), every other random draw comes from
+the global torch RNG whose state the checkpoint restores, so an interrupted-and-resumed run ends
+with bit-identical parameters on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..data import DatasetSplits, epoch_batches, load_dataset, num_batches, to_model_input
+from ..evaluation import evaluation_split, to_display, validation_elbo
+from ..models import HierarchicalVAE
+from ..objectives import bits_per_dim
+from ..utils.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from ..utils.config_io import save_config, to_dict
+from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
+from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from .config import RunConfig, resolve_config
+from .ema import EMA
+from .schedule import free_bits, kl_weight, learning_rate
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but no CUDA device is available")
+    return device
+
+
+def load_run_data(cfg: RunConfig) -> DatasetSplits:
+    """Load the dataset a run config names."""
+    d = cfg.data
+    kwargs = {"root": d.root, "binarization": d.binarization, "seed": cfg.train.seed,
+              "path": d.path, "download": d.download}
+    if d.valid_size is not None:
+        kwargs["valid_size"] = d.valid_size
+    return load_dataset(d.name, **kwargs)
+
+
+class Trainer:
+    """Train a :class:`HierarchicalVAE` described by a :class:`RunConfig` in ``run_dir``.
+
+    ``Trainer(cfg, run_dir).fit()`` starts a run; ``Trainer.resume(run_dir).fit()`` continues
+    the latest checkpoint of one. Under ``torchrun`` every rank trains on its share of each
+    batch; rank 0 alone writes files.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, data: DatasetSplits | None = None,
+                 resume: bool = False, stop_after: int | None = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        tc = cfg.train
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
+        self.device = resolve_device(tc.device)
+        if self.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+            torch.cuda.set_device(self.device)
+        self.stop_after = stop_after
+        self.data = data if data is not None else load_run_data(cfg)
+        self._check_data_fits_model()
+        self.valid = evaluation_split(self.data, "valid", seed=tc.seed)
+        self.dynamic = self.data.binarization == "dynamic"
+        self.steps_per_epoch = num_batches(len(self.data.train), tc.batch_size, True, self.world)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"train.batch_size={tc.batch_size} exceeds the "
+                             f"{len(self.data.train)} training examples")
+
+        seed_everything(tc.seed)
+        self.model = HierarchicalVAE(cfg.model).to(self.device)
+        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=tc.lr,
+                                            betas=tuple(tc.adam_betas))
+        self.step = 0
+        self.skipped = 0
+        self.consecutive_skips = 0
+        self.best_valid = -math.inf
+        self.ema: EMA | None = None
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if not resume and latest_checkpoint(self.run_dir) is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it with "
+                                  f"`biva train --resume {self.run_dir}` or pick a new run dir")
+        if ckpt is not None:
+            self._load(ckpt)
+        else:
+            if resume and self.rank == 0:
+                print(f"no checkpoint in {self.run_dir}: starting from step 0")
+            self._initialize()
+        if self.rank == 0:
+            save_config(cfg, self.run_dir / "config.json")
+            if ckpt is not None:
+                truncate_jsonl_after_step(self.metrics_path, self.step)
+        self.ddp = None
+        if self.distributed:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def resume(cls, run_dir: str | Path, **kwargs) -> Trainer:
+        """Continue the run in ``run_dir`` from its latest checkpoint (or from scratch)."""
+        from ..utils.config_io import load_config_file
+
+        path = Path(run_dir) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; is {run_dir} a biva run directory?")
+        return cls(resolve_config(load_config_file(path)), run_dir, resume=True, **kwargs)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _check_data_fits_model(self) -> None:
+        shape, want = tuple(self.data.shape), tuple(self.cfg.model.input_shape)
+        if shape != want:
+            raise ValueError(f"dataset {self.data.name!r} has images of shape {shape} but "
+                             f"model.input_shape is {want}")
+        lik = self.cfg.model.likelihood
+        expected = {"binary": "bernoulli", "8bit": "discretized_logistic"}[self.data.kind]
+        if lik != expected:
+            raise ValueError(f"dataset {self.data.name!r} holds {self.data.kind} data, which "
+                             f"needs model.likelihood={expected!r}; found {lik!r}")
+
+    def _batch(self, images: torch.Tensor) -> torch.Tensor:
+        return to_model_input(images, self.data.kind, self.cfg.model.bits).to(self.device)
+
+    def _initialize(self) -> None:
+        tc = self.cfg.train
+        n = min(tc.init_batch, len(self.data.train))
+        images, _ = next(epoch_batches(self.data.train, n, epoch=0, seed=tc.seed + 1,
+                                       dynamic_binarize=self.dynamic))
+        self.model.initialize(self._batch(images))
+        # The EMA starts from the initialized weights (after, never before, the init).
+        self.ema = EMA(self.model, tc.ema_decay)
+
+    def _load(self, path: Path) -> None:
+        tensors, state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(tensors["model"])
+        self.ema = EMA(self.model, self.cfg.train.ema_decay)
+        self.ema.load_state_dict(tensors["ema"])
+        from ..utils.checkpoint import unflatten_state_dict
+
+        self.optimizer.load_state_dict(
+            unflatten_state_dict(tensors["optimizer"], state["optimizer"]))
+        restore_rng_state(tensors.get("rng", {}), state["rng"])
+        self.step = state["step"]
+        self.skipped = state["skipped"]
+        self.consecutive_skips = state.get("consecutive_skips", 0)
+        self.best_valid = state.get("best_valid", -math.inf) or -math.inf
+        if self.rank == 0:
+            print(f"resumed {self.run_dir} at step {self.step} from {path.name}")
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current state (rank 0 only); returns its path."""
+        if self.rank != 0:
+            return None
+        from ..utils.checkpoint import flatten_state_dict
+
+        opt_tensors, opt_skeleton = flatten_state_dict(self.optimizer.state_dict())
+        rng_tensors, rng_meta = capture_rng_state()
+        state = {"step": self.step, "skipped": self.skipped,
+                 "consecutive_skips": self.consecutive_skips,
+                 "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
+                 "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
+        path = self.run_dir / "checkpoints" / f"step_{self.step:09d}"
+        save_checkpoint(path, tensors={"model": self.model.state_dict(),
+                                       "ema": self.ema.state_dict(), "optimizer": opt_tensors,
+                                       "rng": rng_tensors}, state=state)
+        prune_checkpoints(self.run_dir, self.cfg.train.keep_last,
+                          protect=(self.run_dir / "checkpoints" / "best",))
+        return path
+
+    def _save_best(self, value: float) -> None:
+        if self.rank != 0:
+            return
+        save_checkpoint(self.run_dir / "checkpoints" / "best",
+                        tensors={"model": self.ema.state_dict()},
+                        state={"step": self.step, "valid_elbo": value,
+                               "config": to_dict(self.cfg)})
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self):
+        """Training batches from the current step on, epoch after epoch (each rank its share)."""
+        tc = self.cfg.train
+        epoch, start = divmod(self.step, self.steps_per_epoch)
+        per_rank = tc.batch_size // self.world if self.distributed else tc.batch_size
+        while True:
+            for images, _ in epoch_batches(self.data.train, tc.batch_size, epoch=epoch,
+                                           seed=tc.seed, dynamic_binarize=self.dynamic,
+                                           start_batch=start):
+                if self.distributed:
+                    images = images[self.rank * per_rank:(self.rank + 1) * per_rank]
+                yield epoch, images
+            epoch, start = epoch + 1, 0
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update on x (B, C, H, W); returns detached per-step statistics (tensors)."""
+        tc = self.cfg.train
+        lr = learning_rate(tc, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        model = self.ddp if self.ddp is not None else self.model
+        model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
+            out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_weight(tc, self.step))
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip,
+                                                   error_if_nonfinite=False)
+        # Skip non-finite or exploding updates. The decision is one scalar synced per step; in
+        # distributed runs it is all-reduced so that a skip on one rank is a skip on all.
+        bad = (~torch.isfinite(out.loss.detach()) | ~torch.isfinite(grad_norm)
+               | (grad_norm > tc.skip_threshold)).float()
+        if self.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        nonfinite = not bool(torch.isfinite(grad_norm) & torch.isfinite(out.loss.detach()))
+        skip = bool(bad.item() > 0)
+        if skip and not nonfinite and self.consecutive_skips >= tc.max_consecutive_skips:
+            # Guard against skipping forever: after a run of skips, take the (clipped) update.
+            skip = False
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.consecutive_skips += 1
+        else:
+            self.optimizer.step()
+            self.ema.update(self.model)
+            self.consecutive_skips = 0
+        kl = out.kl.detach()
+        return {"loss": out.loss.detach(), "elbo": out.elbo.detach().mean(),
+                "log_px": out.log_px.detach().mean(), "kl": kl.sum(1).mean(),
+                "kl_groups": kl.mean(0), "grad_norm": grad_norm.detach(),
+                "skipped": torch.tensor(float(skip)), "lr": torch.tensor(lr)}
+
+    def fit(self) -> dict:
+        """Train until ``train.steps``; returns the last logged record."""
+        tc = self.cfg.train
+        writer = self._tensorboard()
+        progress = self._progress()
+        window: list[dict[str, torch.Tensor]] = []
+        t0, images_seen, last = time.perf_counter(), 0, {}
+        started = time.perf_counter()
+        stream = self._batches()
+        try:
+            while self.step < tc.steps:
+                if tc.max_minutes > 0 and time.perf_counter() - started > 60 * tc.max_minutes:
+                    if self.rank == 0:
+                        print(f"time budget of {tc.max_minutes} min reached at step {self.step}")
+                    last = {**last, **self.evaluate(writer)}
+                    self.save()
+                    break
+                epoch, images = next(stream)
+                stats = self.train_step(self._batch(images))
+                self.step += 1
+                window.append(stats)
+                images_seen += images.shape[0] * self.world
+                if progress is not None:
+                    progress.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    elapsed = time.perf_counter() - t0
+                    last = self._log(window, epoch, images_seen / max(elapsed, 1e-9), writer,
+                                     progress)
+                    window, t0, images_seen = [], time.perf_counter(), 0
+                if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                    last = {**last, **self.evaluate(writer)}
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                    self.save()
+                if self.stop_after is not None and self.step >= self.stop_after:
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+            if writer is not None:
+                writer.close()
+        return last
+
+    def _log(self, window, epoch, images_per_s, writer, progress) -> dict:
+        mean = {k: torch.stack([w[k] for w in window]).mean(0) for k in window[0]}
+        groups = self.model.group_names
+        kl_groups = mean.pop("kl_groups").tolist()
+        rec = {"kind": "train", "step": self.step, "epoch": epoch,
+               **{k: float(v) for k, v in mean.items()},
+               "skipped_total": self.skipped, "images_per_s": images_per_s,
+               "free_bits": free_bits(self.cfg.train, self.step - 1),
+               "kl_weight": kl_weight(self.cfg.train, self.step - 1),
+               "kl_groups": dict(zip(groups, kl_groups, strict=True)), "time": time.time()}
+        if self.rank == 0:
+            append_jsonl(self.metrics_path, rec)
+            if writer is not None:
+                for k in ("loss", "elbo", "log_px", "kl", "grad_norm", "lr", "images_per_s"):
+                    writer.add_scalar(f"train/{k}", rec[k], self.step)
+                writer.add_scalar("train/skipped_total", self.skipped, self.step)
+                for g, v in rec["kl_groups"].items():
+                    writer.add_scalar(f"kl/{g}", v, self.step)
+            if progress is not None:
+                progress.set_postfix(loss=f"{rec['loss']:.2f}", elbo=f"{rec['elbo']:.2f}",
+                                     kl=f"{rec['kl']:.2f}", img_s=f"{images_per_s:.1f}",
+                                     skip=self.skipped)
+        return rec
+
+    def evaluate(self, writer=None) -> dict:
+        """Validation ELBO (L_1, nats and bits/dim) of the EMA model; keeps the best checkpoint."""
+        tc = self.cfg.train
+        elbo = validation_elbo(self.ema.model, self.valid, self.data.kind, self.cfg.model.bits,
+                               batch_size=self.cfg.eval.batch_size, device=self.device,
+                               max_batches=tc.eval_batches or None)
+        dims = math.prod(self.cfg.model.input_shape)
+        rec = {"kind": "valid", "step": self.step, "valid_elbo": elbo,
+               "valid_bpd": float(bits_per_dim(elbo, dims)), "time": time.time()}
+        if elbo > self.best_valid:
+            self.best_valid = elbo
+            self._save_best(elbo)
+        rec["best_valid_elbo"] = self.best_valid
+        if self.rank == 0:
+            append_jsonl(self.metrics_path, rec)
+            if writer is not None:
+                writer.add_scalar("valid/elbo", elbo, self.step)
+                samples = self.ema.model.sample(16, generator=torch.Generator(
+                    device=self.device).manual_seed(0))
+                writer.add_images("samples", to_display(samples, self.data.kind), self.step)
+        return rec
+
+    def _tensorboard(self):
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but never let logging stop a run
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _progress(self):
+        if self.rank != 0 or not self.cfg.train.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg.train.steps, initial=self.step, desc=self.cfg.name,
+                    dynamic_ncols=True, mininterval=1.0)
+
+    def checkpoints(self) -> list[Path]:
+        """This run's step checkpoints, oldest first."""
+        return list_checkpoints(self.run_dir)
+

@@ -1,0 +1,194 @@
+"""Crash-safe writes of files and directories.
+
+Readers (and a run resumed after a crash or power loss) see either the complete old content or the
+complete new content, never a torn file: data goes to a temporary sibling in the same directory
+(so the final rename cannot cross filesystems), is fsynced, and is then renamed over the target.
+Temporary names start with ``.`` so directory listings that look for real entries skip them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+StrPath = str | os.PathLike[str]
+
+__all__ = [
+    "atomic_directory",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fsync_directory",
+]
+
+_MAX_NAME_TRIES = 100
+
+
+def _temp_sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def fsync_directory(path: StrPath) -> None:
+    """Flush a directory entry (new/renamed names inside it) to disk; a no-op where unsupported."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. Windows cannot open directories; rename durability is the OS's job there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_exclusive(path: Path) -> tuple[int, Path]:
+    for _ in range(_MAX_NAME_TRIES):
+        candidate = _temp_sibling(path, "tmp")
+        try:
+            # Mode 0o666 lets the process umask decide permissions, like a plain open() would
+            # (tempfile.mkstemp would force 0o600 on the final file).
+            fd = os.open(
+                candidate,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                0o666,
+            )
+        except FileExistsError:
+            continue
+        return fd, candidate
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: StrPath, mode: str = "w", *, encoding: str | None = "utf-8"
+) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; it replaces ``path`` only on success.
+
+    ``mode`` is ``"w"`` (text) or ``"wb"``. If the body raises, ``path`` keeps its old content.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports mode 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = _open_exclusive(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            # Replacing a file should not silently change its permissions.
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        text = mode == "w"
+        with os.fdopen(fd, mode, encoding=encoding if text else None,
+                       newline="" if text else None) as f:
+            fd = -1  # now owned (and closed) by the file object
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` (temp file, fsync, rename, fsync directory)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: StrPath, text: str, *, encoding: str = "utf-8") -> None:
+    """Atomically replace ``path`` with ``text``, written byte-exactly (no newline translation)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(
+    path: StrPath, obj: Any, *, indent: int | None = 2, sort_keys: bool = True
+) -> None:
+    """Atomically write ``obj`` as strict JSON (NaN/inf rejected) followed by a newline.
+
+    Serialization happens first, so an unserializable ``obj`` leaves ``path`` untouched.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False,
+                      ensure_ascii=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _make_temp_dir(final: Path) -> Path:
+    for _ in range(_MAX_NAME_TRIES):
+        candidate = _temp_sibling(final, "tmp")
+        try:
+            candidate.mkdir(mode=0o777)  # umask applies, as for a plain mkdir
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not create a temporary directory next to {final}")
+
+
+def _fsync_tree(root: Path) -> None:
+    # Writers inside the directory (e.g. safetensors) do not fsync; without this a power loss
+    # after the rename could leave a correctly named directory holding empty files.
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            file_path = os.path.join(dirpath, name)
+            if os.path.islink(file_path):
+                continue
+            fd = os.open(file_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        fsync_directory(dirpath)
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: StrPath) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final_path``; on success it becomes ``final_path``.
+
+    An existing one is renamed aside, then deleted; if the body raises, nothing changes.
+    """
+    final = Path(final_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_temp_dir(final)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    old: Path | None = None
+    if final.exists() or final.is_symlink():
+        # POSIX cannot rename a directory over a non-empty one, so move the old one out of the
+        # way first; the window without `final` is two renames long and only hit on overwrite.
+        old = _temp_sibling(final, "old")
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_directory(final.parent)
+    if old is not None:
+        _remove_path(old)

@@ -1,0 +1,140 @@
+"""Tests for biva.utils.atomic: crash-safe file and directory replacement."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from biva.utils import atomic
+from biva.utils.atomic import (
+    atomic_directory,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+
+
+class Boom(Exception):
+    pass
+
+
+def _names(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_write_bytes_text_json(tmp_path: Path) -> None:
+    atomic_write_bytes(tmp_path / "b", b"\x00\x01")
+    atomic_write_text(tmp_path / "t", "héllo\r\n")
+    atomic_write_json(tmp_path / "j.json", {"b": 1, "a": [1, 2]})
+    assert (tmp_path / "b").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "t").read_bytes() == "héllo\r\n".encode()  # no newline translation
+    text = (tmp_path / "j.json").read_text()
+    assert text == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    assert _names(tmp_path) == ["b", "j.json", "t"]
+
+
+def test_writer_raising_midway_keeps_old_content(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(Boom), atomic_open(target, "w") as f:
+        f.write("new partial con")
+        f.flush()
+        raise Boom
+    assert target.read_text() == "old"
+    assert _names(tmp_path) == ["f.txt"]
+
+
+def test_failed_rename_keeps_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def failing_replace(src: str, dst: str) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert _names(tmp_path) == ["f.bin"]
+
+
+def test_unserializable_json_keeps_old_content(tmp_path: Path) -> None:
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"ok": object()})
+    with pytest.raises(ValueError):
+        atomic_write_json(target, {"ok": float("nan")})  # strict JSON only
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert _names(tmp_path) == ["x.json"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_permissions_follow_umask_and_are_preserved(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new"
+        atomic_write_text(new, "x")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        os.chmod(new, 0o600)
+        atomic_write_text(new, "y")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)
+
+
+def test_atomic_directory_creates_and_replaces(tmp_path: Path) -> None:
+    final = tmp_path / "sub" / "ckpt"
+    with atomic_directory(final) as tmp:
+        assert tmp.parent == final.parent and tmp.name.startswith(".")
+        (tmp / "a").write_text("1")
+    assert _names(final) == ["a"]
+    with atomic_directory(final) as tmp:
+        (tmp / "b").write_text("2")
+        assert (final / "a").exists()  # old content stays visible until the swap
+    assert _names(final) == ["b"]
+    assert _names(final.parent) == ["ckpt"]  # neither temp nor old directory left
+
+
+def test_atomic_directory_failure_leaves_existing_untouched(tmp_path: Path) -> None:
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "a").write_text("old")
+    with pytest.raises(Boom), atomic_directory(final) as tmp:
+        (tmp / "a").write_text("new")
+        raise Boom
+    assert (final / "a").read_text() == "old"
+    assert _names(tmp_path) == ["ckpt"]
+
+
+def test_atomic_directory_restores_old_when_swap_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "a").write_text("old")
+    real_rename = os.rename
+
+    def rename(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        if Path(dst) == final and ".tmp-" in Path(src).name:
+            raise OSError("simulated failure")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(OSError, match="simulated"), atomic_directory(final) as tmp:
+        (tmp / "a").write_text("new")
+    monkeypatch.undo()
+    assert (final / "a").read_text() == "old"
+    assert _names(tmp_path) == ["ckpt"]
+
+
+def test_atomic_open_rejects_other_modes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError), atomic_open(tmp_path / "x", "a"):
+        pass
