@@ -24,6 +24,24 @@ def setup_runtime(args: argparse.Namespace) -> torch.device:
     return resolve_device(args.device)
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+positive_int = _int_at_least(1)      # argparse type: 1, 2, ...
+nonnegative_int = _int_at_least(0)   # argparse type: 0, 1, ...
+
+
 def parse_temperatures(text: str) -> list[float]:
     """"1.0" or "1.0,0.8,0.6" -> list of floats."""
     try:

@@ -15,8 +15,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("configs", help="list shipped configs, or show one resolved",
                        description="Without NAME: list the shipped experiment configs and the "
                        "model presets. With NAME: print the resolved config as JSON.")
-    p.add_argument("name", nargs="?", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("name", nargs="?", default=None,
+                   help="a shipped config name or a YAML/JSON file to show resolved")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable)")
     p.set_defaults(func=run)
 
 

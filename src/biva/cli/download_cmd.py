@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("download", help="download a public dataset",
                        description="Download a public dataset's canonical files into the data "
                        "folder and verify their checksums where known.")
-    p.add_argument("name", choices=sorted(DOWNLOADABLE))
+    p.add_argument("name", choices=sorted(DOWNLOADABLE), help="the dataset to download")
     p.add_argument("--root", default=None, help="data folder (default: $BIVA_DATA_DIR or "
                    "~/.cache/biva/data)")
     p.set_defaults(func=run)

@@ -5,9 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import configs_cmd, download_cmd, evaluate_cmd, run_cmd, sample_cmd, train_cmd
+from . import (
+    configs_cmd,
+    densities_cmd,
+    download_cmd,
+    evaluate_cmd,
+    ood_cmd,
+    predict_cmd,
+    report_cmd,
+    run_cmd,
+    sample_cmd,
+    text_cmd,
+    train_cmd,
+)
 
-SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd]
+SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
+               report_cmd, predict_cmd, densities_cmd, text_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

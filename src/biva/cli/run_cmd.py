@@ -13,6 +13,7 @@ from ..evaluation.loading import load_trained
 from ..evaluation.plots import plot_training_curves
 from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
+from .common import nonnegative_int, positive_int
 from .evaluate_cmd import evaluate_run
 from .sample_cmd import write_samples
 from .train_cmd import add_train_options, make_trainer
@@ -26,8 +27,10 @@ def add_parser(sub) -> None:
         "reconstruction and training-curve PNGs into RUN_DIR/figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_options(p)
-    p.add_argument("--k", type=int, default=1000, help="importance samples for L_k")
-    p.add_argument("--eval-examples", type=int, default=0, help="test examples (0: all)")
+    p.add_argument("--k", type=positive_int, default=None,
+                   help="importance samples for L_k (default: the config's eval.k)")
+    p.add_argument("--eval-examples", type=nonnegative_int, default=None,
+                   help="test examples (0: all; default: the config's eval.n_examples)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate_run(run_dir, split="test", k=args.k, n_examples=args.eval_examples,
                        device=device, batch_size=trainer.cfg.eval.batch_size,
                        max_batch=trainer.cfg.eval.max_batch)
-    atomic_write_json(run_dir / f"eval_test_k{args.k}.json", res)
+    results = run_dir / f"eval_test_k{res['k']}.json"
+    atomic_write_json(results, res)
     model, cfg, _ = load_trained(run_dir, "best", device)
     data = load_run_data(cfg)
     figures = run_dir / "figures"
@@ -66,10 +70,16 @@ def run(args: argparse.Namespace) -> int:
                               cfg.model.bits, figures / "reconstructions.png"),
         plot_training_curves(run_dir),
     ]
+    if "classification" in res:  # semi-supervised run: confusion matrix, samples by class
+        from ..evaluation.classification import write_class_samples, write_confusion
+
+        written += [write_confusion(res["classification"], run_dir, "test")[1],
+                    write_class_samples(model, data.kind, figures / "samples_by_class.png")]
+        print(f"test error: {100 * res['classification']['error']:.2f}%")
     summary = {key: round(v, 4) for key, v in res.items()
                if key.startswith("L_") and isinstance(v, float)}
     print(json.dumps({"test_examples": res["n_examples"], **summary}, indent=1))
-    print(f"results: {run_dir}/eval_test_k{args.k}.json")
+    print(f"results: {results}")
     for path in written:
         print(f"figure:  {path}")
     return 0

@@ -64,21 +64,64 @@ def default_run_dir(config: str) -> Path:
 
 def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
     """A new or resumed Trainer from the parsed train options, and its run directory."""
+    from ..training.semi_supervised import resume_trainer, trainer_class
+
     if args.resume is not None:
-        return Trainer.resume(args.resume, stop_after=args.stop_after), args.resume
+        # The resumed run keeps its saved config: options that would change it are refused
+        # rather than silently ignored.
+        ignored = [flag for flag, given in (
+            ("--set", args.overrides), ("--steps", args.steps is not None),
+            ("--seed", args.seed is not None), ("--amp", args.amp is not None),
+            ("--run-dir", args.run_dir is not None and args.run_dir != args.resume))
+            if given]
+        if ignored:
+            raise ValueError(f"--resume continues {args.resume} with its saved config "
+                             f"({args.resume / 'config.json'}); it cannot be combined with "
+                             f"{', '.join(ignored)}")
+        return resume_trainer(args.resume, stop_after=args.stop_after), args.resume
     cfg = load_run_config(args.config, shortcut_overrides(args))
     cfg.name = Path(args.config).stem
     run_dir = args.run_dir or default_run_dir(args.config)
-    return Trainer(cfg, run_dir, stop_after=args.stop_after), run_dir
+    # data.labels_per_class > 0 selects the semi-supervised trainer.
+    return trainer_class(cfg)(cfg, run_dir, stop_after=args.stop_after), run_dir
+
+
+def configured_device(args: argparse.Namespace) -> str:
+    """train.device of the run being started or resumed ("auto" when unreadable)."""
+    if args.resume is not None:
+        from ..utils.config_io import load_config_file
+
+        try:
+            return str(load_config_file(args.resume / "config.json")["train"]["device"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return "auto"  # Trainer.resume reports a missing or bad config itself
+    return load_run_config(args.config, shortcut_overrides(args)).train.device
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training.distributed import destroy_distributed, init_distributed
+
+    # Under torchrun (WORLD_SIZE > 1) every rank joins the process group first: NCCL on CUDA,
+    # gloo on CPU. The Trainer sees the group and wraps the model in DDP.
+    distributed = init_distributed(configured_device(args))
+    try:
+        return _train(args)
+    finally:
+        if distributed:
+            destroy_distributed()
+
+
+def _train(args: argparse.Namespace) -> int:
     trainer, run_dir = make_trainer(args)
     last = trainer.fit()
     if trainer.rank == 0:
         best = trainer.best_valid
-        print(f"run directory: {run_dir}  (step {trainer.step}, best validation ELBO "
-              f"{best:.3f} nats, {trainer.skipped} skipped updates)")
+        if hasattr(trainer, "best_valid_error"):  # semi-supervised: best = lowest error
+            print(f"run directory: {run_dir}  (step {trainer.step}, best validation error "
+                  f"{100 * trainer.best_valid_error:.2f}%, {trainer.skipped} skipped updates)")
+        else:
+            print(f"run directory: {run_dir}  (step {trainer.step}, best validation ELBO "
+                  f"{best:.3f} nats, {trainer.skipped} skipped updates)")
         if last.get("images_per_s"):
             print(f"throughput: {last['images_per_s']:.1f} images/s")
     return 0

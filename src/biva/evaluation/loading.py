@@ -30,6 +30,16 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     return latest
 
 
+def _build_run_model(cfg: RunConfig) -> HierarchicalVAE:
+    # Semi-supervised runs (data.labels_per_class > 0) store their class count in the config.
+    from ..models.semi_supervised import build_model
+
+    if cfg.data.labels_per_class > 0 and not cfg.data.num_classes:
+        raise ValueError("semi-supervised run without data.num_classes in its config.json")
+    return build_model(cfg.model, cfg.data.num_classes if cfg.data.labels_per_class > 0
+                       else None)
+
+
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
                  ) -> tuple[HierarchicalVAE, RunConfig, dict]:
     """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
@@ -44,7 +54,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     path = find_checkpoint(run_dir, which)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
-    model = HierarchicalVAE(cfg.model).to(device)
+    model = _build_run_model(cfg).to(device)
     model.load_state_dict(weights)
     model.eval()
     state = {**state, "checkpoint": str(path)}

@@ -31,9 +31,11 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     ax.legend()
     ax = axes[1]
     if train and train[0].get("kl_groups"):
-        for g in train[0]["kl_groups"]:
+        # Up to 2L - 1 = 29 groups: a 20-colour cycle with line styles keeps them distinct.
+        colors = plt.get_cmap("tab20").colors
+        for n, g in enumerate(train[0]["kl_groups"]):
             ax.plot([r["step"] for r in train], [max(r["kl_groups"][g], 1e-3) for r in train],
-                    label=g)
+                    label=g, color=colors[n % 20], linestyle=("-", "--")[(n // 20) % 2])
         ax.set_yscale("log")
         ax.legend(fontsize=7, ncol=2)
     ax.set_xlabel("training step")

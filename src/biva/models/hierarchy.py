@@ -162,6 +162,10 @@ class HierarchicalVAE(nn.Module):
             num_classes=config.num_classes, fixed_std=config.likelihood_std)
         self.out_conv = WNConv2d(F[1], self.likelihood.param_channels(c_in), 1, init_scale=0.1)
         self.group_names = self._group_names()
+        # Under bf16 autocast the latent heads still emit float32 (mu, sigma), so latent draws
+        # and the log-densities of the bound are never rounded to bf16.
+        for head in (*self.bu_heads, self.top_head, *self.prior_heads, *self.td_heads):
+            head.proj.float_output = True
 
     # ----------------------------------------------------------------------------- structure
     def _group_names(self) -> list[str]:
@@ -229,23 +233,35 @@ class HierarchicalVAE(nn.Module):
         return last, q_bu, z_bu, q_top
 
     def _top_down(self, z_top: Tensor,
-                  layer_fn: Callable[[int, Tensor, list[DiagonalGaussian]], list[Tensor]]
-                  ) -> Tensor:
+                  layer_fn: Callable[[int, Tensor, list[DiagonalGaussian]], list[Tensor]],
+                  td_context: Sequence[Tensor | None] | None = None) -> Tensor:
         """TD pass from z_L to the parameters of p(x|z).
 
         ``layer_fn(i, d_iM, priors)`` returns z_i's parts (BIVA: [z^BU_i, z^TD_i]) given the TD
         features and the conditional priors of layer i; it decides between q and p.
+        ``td_context[i]`` (optional, one entry per TD stage i = 0..L-1) is added to stage i's
+        input features after ``td_embed[i]``; it must broadcast to (N, F[i+1], r[i+1], r[i+1])
+        (e.g. a class embedding, see :mod:`biva.models.semi_supervised`).
         """
+        def embed(i: int, zs: list[Tensor]) -> Tensor:
+            h = self.td_embed[i](zs)
+            if td_context is not None and td_context[i] is not None:
+                h = h + td_context[i]
+            return h
+
         zs, skips = [z_top], None
         for i in range(self.n_layers - 1, 0, -1):
-            outs = self.td_stages[i](self.td_embed[i](zs), skips if self.td_skip else None)
+            outs = self.td_stages[i](embed(i, zs), skips if self.td_skip else None)
             zs = layer_fn(i, outs[-1], self.prior_heads[i - 1](outs[-1]))
             skips = outs
-        outs = self.td_stages[0](self.td_embed[0](zs), skips if self.td_skip else None)
+        outs = self.td_stages[0](embed(0, zs), skips if self.td_skip else None)
         return self.out_conv(outs[-1])
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
-                free_bits: float = 0.0, kl_weight: float = 1.0) -> HierarchyOutput:
+                free_bits: float = 0.0, kl_weight: float = 1.0,
+                td_context: Sequence[Tensor | None] | None = None,
+                bottom_up: tuple | None = None,
+                top_log_prior: Callable[[Tensor], Tensor] | None = None) -> HierarchyOutput:
         """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
 
         ``prior_layers = k`` gives the L^{>k} bound (eq. 2): layers 1..k are drawn from the
@@ -255,10 +271,15 @@ class HierarchicalVAE(nn.Module):
         ``E[log p(x|z) + log p(z_>k) - log q(z_>k | x, a)] <= log p(x)`` (Jensen twice), and the
         same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. Loss: the negative ELBO with
         free bits ``max(KL_g, free_bits)`` per group and example, KL scaled by ``kl_weight``.
+        Optional: ``td_context`` (see :meth:`_top_down`, N rows) and ``bottom_up``, a result of
+        ``_bottom_up`` at N rows to reuse (one y-independent BU pass for several TD passes).
+        ``top_log_prior(z_L) -> (N,)`` replaces the N(0, I) log-density of z_L (e.g. a 2-D
+        potential, see :mod:`biva.experiments.densities`); None keeps the standard normal.
         """
         if not 0 <= prior_layers < self.n_layers:
             raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
-        last, q_bu, z_bu, q_top = self._bottom_up(x, n_samples)
+        last, q_bu, z_bu, q_top = (bottom_up if bottom_up is not None
+                                   else self._bottom_up(x, n_samples))
         kl: dict[str, Tensor] = {}
         latents: dict[str, Tensor] = {}
         posteriors: dict[str, DiagonalGaussian] = {}
@@ -269,7 +290,8 @@ class HierarchicalVAE(nn.Module):
             latents[name], posteriors[name] = z, q
 
         z_top = q_top.sample()
-        record(f"z{L}", z_top, q_top, standard_normal_log_prob(z_top))
+        record(f"z{L}", z_top, q_top, standard_normal_log_prob(z_top) if top_log_prior is None
+               else top_log_prior(z_top))
 
         def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
             if i <= prior_layers:
@@ -291,7 +313,7 @@ class HierarchicalVAE(nn.Module):
             record(f"z{i}", z, q, priors[0].log_prob(z))
             return [z]
 
-        x_params = self._top_down(z_top, layer_fn)
+        x_params = self._top_down(z_top, layer_fn, td_context)
         log_px = self.likelihood.log_prob(x_params, repeat_batch(x, n_samples))
         zero = log_px.new_zeros(log_px.shape)
         kl_all = torch.stack([kl.get(g, zero) for g in self.group_names], dim=1)
@@ -320,23 +342,40 @@ class HierarchicalVAE(nn.Module):
 
     @torch.no_grad()
     def sample_params(self, n: int, temperature: float | Sequence[float] = 1.0,
-                      generator: torch.Generator | None = None) -> Tensor:
-        """The parameters of p(x|z) for n prior draws (see :meth:`sample`)."""
+                      generator: torch.Generator | None = None,
+                      td_context: Sequence[Tensor | None] | None = None) -> Tensor:
+        """The parameters of p(x|z) for n prior draws (see :meth:`sample`; ``td_context``:
+        see :meth:`_top_down`, n rows)."""
+        temps = self._temperatures(temperature)
+        device, dtype = self.out_conv.v.device, self.out_conv.v.dtype
+        # z_L's noise is drawn before the lower layers' so a generator gives the same images
+        # as before generate_from_top existed.
+        z_top = temps[-1] * torch.randn((n, *self.latent_shape(self.n_layers)),
+                                        generator=generator, device=device, dtype=dtype)
+        return self.generate_from_top(z_top, temps, generator, td_context=td_context)
+
+    @torch.no_grad()
+    def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
+                          generator: torch.Generator | None = None,
+                          td_context: Sequence[Tensor | None] | None = None) -> Tensor:
+        """p(x|z) parameters for a given top latent z_L (B, *latent_shape(L)).
+
+        z_{<L} are drawn from the conditional priors with their standard deviations scaled by
+        ``temperature`` (one value or L values, layer 1 first; the L-th is unused here; 0 gives
+        the prior means). Returns (B, P, H, W); images via :meth:`decode`.
+        """
         temps = self._temperatures(temperature)
         device, dtype = self.out_conv.v.device, self.out_conv.v.dtype
         was_training = self.training
         self.eval()  # generation never uses dropout
 
-        def noise(shape) -> Tensor:
-            return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-        z_top = temps[-1] * noise((n, *self.latent_shape(self.n_layers)))
-
         def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
-            return [p.sample(temps[i - 1], noise(p.mu.shape)) for p in priors]
+            return [p.sample(temps[i - 1], torch.randn(p.mu.shape, generator=generator,
+                                                       device=device, dtype=dtype))
+                    for p in priors]
 
         try:
-            return self._top_down(z_top, layer_fn)
+            return self._top_down(z_top, layer_fn, td_context)
         finally:
             self.train(was_training)
 

@@ -6,6 +6,12 @@ unit has mean 0 and standard deviation ``init_scale``. It runs once, when the ca
 it (:func:`data_dependent_init`), through forward hooks: ``forward`` itself never branches on
 an "initialized" flag, never syncs with the host, and never re-initializes after loading a
 checkpoint (the init result is just ``g`` and ``bias``, saved like any parameter).
+
+Speed: convolutions get their weight from the fused ``torch._weight_norm`` kernel (one pass over
+``v`` forward and backward); linear layers, whose weights are far larger than a batch of their
+outputs (the dense latent heads), scale the output instead of building the weight. Layers with
+``float_output = True`` (the latent heads) return float32 under autocast, so latent samples
+and their log-densities are never rounded to bf16.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ class _WeightNormMixin:
     bias: nn.Parameter
     init_scale: float
     _norm_dims: tuple[int, ...]
+    # Cast the output to float32 (a no-op outside autocast); set on the latent heads.
+    float_output: bool = False
 
     def weight(self) -> Tensor:
         """The effective weight ``g * v / ||v||`` (same shape as ``v``)."""
         shape = [1] * self.v.dim()
         shape[self._out_dim] = -1
-        norm = torch.linalg.vector_norm(self.v, dim=self._norm_dims, keepdim=True)
-        return self.v * (self.g.view(shape) / norm)
+        # Fused norm-and-scale kernel (CPU and CUDA) for the output axis 0; composite otherwise.
+        return torch._weight_norm(self.v, self.g.view(shape), self._out_dim)
+
+    def _out(self, y: Tensor) -> Tensor:
+        return y.float() if self.float_output else y
 
     @property
     def _out_dim(self) -> int:
@@ -51,7 +62,16 @@ class WNLinear(_WeightNormMixin, nn.Module):
         self._norm_dims = (1,)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight(), self.bias)
+        # x @ (g v/||v||)^T + b == (x @ v^T) * (g/||v||) + b: the scale touches B x out values
+        # instead of the out x in weight, forward and backward.
+        scale = self.g / torch.linalg.vector_norm(self.v, dim=1)
+        y = F.linear(x, self.v)
+        if self.float_output or y.dtype == scale.dtype:
+            return self._out(torch.addcmul(self.bias, y, scale))
+        # Under autocast: stay in y's dtype (bf16), or the float32 output would promote the
+        # whole residual stream it feeds to float32. Rounding the scale to bf16 is rounding
+        # the weight, as autocast does for every other layer.
+        return torch.addcmul(self.bias.to(y.dtype), y, scale.to(y.dtype))
 
 
 class WNConv2d(_WeightNormMixin, nn.Module):
@@ -69,7 +89,8 @@ class WNConv2d(_WeightNormMixin, nn.Module):
         self._norm_dims = (1, 2, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight(), self.bias, stride=self.stride, padding=self.padding)
+        return self._out(F.conv2d(x, self.weight(), self.bias, stride=self.stride,
+                                  padding=self.padding))
 
 
 class WNConvTranspose2d(_WeightNormMixin, nn.Module):
@@ -93,8 +114,9 @@ class WNConvTranspose2d(_WeightNormMixin, nn.Module):
         return 1
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose2d(x, self.weight(), self.bias, stride=self.stride,
-                                  padding=self.padding, output_padding=self.output_padding)
+        return self._out(F.conv_transpose2d(x, self.weight(), self.bias, stride=self.stride,
+                                            padding=self.padding,
+                                            output_padding=self.output_padding))
 
 
 WN_LAYERS = (WNLinear, WNConv2d, WNConvTranspose2d)

@@ -7,6 +7,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+# Rows of one pass on a CPU. Passes of a few hundred rows keep activations in cache and reuse
+# freed heap memory; bigger ones spend their time in page faults of fresh allocations (binary
+# preset, bf16, 1 thread: 105 sample-rows/s at 256 rows a pass, 77 at 1024, 53 at 4096).
+# GPUs want the largest pass that fits, so there ``max_batch`` alone decides.
+CPU_PASS_ROWS = 256
+
+
+def samples_per_pass(n_samples: int, batch: int, max_batch: int, device: torch.device) -> int:
+    """Importance samples drawn in one batched pass for a batch of ``batch`` examples."""
+    rows = max_batch if device.type != "cpu" else min(max_batch, CPU_PASS_ROWS)
+    return max(1, min(n_samples, rows // max(batch, 1)))
+
 
 @torch.no_grad()
 def importance_weighted_bound(model: nn.Module, x: Tensor, n_samples: int, *,
@@ -15,13 +27,14 @@ def importance_weighted_bound(model: nn.Module, x: Tensor, n_samples: int, *,
 
     ``model(x, n_samples=c, prior_layers=k).log_weight`` must give c*B log-weights
     (sample-major). The K samples are drawn in chunks of at most ``max_batch`` rows (a bound on
-    memory), each a single batched pass; the running log-sum-exp is accumulated in float64.
-    ``prior_layers = k`` gives L^{>k}_K. Runs in eval mode without autograd.
+    memory; on a CPU at most ``CPU_PASS_ROWS``, which is faster), each a single batched pass;
+    the running log-sum-exp is accumulated in float64. ``prior_layers = k`` gives L^{>k}_K.
+    Runs in eval mode without autograd; under ``torch.autocast`` the log-weights stay float32.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     b = x.shape[0]
-    chunk = max(1, min(n_samples, max_batch // max(b, 1)))
+    chunk = samples_per_pass(n_samples, b, max_batch, x.device)
     was_training = model.training
     model.eval()
     try:
@@ -41,7 +54,7 @@ def log_weights(model: nn.Module, x: Tensor, n_samples: int, *, prior_layers: in
                 max_batch: int = 4096) -> Tensor:
     """All K log importance weights, (K, B) float64 (for effective sample size and spread)."""
     b = x.shape[0]
-    chunk = max(1, min(n_samples, max_batch // max(b, 1)))
+    chunk = samples_per_pass(n_samples, b, max_batch, x.device)
     was_training = model.training
     model.eval()
     try:

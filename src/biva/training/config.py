@@ -28,6 +28,8 @@ class DataConfig:
     valid_size: int | None = None    # None: the dataset's default
     download: bool = False
     labels_per_class: int = 0        # > 0: semi-supervised split (labelled per class)
+    labelled_batch_size: int = 0     # semi-supervised: labelled rows a step; 0 = batch_size
+    num_classes: int | None = None   # semi-supervised: set from the dataset by the trainer
 
     def validate(self) -> None:
         if self.valid_size is not None and self.valid_size < 1:
@@ -35,6 +37,12 @@ class DataConfig:
         if self.labels_per_class < 0:
             raise ConfigError(
                 f"data.labels_per_class: expected an int >= 0, found {self.labels_per_class}")
+        if self.labelled_batch_size < 0:
+            raise ConfigError(f"data.labelled_batch_size: expected an int >= 0, found "
+                              f"{self.labelled_batch_size}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"data.num_classes: expected None or an int >= 2, found "
+                              f"{self.num_classes}")
 
 
 @dataclass
@@ -44,7 +52,8 @@ class TrainConfig:
     Adamax(0.9, 0.999); lr warms up linearly over ``warmup_steps`` to ``lr`` then decays by
     ``lr_decay`` per step to ``min_lr``; free bits ``free_bits`` per group and example, then
     a fine-tuning phase with free bits 0 for the last ``finetune_steps``; KL weight warm-up
-    over ``kl_warmup_steps``; EMA of the parameters (decay ``ema_decay``) for evaluation.
+    over ``kl_warmup_steps``; EMA of the parameters (decay ``ema_decay``, warmed up) for
+    evaluation.
     Updates whose gradient norm is non-finite or above ``skip_threshold`` are skipped (counted
     in the logs); others are clipped to ``grad_clip``.
     """
@@ -60,12 +69,16 @@ class TrainConfig:
     finetune_steps: int = 0
     kl_warmup_steps: int = 0
     ema_decay: float = 0.9995
+    ema_warmup: bool = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
     grad_clip: float = 200.0
     skip_threshold: float = 1000.0
     max_consecutive_skips: int = 20
     seed: int = 0
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: Literal["none", "bf16"] = "none"
+    channels_last: bool = True       # channels-last activations (faster convs; same results)
+    compile: bool = False            # torch.compile the model (minutes to compile; on CPU no gain)
+    grad_checkpointing: bool = False  # recompute each stage in backward: less memory, ~25% slower
     threads: int = 0                 # CPU threads; 0 leaves torch's default
     log_every: int = 50
     eval_every: int = 1000
@@ -75,6 +88,7 @@ class TrainConfig:
     init_batch: int = 256            # examples for the data-dependent weight-norm init
     max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
     progress: bool = True
+    alpha: float | None = None       # semi-supervised CE weight; None: 0.1 * N_train / N_labelled
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
@@ -95,6 +109,8 @@ class TrainConfig:
             raise ConfigError(f"train.adam_betas: expected 2 values, found {self.adam_betas}")
         if self.free_bits < 0:
             raise ConfigError(f"train.free_bits: expected >= 0, found {self.free_bits}")
+        if self.alpha is not None and self.alpha < 0:
+            raise ConfigError(f"train.alpha: expected None or >= 0, found {self.alpha}")
 
 
 @dataclass

@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 
 from ..data import DatasetSplits, epoch_batches, load_dataset, num_batches, to_model_input
-from ..evaluation import evaluation_split, to_display, validation_elbo
+from ..evaluation import evaluation_split, to_display
 from ..models import HierarchicalVAE
+from ..nn.blocks import use_channels_last, use_grad_checkpointing
 from ..objectives import bits_per_dim
 from ..utils.checkpoint import (
     latest_checkpoint,
@@ -40,6 +41,7 @@ from ..utils.config_io import save_config, to_dict
 from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
 from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from .config import RunConfig, resolve_config
+from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
 from .schedule import free_bits, kl_weight, learning_rate
 
@@ -90,13 +92,21 @@ class Trainer:
         self._check_data_fits_model()
         self.valid = evaluation_split(self.data, "valid", seed=tc.seed)
         self.dynamic = self.data.binarization == "dynamic"
-        self.steps_per_epoch = num_batches(len(self.data.train), tc.batch_size, True, self.world)
+        if tc.batch_size % self.world:
+            raise ValueError(f"train.batch_size={tc.batch_size} (the global batch) must be a "
+                             f"multiple of the {self.world} ranks")
+        # One step consumes one global batch (each rank its slice of it, see _batches).
+        self.steps_per_epoch = num_batches(len(self.data.train), tc.batch_size, True)
         if self.steps_per_epoch == 0:
             raise ValueError(f"train.batch_size={tc.batch_size} exceeds the "
                              f"{len(self.data.train)} training examples")
 
         seed_everything(tc.seed)
-        self.model = HierarchicalVAE(cfg.model).to(self.device)
+        self.model = self._build_model().to(self.device)
+        # Set before the EMA copy is made, which inherits them.
+        use_channels_last(self.model, tc.channels_last)
+        use_grad_checkpointing(self.model, tc.grad_checkpointing)
+        self._compiled = None
         self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=tc.lr,
                                             betas=tuple(tc.adam_betas))
         self.step = 0
@@ -122,8 +132,12 @@ class Trainer:
                 truncate_jsonl_after_step(self.metrics_path, self.step)
         self.ddp = None
         if self.distributed:
+            # DDP copies rank 0's parameters and buffers to every rank once, here; the only
+            # buffer (`initialized`) never changes in training, so no per-step broadcast.
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+            broadcast_module_(self.ema.model)  # the EMA starts from the same weights too
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -139,6 +153,10 @@ class Trainer:
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
+
+    def _build_model(self) -> HierarchicalVAE:
+        """The model this trainer trains (subclasses build variants, e.g. semi-supervised)."""
+        return HierarchicalVAE(self.cfg.model)
 
     def _check_data_fits_model(self) -> None:
         shape, want = tuple(self.data.shape), tuple(self.cfg.model.input_shape)
@@ -161,13 +179,14 @@ class Trainer:
                                        dynamic_binarize=self.dynamic))
         self.model.initialize(self._batch(images))
         # The EMA starts from the initialized weights (after, never before, the init).
-        self.ema = EMA(self.model, tc.ema_decay)
+        self.ema = EMA(self.model, tc.ema_decay, warmup=tc.ema_warmup)
 
     def _load(self, path: Path) -> None:
         tensors, state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(tensors["model"])
-        self.ema = EMA(self.model, self.cfg.train.ema_decay)
+        self.ema = EMA(self.model, self.cfg.train.ema_decay, warmup=self.cfg.train.ema_warmup)
         self.ema.load_state_dict(tensors["ema"])
+        self.ema.updates = state.get("ema_updates", state["step"] - state["skipped"])
         from ..utils.checkpoint import unflatten_state_dict
 
         self.optimizer.load_state_dict(
@@ -181,15 +200,23 @@ class Trainer:
             print(f"resumed {self.run_dir} at step {self.step} from {path.name}")
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current state (rank 0 only); returns its path."""
-        if self.rank != 0:
-            return None
+        """Write a checkpoint of the current state (rank 0 only); returns its path.
+
+        Under torchrun every rank calls it and waits at a barrier until rank 0 has written the
+        checkpoint, so no rank exits (or is killed) ahead of a half-written one.
+        """
+        path = self._write_checkpoint() if self.rank == 0 else None
+        if self.distributed:
+            dist.barrier()
+        return path
+
+    def _write_checkpoint(self) -> Path:
         from ..utils.checkpoint import flatten_state_dict
 
         opt_tensors, opt_skeleton = flatten_state_dict(self.optimizer.state_dict())
         rng_tensors, rng_meta = capture_rng_state()
         state = {"step": self.step, "skipped": self.skipped,
-                 "consecutive_skips": self.consecutive_skips,
+                 "consecutive_skips": self.consecutive_skips, "ema_updates": self.ema.updates,
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
                  "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
         path = self.run_dir / "checkpoints" / f"step_{self.step:09d}"
@@ -223,28 +250,44 @@ class Trainer:
                 yield epoch, images
             epoch, start = epoch + 1, 0
 
+    def _step_module(self) -> torch.nn.Module:
+        """What the training step calls: the (DDP-wrapped) model, compiled if train.compile."""
+        model = self.ddp if self.ddp is not None else self.model
+        if not self.cfg.train.compile:
+            return model
+        if self._compiled is None:
+            self._compiled = torch.compile(model)  # compiles on its first call
+        return self._compiled
+
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One update on x (B, C, H, W); returns detached per-step statistics (tensors)."""
         tc = self.cfg.train
         lr = learning_rate(tc, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        model = self.ddp if self.ddp is not None else self.model
+        if self.distributed:
+            seed_rank_step(tc.seed, self.rank, self.step)
+        model = self._step_module()
         model.train()
+        kl_w = kl_weight(tc, self.step)
+        if tc.compile:  # a tensor, not a constant baked into the graph: no recompile per step
+            kl_w = torch.tensor(kl_w, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
-            out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_weight(tc, self.step))
+            out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_w)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip,
                                                    error_if_nonfinite=False)
-        # Skip non-finite or exploding updates. The decision is one scalar synced per step; in
-        # distributed runs it is all-reduced so that a skip on one rank is a skip on all.
-        bad = (~torch.isfinite(out.loss.detach()) | ~torch.isfinite(grad_norm)
-               | (grad_norm > tc.skip_threshold)).float()
+        # Skip non-finite or exploding updates. This is the step's one host sync: both flags
+        # travel in one tensor (one all-reduce across ranks, so a skip on one rank is a skip
+        # on all, then one .tolist()). On CPU it costs nothing (ops run synchronously); on
+        # CUDA the host waits for the step's kernels before it queues the optimizer's.
+        loss = out.loss.detach()
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        flags = torch.stack([~finite | (grad_norm > tc.skip_threshold), ~finite]).float()
         if self.distributed:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        nonfinite = not bool(torch.isfinite(grad_norm) & torch.isfinite(out.loss.detach()))
-        skip = bool(bad.item() > 0)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        skip, nonfinite = (v > 0 for v in flags.tolist())
         if skip and not nonfinite and self.consecutive_skips >= tc.max_consecutive_skips:
             # Guard against skipping forever: after a run of skips, take the (clipped) update.
             skip = False
@@ -273,10 +316,15 @@ class Trainer:
         stream = self._batches()
         try:
             while self.step < tc.steps:
-                if tc.max_minutes > 0 and time.perf_counter() - started > 60 * tc.max_minutes:
+                if tc.max_minutes > 0 and any_rank(
+                        time.perf_counter() - started > 60 * tc.max_minutes, self.device):
                     if self.rank == 0:
                         print(f"time budget of {tc.max_minutes} min reached at step {self.step}")
-                    last = {**last, **self.evaluate(writer)}
+                    # The extra evaluation must not shift the training RNG stream, or the
+                    # resumed run would differ from an uninterrupted one.
+                    rng = capture_rng_state()
+                    last = {**last, **self._validate(writer)}
+                    restore_rng_state(*rng)
                     self.save()
                     break
                 epoch, images = next(stream)
@@ -292,7 +340,7 @@ class Trainer:
                                      progress)
                     window, t0, images_seen = [], time.perf_counter(), 0
                 if self.step % tc.eval_every == 0 or self.step == tc.steps:
-                    last = {**last, **self.evaluate(writer)}
+                    last = {**last, **self._validate(writer)}
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
                     self.save()
                 if self.stop_after is not None and self.step >= self.stop_after:
@@ -304,8 +352,13 @@ class Trainer:
                 writer.close()
         return last
 
+    def _validate(self, writer) -> dict:
+        """:meth:`evaluate` on rank 0 alone: every rank holds the same EMA weights."""
+        return self.evaluate(writer) if self.rank == 0 else {}
+
     def _log(self, window, epoch, images_per_s, writer, progress) -> dict:
         mean = {k: torch.stack([w[k] for w in window]).mean(0) for k in window[0]}
+        mean = average_across_ranks(mean, self.device)  # each rank saw its own slice of the batches
         groups = self.model.group_names
         kl_groups = mean.pop("kl_groups").tolist()
         rec = {"kind": "train", "step": self.step, "epoch": epoch,
@@ -329,14 +382,20 @@ class Trainer:
         return rec
 
     def evaluate(self, writer=None) -> dict:
-        """Validation ELBO (L_1, nats and bits/dim) of the EMA model; keeps the best checkpoint."""
+        """Validation ELBO (L_1, nats and bits/dim), log p(x|z) and KL per group (nats) of the
+        EMA model; keeps the best checkpoint."""
+        from ..evaluation.diagnostics import validation_statistics
+
         tc = self.cfg.train
-        elbo = validation_elbo(self.ema.model, self.valid, self.data.kind, self.cfg.model.bits,
-                               batch_size=self.cfg.eval.batch_size, device=self.device,
-                               max_batches=tc.eval_batches or None)
+        # One pass gives the ELBO (bit-identical to validation_elbo) and its two terms.
+        stats = validation_statistics(self.ema.model, self.valid, self.data.kind,
+                                      self.cfg.model.bits, batch_size=self.cfg.eval.batch_size,
+                                      device=self.device, max_batches=tc.eval_batches or None)
+        elbo = stats["elbo"]
         dims = math.prod(self.cfg.model.input_shape)
         rec = {"kind": "valid", "step": self.step, "valid_elbo": elbo,
-               "valid_bpd": float(bits_per_dim(elbo, dims)), "time": time.time()}
+               "valid_bpd": float(bits_per_dim(elbo, dims)), "valid_log_px": stats["log_px"],
+               "valid_kl_groups": stats["kl_groups"], "time": time.time()}
         if elbo > self.best_valid:
             self.best_valid = elbo
             self._save_best(elbo)

@@ -1,0 +1,216 @@
+"""Classification with a semi-supervised model: predictions, error, confusion matrix, bounds."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import ImageSplit, bernoulli_draw, to_model_input
+from ..utils.atomic import atomic_write_json
+
+
+@contextlib.contextmanager
+def _seeded_eval(model, seed: int | None) -> Iterator[None]:
+    # z^BU draws use the global RNG; fork it so a seeded prediction is reproducible and leaves
+    # the caller's RNG untouched.
+    device = model.out_conv.v.device
+    was = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   enabled=seed is not None), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was)
+
+
+def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Counts (C, C) int64: row = true class, column = predicted class."""
+    idx = labels.long().cpu() * num_classes + pred.long().cpu()
+    return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def classification_summary(probs: Tensor, labels: Tensor,
+                           class_names: list[str] | None = None) -> dict:
+    """Error (fraction), accuracy, per-class accuracy and confusion matrix from probs (N, C)."""
+    C = probs.shape[1]
+    pred = probs.argmax(1).cpu()
+    cm = confusion_matrix(pred, labels, C)
+    per_class = cm.diag().double() / cm.sum(1).clamp_min(1).double()
+    err = float((pred != labels.cpu()).double().mean()) if len(labels) else math.nan
+    return {"n_examples": int(len(labels)), "error": err, "accuracy": 1.0 - err,
+            "classes": list(class_names) if class_names else [str(c) for c in range(C)],
+            "per_class_accuracy": per_class.tolist(), "confusion": cm.tolist()}
+
+
+@torch.no_grad()
+def predict_proba(model, x: Tensor, *, batch_size: int = 100, n_samples: int = 1,
+                  seed: int | None = 0) -> Tensor:
+    """q(y | x) for model-input images x (N, C, H, W): (N, num_classes) float32, rows sum to 1.
+
+    Each row averages ``n_samples`` draws of z^BU; ``seed`` makes the draws reproducible.
+    """
+    device = model.out_conv.v.device
+    out = []
+    with _seeded_eval(model, seed):
+        for start in range(0, x.shape[0], batch_size):
+            out.append(model.classify(x[start:start + batch_size].to(device), n_samples).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
+def _split_batches(split: ImageSplit, kind: str, bits: int, batch_size: int, device,
+                   limit: int | None):
+    n = len(split) if not limit else min(limit, len(split))
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        yield (to_model_input(split.images[start:stop], kind, bits).to(device),
+               split.labels[start:stop])
+
+
+@torch.no_grad()
+def evaluate_classification(model, split: ImageSplit, kind: str, bits: int, *,
+                            batch_size: int = 100, n_examples: int = 0, n_samples: int = 1,
+                            seed: int | None = 0, with_bounds: bool = True,
+                            class_names: list[str] | None = None) -> dict:
+    """Test error, confusion matrix and (``with_bounds``) the mean bounds over a labelled split.
+
+    Bounds, nats per example: ``elbo_U`` = -U (eq. 19) and ``L_1`` = E log sum_y p(x,y,z)/q(z|x,y),
+    both with y marginalized exactly; ``log_px`` and ``kl_groups`` are q(y|x)-weighted.
+    Predictions average ``n_samples`` draws of z^BU.
+    """
+    if split.labels is None:
+        raise ValueError("this split has no labels: cannot measure a classification error")
+    device = model.out_conv.v.device
+    probs, labels, u_bound, l1, log_px, kl = [], [], [], [], [], []
+    with _seeded_eval(model, seed):
+        for x, y in _split_batches(split, kind, bits, batch_size, device, n_examples):
+            if with_bounds:
+                out = model(x)
+                u_bound.append(out.bound.double().cpu())
+                l1.append(out.log_weight.double().cpu())
+                log_px.append(out.log_px.double().cpu())
+                kl.append(out.kl.double().cpu())
+                p = torch.softmax(out.logits.float(), 1).cpu()
+                if n_samples > 1:  # the forward pass gave one draw; add n_samples - 1 more
+                    p = (p + (n_samples - 1) * model.classify(x, n_samples - 1).cpu()) / n_samples
+            else:
+                p = model.classify(x, n_samples).cpu()
+            probs.append(p)
+            labels.append(y)
+    res = classification_summary(torch.cat(probs), torch.cat(labels), class_names)
+    if with_bounds:
+        res["elbo_U"] = float(torch.cat(u_bound).mean())
+        res["L_1"] = float(torch.cat(l1).mean())
+        res["log_px"] = float(torch.cat(log_px).mean())
+        res["kl_groups"] = dict(zip(model.group_names, torch.cat(kl).mean(0).tolist(),
+                                    strict=True))
+    res["n_samples"] = n_samples
+    return res
+
+
+def plot_confusion(summary: dict, path: str | Path, title: str = "") -> Path:
+    """Write the confusion matrix of :func:`classification_summary` as a PNG heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(summary["confusion"])
+    names = summary["classes"]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(names), 0.6 + 0.5 * len(names)),
+                           constrained_layout=True)
+    # Row-normalized colours (recall per true class); the cells print the raw counts.
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) > 2 else 0)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or f"error {100 * summary['error']:.2f}% (n = {summary['n_examples']})")
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_confusion(summary: dict, run_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """``RUN/confusion_<split>.json`` and ``RUN/figures/confusion_<split>.png``."""
+    run_dir = Path(run_dir)
+    json_path = run_dir / f"confusion_{split}.json"
+    keys = ("n_examples", "error", "accuracy", "classes", "per_class_accuracy", "confusion")
+    atomic_write_json(json_path, {"split": split, **{k: summary[k] for k in keys}})
+    return json_path, plot_confusion(summary, run_dir / "figures" / f"confusion_{split}.png",
+                                     title=f"{split}: error {100 * summary['error']:.2f}%")
+
+
+def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
+                          input_shape: tuple[int, ...], seed: int = 0) -> Tensor:
+    """Raw images -> model input (N, C, H, W). (N, H, W), (N, H, W, C) and (N, C, H, W) accepted.
+
+    Binary models take {0, 1} values as they are; grey levels (uint8 0..255 or floats in [0, 1])
+    get one seeded Bernoulli draw, the evaluation protocol of dynamically binarized data.
+    8-bit models take uint8 0..255.
+    """
+    x = torch.as_tensor(np.asarray(images))
+    c, h, w = input_shape
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() == 4 and tuple(x.shape[1:]) != (c, h, w) and tuple(x.shape[1:]) == (h, w, c):
+        x = x.permute(0, 3, 1, 2)
+    if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+        raise ValueError(f"images: expected (N, {c}, {h}, {w}), (N, {h}, {w}, {c}) or, for one "
+                         f"channel, (N, {h}, {w}); found {tuple(x.shape)}")
+    x = x.contiguous()
+    if kind == "binary":
+        if x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all()):
+            return x.to(torch.float32)
+        grey = x.to(torch.float32) / (255.0 if not x.is_floating_point() else 1.0)
+        if bool(((grey < 0) | (grey > 1)).any()):
+            raise ValueError("binary model: images must be {0, 1}, uint8 0..255 or floats "
+                             "in [0, 1]")
+        return bernoulli_draw(grey, seed, "predict").to(torch.float32)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"8-bit model: images must be uint8 0..255, found {x.dtype}")
+    return to_model_input(x, kind, bits)
+
+
+def predict(run_dir: str | Path, images: np.ndarray | Tensor, *, checkpoint: str = "best",
+            device: str | torch.device = "cpu", n_samples: int = 1, batch_size: int = 100,
+            seed: int = 0) -> Tensor:
+    """Class probabilities (N, C) for raw ``images`` from a semi-supervised run's EMA model."""
+    from .loading import load_trained
+
+    model, cfg, _ = load_trained(run_dir, checkpoint, device)
+    if not hasattr(model, "classify"):
+        raise ValueError(f"{run_dir} is not a semi-supervised run (data.labels_per_class = 0)")
+    kind = "binary" if cfg.model.likelihood == "bernoulli" else "8bit"
+    x = images_to_model_input(images, kind, cfg.model.bits, tuple(cfg.model.input_shape), seed)
+    return predict_proba(model, x, batch_size=batch_size, n_samples=n_samples, seed=seed)
+
+
+def write_class_samples(model, kind: str, out: str | Path, per_class: int = 10,
+                        temperature: float | list[float] = 1.0, seed: int = 0,
+                        mode: str = "mean") -> Path:
+    """A PNG grid of class-conditional samples: row c holds ``per_class`` draws of class c."""
+    from .images import save_grid
+
+    gen = torch.Generator(device=model.out_conv.v.device).manual_seed(seed)
+    with _seeded_eval(model, seed):
+        images = model.class_grid(per_class, temperature, generator=gen, mode=mode)
+    return save_grid(images, out, kind=kind, nrow=per_class)

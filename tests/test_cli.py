@@ -1,0 +1,314 @@
+"""The `biva` command line on a tiny digits run: files written, bounds, figures, clear errors,
+and refusal of tampered or pickled checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biva.cli.main import build_parser, main
+from biva.training import resolve_config
+from biva.training.config import shipped_configs
+from biva.utils.checkpoint import list_checkpoints, load_checkpoint
+from biva.utils.config_io import load_config_file
+
+STEPS = 12
+TINY = ["train.finetune_steps=2", "train.log_every=4", "train.eval_every=6",
+        "train.checkpoint_every=4", "train.batch_size=32", "train.progress=false",
+        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.k=4",
+        "model.filters=[8]", "model.blocks=1"]
+GROUPS = ["z1_bu", "z1_td", "z2_bu", "z2_td", "z3"]  # BIVA with L=3 latent layers
+
+
+def train_argv(run: Path, *extra: str, command: str = "train") -> list[str]:
+    argv = [command, "--config", "digits", "--steps", str(STEPS), "--run-dir", str(run)]
+    for s in TINY:
+        argv += ["--set", s]
+    return [*argv, *extra]
+
+
+def cli(argv: list[str]) -> int:
+    """main(argv), with argparse's SystemExit turned into the exit status."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def assert_clear_error(capsys, argv: list[str], *needles: str) -> str:
+    """Exit status 2, one error line naming the problem, no traceback."""
+    capsys.readouterr()
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(train_argv(run)) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run, free to damage."""
+    return Path(shutil.copytree(trained_run, tmp_path / "copy"))
+
+
+def strict_json_lines(path: Path) -> list[dict]:
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    lines = path.read_text().splitlines()
+    assert lines and all(lines)
+    return [json.loads(line, parse_constant=refuse) for line in lines]
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def test_train_writes_the_run_directory(trained_run):
+    cfg = resolve_config(load_config_file(trained_run / "config.json"))
+    assert cfg.name == "digits" and cfg.train.steps == STEPS and cfg.model.filters == (8,)
+
+    records = strict_json_lines(trained_run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in train] == [4, 8, 12]
+    assert [r["step"] for r in valid] == [6, 12]
+    for r in train:
+        for key in ("loss", "elbo", "kl", "lr", "grad_norm"):
+            assert math.isfinite(r[key]), (key, r)
+        assert list(r["kl_groups"]) == GROUPS
+        assert all(math.isfinite(v) and v >= 0 for v in r["kl_groups"].values())
+        assert r["kl"] == pytest.approx(sum(r["kl_groups"].values()), rel=1e-4)
+    assert [r["free_bits"] for r in train] == [cfg.train.free_bits] * 2 + [0.0]  # fine-tuning
+    for r in valid:
+        assert math.isfinite(r["valid_elbo"]) and r["valid_elbo"] < 0
+
+    # keep_last=2 step checkpoints, plus the best-validation EMA weights.
+    assert [p.name for p in list_checkpoints(trained_run)] == ["step_000000008",
+                                                                 "step_000000012"]
+    tensors, state = load_checkpoint(trained_run / "checkpoints" / "step_000000012")
+    assert state["step"] == STEPS and {"model", "ema", "optimizer", "rng"} <= tensors.keys()
+    best, best_state = load_checkpoint(trained_run / "checkpoints" / "best")
+    assert best_state["valid_elbo"] == max(r["valid_elbo"] for r in valid)
+    assert best_state["step"] == max(valid, key=lambda r: r["valid_elbo"])["step"]
+    assert best["model"].keys() == tensors["ema"].keys()
+
+    events = list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_writes_bounds(trained_run, capsys):
+    argv = ["evaluate", str(trained_run), "--k", "5", "--n-examples", "20", "--threads", "1"]
+    assert main(argv) == 0
+    assert "eval_test_k5.json" in capsys.readouterr().out
+    res = json.loads((trained_run / "eval_test_k5.json").read_text())
+    assert res["n_examples"] == 20 and res["k"] == 5 and res["split"] == "test"
+    for key in ("L_1", "L_5", "L_1_bpd", "L_5_bpd", "L_5_stderr"):
+        assert math.isfinite(res[key]), key
+    assert res["L_1"] < 0 and res["L_5"] < 0
+    assert res["L_1_bpd"] == pytest.approx(-res["L_1"] / (64 * math.log(2)))
+    assert list(res["kl_per_group"]) == GROUPS
+    assert all(math.isfinite(v) and v >= 0 for v in res["kl_per_group"].values())
+    assert res["checkpoint"].endswith("best") and "per_example" not in res
+
+
+def test_evaluate_defaults_come_from_the_runs_eval_config(trained_run):
+    # The tiny config sets eval.k=4: without --k, evaluate uses it.
+    assert main(["evaluate", str(trained_run), "--n-examples", "10", "--split", "valid",
+                 "--per-example"]) == 0
+    res = json.loads((trained_run / "eval_valid_k4.json").read_text())
+    assert res["k"] == 4 and math.isfinite(res["L_4"]) and res["n_examples"] == 10
+    assert len(res["per_example"]["L_4"]) == 10
+
+
+def test_evaluate_prior_layers_writes_its_own_file(trained_run):
+    assert main(["evaluate", str(trained_run), "--k", "2", "--prior-layers", "1",
+                 "--n-examples", "8", "--split", "train"]) == 0
+    res = json.loads((trained_run / "eval_train_k2_prior1.json").read_text())
+    assert res["prior_layers"] == 1 and math.isfinite(res["L_2"])
+    assert not (trained_run / "eval_train_k2.json").exists()
+
+
+# ----------------------------------------------------------------------------- sample and run
+
+
+def test_sample_writes_one_row_per_temperature(trained_run, capsys):
+    assert main(["sample", str(trained_run), "-n", "4", "--temperature", "1.0,0.5"]) == 0
+    path = trained_run / "figures" / "samples.png"
+    assert str(path) in capsys.readouterr().out
+    with Image.open(path) as img:
+        img.load()
+        width, height = img.size
+        pixels = np.asarray(img)
+    assert width > 0 and height > 0
+    # 4 columns and 2 rows of 8x8 images with 1-pixel borders, upscaled by one integer factor.
+    assert width * (2 * 9 + 1) == height * (4 * 9 + 1)
+    assert pixels.min() < pixels.max()
+
+
+def test_run_trains_evaluates_and_draws(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = train_argv(run, "--k", "3", "--eval-examples", "20", command="run")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    res = json.loads((run / "eval_test_k3.json").read_text())
+    assert res["n_examples"] == 20 and math.isfinite(res["L_1"]) and math.isfinite(res["L_3"])
+    assert list(res["kl_per_group"]) == GROUPS
+    for name in ("samples", "samples_temperatures", "reconstructions", "training_curves"):
+        path = run / "figures" / f"{name}.png"
+        assert str(path) in out
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size[0] > 0 and img.size[1] > 0
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_top_level_help_lists_the_commands(capsys):
+    assert cli(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "evaluate", "sample", "run", "download", "configs"):
+        assert name in out
+    for name in _subparsers():
+        assert name in out
+
+
+@pytest.mark.parametrize("command", ["train", "run", "evaluate", "sample", "download",
+                                     "configs"])
+def test_command_help_documents_every_option(command, capsys):
+    assert cli([command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo line wrapping
+    for action in _subparsers()[command]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = action.option_strings[-1] if action.option_strings else action.dest
+        assert action.help and action.help != argparse.SUPPRESS, f"{command} {name}: no help"
+        if action.option_strings:
+            assert all(opt in out for opt in action.option_strings), name
+        words = action.help.split("%(")[0].split()[:3]
+        assert " ".join(words) in out, f"{command} {name}: help text not shown"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(("sets", "needles"), [
+    (["model.latents=[4,-1,2]"], ["model.latents[1]"]),
+    (["train.nope=1"], ["train.nope", "unknown"]),
+    (["model.strides=[3,1,1]"], ["model.strides", "divisible"]),
+    (["model.input_shape=[1,28,28]"], ["(1, 8, 8)", "(1, 28, 28)", "model.input_shape"]),
+    (["train.batch_size=0"], ["train.batch_size"]),
+])
+def test_bad_config_values_are_clear_errors(sets, needles, tmp_path, capsys):
+    argv = train_argv(tmp_path / "run")
+    for s in sets:
+        argv += ["--set", s]
+    assert_clear_error(capsys, argv, "biva train: error:", *needles)
+    assert not list_checkpoints(tmp_path / "run")
+
+
+def test_unknown_config_lists_the_shipped_ones(tmp_path, capsys):
+    line = assert_clear_error(capsys, ["train", "--config", "no_such_config", "--run-dir",
+                                       str(tmp_path / "run")], "no_such_config")
+    assert "digits" in shipped_configs()
+    for name in shipped_configs():
+        assert name in line
+
+
+def test_evaluate_a_missing_run_dir(capsys):
+    assert_clear_error(capsys, ["evaluate", "/nonexistent/run"], "biva evaluate: error:",
+                       "/nonexistent/run")
+
+
+def test_train_refuses_a_run_dir_with_checkpoints(run_copy, capsys):
+    config = (run_copy / "config.json").read_bytes()
+    metrics = (run_copy / "metrics.jsonl").read_bytes()
+    assert_clear_error(capsys, train_argv(run_copy), "already holds checkpoints", "--resume")
+    assert (run_copy / "config.json").read_bytes() == config
+    assert (run_copy / "metrics.jsonl").read_bytes() == metrics
+    assert len(list_checkpoints(run_copy)) == 2
+
+
+def test_resume_refuses_options_it_would_ignore(run_copy, capsys):
+    assert_clear_error(capsys, ["train", "--resume", str(run_copy), "--steps", "100",
+                                "--set", "train.lr=1"], "--resume", "--steps", "--set")
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "RUN", "--k", "0"],
+    ["evaluate", "RUN", "--n-examples", "-1"],
+    ["evaluate", "RUN", "--batch-size", "0"],
+    ["sample", "RUN", "-n", "0"],
+    ["run", "--k", "zero"],
+])
+def test_bad_numeric_options_are_refused_by_the_parser(argv, trained_run, capsys):
+    argv = [str(trained_run) if a == "RUN" else a for a in argv]
+    line = assert_clear_error(capsys, argv, "error: argument")
+    assert argv[-2] in line
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("where", ["header", "data"])
+def test_tampered_checkpoint_is_refused(run_copy, where, capsys):
+    path = run_copy / "checkpoints" / "best" / "tensors.safetensors"
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    index = 8 + header_len // 2 if where == "header" else len(data) - 3
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+    for command in (["evaluate", str(run_copy), "--k", "1", "--n-examples", "5"],
+                    ["sample", str(run_copy), "-n", "2"]):
+        assert_clear_error(capsys, command, "tampered or corrupt")
+    assert not (run_copy / "eval_test_k1.json").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_pickled_checkpoint_is_refused_unexecuted(run_copy, tmp_path, zip_format, capsys):
+    marker = tmp_path / "pwned"
+    path = run_copy / "checkpoints" / "best" / "tensors.safetensors"
+    torch.save({"model": _Payload(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    assert_clear_error(capsys, ["evaluate", str(run_copy), "--k", "1"], "biva evaluate: error:",
+                       "refusing to load a pickle")
+    assert not marker.exists(), "the pickle payload ran"
+    # The payload is live: torch.load with weights_only=False would have run it.
+    with open(path, "rb") as f:
+        torch.load(f, weights_only=False)
+    assert marker.exists()

@@ -1,0 +1,188 @@
+"""Anomaly detection with L^{>k}: scores, detection metrics, table/figure, ``biva ood``."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from biva import HierarchicalVAE, LinearGaussianHierarchy, preset
+from biva.cli.main import main
+from biva.evaluation.ood import (
+    gaussian_kde,
+    ood_metrics,
+    ood_table,
+    score_samples,
+    table_markdown,
+)
+
+
+def _tiny(variant):
+    torch.manual_seed(0)
+    model = HierarchicalVAE(preset("digits", variant=variant, filters=(8,), blocks=1))
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.3))
+    model.initialize(x)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("variant", ["biva", "lvae"])
+def test_score_samples_is_the_l_gt_k_estimator_on_the_same_samples(variant):
+    model, x = _tiny(variant)
+    torch.manual_seed(5)
+    s0 = score_samples(model, x, k=0)
+    torch.manual_seed(5)
+    elbo = model(x).elbo
+    assert s0.dtype == torch.float64 and s0.shape == (6,)
+    torch.testing.assert_close(s0, elbo.double())
+    # Batching: one forward pass per batch, in order, on the same random stream.
+    torch.manual_seed(7)
+    s2 = score_samples(model, x, k=2, batch_size=4)
+    torch.manual_seed(7)
+    ref = torch.cat([model(x[:4], prior_layers=2).elbo, model(x[4:], prior_layers=2).elbo])
+    torch.testing.assert_close(s2, ref.double())
+
+
+def _lg_data(model, n, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.dims[-1], generator=g, dtype=torch.float64)
+    for i in range(model.L - 1, -1, -1):
+        z = z @ model.A[i].T + model.b[i] + model.s[i] * torch.randn(
+            n, model.dims[i], generator=g, dtype=torch.float64)
+    return z
+
+
+def test_scores_bound_the_exact_log_marginal():
+    torch.manual_seed(0)
+    m = LinearGaussianHierarchy((6, 4, 3, 2), seed=2, exact_posterior=True)
+    x = _lg_data(m, 12)
+    log_px = m.log_marginal(x)
+    # Exact posterior, k = 0: every weight is p(x), through batching and chunking.
+    torch.testing.assert_close(score_samples(m, x, k=0, n_samples=50, batch_size=5,
+                                             max_batch=40), log_px)
+    # E[L^{>k}_K] <= log p(x). The weights are heavy-tailed (one in 1e5 can hold half the
+    # sum), so one realization of L_K may overshoot and a delta-method error means nothing:
+    # average R independent replicates (rows of x repeated) and use their spread instead.
+    R, K = 40, 100
+    xr = x.repeat(R, 1)
+    for k in (1, 2):
+        s = score_samples(m, xr, k=k, n_samples=K, batch_size=120).view(R, -1)
+        mean, se = s.mean(0), s.std(0) / math.sqrt(R)
+        assert torch.all(mean <= log_px + 4 * se), k
+        assert (log_px - mean).mean() > 0.05, k        # the prior below k loosens the bound
+        s1 = score_samples(m, xr, k=k, n_samples=1).view(R, -1)
+        assert s1.mean() < mean.mean(), k              # L_1 <= L_K
+
+
+def test_metrics_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        s_in = rng.integers(0, 6, size=50).astype(float)       # many ties, across the classes
+        s_out = rng.integers(-2, 4, size=37).astype(float) + (0.5 if trial == 4 else 0.0)
+        m = ood_metrics(torch.from_numpy(s_in), s_out)
+        y = np.r_[np.zeros(50), np.ones(37)]
+        anomaly = -np.r_[s_in, s_out]
+        assert m["auroc"] == pytest.approx(roc_auc_score(y, anomaly), abs=1e-12)
+        assert m["auprc"] == pytest.approx(average_precision_score(y, anomaly), abs=1e-12)
+        fpr, tpr, _ = roc_curve(y, anomaly, drop_intermediate=False)
+        assert m["fpr_at_95_tpr"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
+        assert (m["n_in"], m["n_out"]) == (50, 37)
+    perfect = ood_metrics([0.0, 1.0, 2.0], [-5.0, -4.0])
+    assert (perfect["auroc"], perfect["auprc"], perfect["fpr_at_95_tpr"]) == (1.0, 1.0, 0.0)
+    assert ood_metrics([-5.0, -4.0], [0.0, 1.0, 2.0])["auroc"] == 0.0
+    assert ood_metrics([1.0, 1.0], [1.0, 1.0])["auroc"] == 0.5
+    with pytest.raises(ValueError, match="NaN"):
+        ood_metrics([0.0, float("nan")], [1.0])
+
+
+def test_fpr_at_95_tpr_by_hand():
+    # Anomaly scores (= -L): OOD 1..20. Catching 95% (19 of 20) needs the threshold at 2;
+    # in-distribution anomaly scores >= 2 are 2 (a tie: flagged), 2.5, 3, 10, 30 -> 5 of 10.
+    out_l = -np.arange(1.0, 21.0)
+    in_l = -np.array([0, 0.5, 1.5, 2, 2.5, 3, 10, 30, -5, -6], dtype=float)
+    assert ood_metrics(in_l, out_l)["fpr_at_95_tpr"] == 0.5
+
+
+def test_table_and_kde():
+    scores = {"a": {0: torch.tensor([-10.0, -12.0]), 2: torch.tensor([-20.0, -22.0])},
+              "b": {0: torch.tensor([-30.0, -30.0]), 2: torch.tensor([-40.0, -44.0])}}
+    t = ood_table(scores, in_name="a", kind="binary", dims=64)
+    cell = t["datasets"]["b"]["k"]["2"]
+    assert cell["mean_nats"] == -42.0 and cell["stderr_nats"] == pytest.approx(2.0)
+    assert cell["bits_per_dim"] == pytest.approx(42.0 / (64 * math.log(2)))
+    assert t["datasets"]["a"]["role"] == "in" and t["unit"] == "nats" and t["ks"] == [0, 2]
+    md = table_markdown(t)
+    assert "| a (in) | 2 | -21.00 ± 1.00 | -11.00 ± 1.00 |" in md
+    assert "bits/dim" in table_markdown(ood_table(scores, in_name="a", kind="8bit", dims=64))
+    v = np.random.default_rng(1).normal(3.0, 2.0, size=500)
+    grid = np.linspace(-10, 16, 2001)
+    dens = gaussian_kde(v, grid)
+    assert np.sum(dens) * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.isfinite(gaussian_kde(np.ones(5), grid)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ood")
+    run = root / "run"
+    rc = main(["train", "--config", "digits", "--run-dir", str(run), "--threads", "1",
+               "--no-progress", "--set", "train.steps=6", "--set", "train.finetune_steps=0",
+               "--set", "train.eval_every=6", "--set", "train.checkpoint_every=6",
+               "--set", "train.log_every=3", "--set", "model.filters=[8]",
+               "--set", "model.blocks=1"])
+    assert rc == 0
+    from sklearn.datasets import load_digits
+
+    images = (load_digits().images[:120] / 16.0).astype(np.float32)
+    np.savez(root / "flipped.npz", images=1.0 - images[:, ::-1, :])   # OOD: inverted, flipped
+    np.savez(root / "big.npz", images=np.zeros((20, 10, 10), np.float32))
+    return run, root
+
+
+def test_cli_writes_every_promised_file(tiny_run, capsys):
+    run, root = tiny_run
+    rc = main(["ood", str(run), "--ood-data", "npz", "--ood-path", str(root / "flipped.npz"),
+               "--k", "0,2", "--n-examples", "30", "--ood-split", "all", "--threads", "1",
+               "--device", "cpu"])
+    assert rc == 0
+    assert "AUROC" in capsys.readouterr().out
+    out = run / "ood"
+    for name in ("table.md", "table.json", "metrics.json", "histograms.png", "scores.npz",
+                 "scores.csv"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with np.load(out / "scores.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["digits_k0", "digits_k2", "flipped_k0", "flipped_k2"]
+        assert all(z[f].shape == (30,) and z[f].dtype == np.float64 for f in z.files)
+        assert np.all(np.isfinite(z["flipped_k2"])) and np.all(z["digits_k0"] < 0)
+        first = float(z["digits_k0"][0])
+    table = json.loads((out / "table.json").read_text())
+    assert table["in_distribution"] == "digits" and table["unit"] == "nats"
+    assert set(table["datasets"]) == {"digits", "flipped"} and table["ks"] == [0, 2]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "positive class = out-of-distribution" in metrics["convention"]
+    for k in ("0", "2"):
+        m = metrics["metrics"]["flipped"][k]
+        assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr_at_95_tpr"] <= 1 and m["n_out"] == 30
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 60 and rows[0]["role"] == "in"
+    assert float(rows[0]["L_gt0_nats"]) == first
+    assert "L^{>2}" in (out / "table.md").read_text()
+
+
+def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
+    run, root = tiny_run
+    base = ["ood", str(run), "--threads", "1", "--device", "cpu", "--n-examples", "4"]
+    assert main(base + ["--ood-data", "npz", "--ood-path", str(root / "big.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "(1, 10, 10)" in err and "(1, 8, 8)" in err
+    assert main(base + ["--ood-data", "npz", "--ood-path", str(root / "flipped.npz"),
+                        "--k", "3"]) == 2
+    assert "0..2" in capsys.readouterr().err
+    assert main(base + ["--ood-data", "npz"]) == 2
+    assert "--ood-path" in capsys.readouterr().err
+    assert main(base + ["--pair", "cifar10_vs_svhn", "--data-root", str(tmp_path)]) == 2
+    assert "cifar10: missing file" in capsys.readouterr().err

@@ -1,0 +1,263 @@
+"""Semi-supervised BIVA (appendix F): the exact sum over classes, learning, the label split,
+resume, and the CLI (train -> evaluate -> predict -> sample).
+
+Everything uses a tiny model (8 filters, 1 block) on scikit-learn's 8x8 digits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biva import HierarchicalVAE, preset
+from biva.cli.main import main
+from biva.data import fixed_binarization, load_dataset, to_model_input
+from biva.evaluation.classification import predict, predict_proba
+from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
+from biva.nn.gaussian import DiagonalGaussian
+from biva.training import load_run_config, load_run_data
+from biva.training.semi_supervised import SemiSupervisedTrainer, trainer_class
+from biva.utils.checkpoint import load_checkpoint
+
+TINY = ["train.log_every=2", "train.eval_every=4", "train.checkpoint_every=2",
+        "train.batch_size=24", "train.progress=false", "train.init_batch=64", "train.threads=1",
+        "train.eval_batches=1", "eval.k=2", "eval.batch_size=40", "model.filters=[8]",
+        "model.blocks=1", "data.labels_per_class=3", "data.labelled_batch_size=10",
+        "train.finetune_steps=0"]
+
+
+def tiny_config(*extra: str, steps: int = 4):
+    return load_run_config("digits", [*TINY, f"train.steps={steps}", *extra])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def tiny_model(variant: str = "biva", seed: int = 0, **kw) -> SemiSupervisedBIVA:
+    torch.manual_seed(seed)
+    cfg = preset("digits", variant=variant, filters=(8,), blocks=1, dropout_q=0.0,
+                 dropout_p=0.0, **kw)
+    return SemiSupervisedBIVA(cfg, 10, alpha=3.0)
+
+
+# Natural-image flavour: RGB 8-bit data, discretized logistic mixture, convolutional latents.
+NATURAL = {"input_shape": (3, 8, 8), "likelihood": "discretized_logistic", "n_mix": 2,
+           "latent_type": "conv", "latent_kernel": 1}
+
+
+def hashed_sample(self: DiagonalGaussian, temperature: float = 1.0, noise=None):
+    # Noise that is a fixed, smooth function of the row's own mean: any two passes that reach
+    # the same distribution draw the same z whatever the batch layout (batched vs looped over
+    # classes), and float rounding in mu is not amplified.
+    eps = torch.sin(3.0 * self.mu + 1.3) * 1.5 if noise is None else noise
+    return self.mu + (temperature * self.sigma) * eps
+
+
+@pytest.mark.parametrize("variant,natural", [("biva", False), ("lvae", False), ("biva", True)])
+def test_unlabelled_bound_is_the_exact_sum_over_classes(monkeypatch, digits, variant, natural):
+    if natural:
+        model = tiny_model(variant, **NATURAL)
+        x = to_model_input(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8), "8bit")
+    else:
+        model = tiny_model(variant)
+        x = to_model_input(fixed_binarization(digits.train, 0).images[:12], "binary")
+    model.initialize(x)
+    model.eval()
+    monkeypatch.setattr(DiagonalGaussian, "sample", hashed_sample)
+    calls = {"bu": 0, "td": 0}
+    bu, td = model._bottom_up, model._top_down
+
+    def count(key, fn):
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(model, "_bottom_up", count("bu", bu))
+    monkeypatch.setattr(model, "_top_down", count("td", td))
+    out = model(x)
+    assert calls == {"bu": 1, "td": 1}  # batched over classes, one BU pass reused
+    monkeypatch.setattr(model, "_bottom_up", bu)
+    monkeypatch.setattr(model, "_top_down", td)
+
+    # Brute force: one plain hierarchy pass per class, y fed through the td_context hook.
+    log_q = F.log_softmax(model.classify_logits(x), 1)
+    per_class = []
+    for c in range(10):
+        ctx = model.class_context(torch.full((12,), c))
+        lw = HierarchicalVAE.forward(model, x, td_context=ctx).log_weight
+        per_class.append(lw - math.log(10))                     # L(x, y=c) incl. log p(y)
+    L = torch.stack(per_class, 1)
+    u = (log_q.exp() * (L - log_q)).sum(1)                      # -U, eq. 19
+    torch.testing.assert_close(out.class_bounds, L, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.bound, u, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.log_weight, torch.logsumexp(L, 1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.loss, -u.mean(), rtol=1e-5, atol=1e-4)
+
+    # A mixed batch: labelled rows get L(x, y) and alpha * CE, unlabelled rows -U (eq. 20).
+    y = torch.tensor([3, 1, 4, 1, 5, 9] + [-1] * 6)
+    mixed = model(x, labels=y)
+    lab = torch.arange(6)
+    L_l = L[lab, y[:6]]
+    ce = -log_q[lab, y[:6]]
+    torch.testing.assert_close(mixed.bound[:6], L_l, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(mixed.bound[6:], u[6:], rtol=1e-5, atol=1e-4)
+    expected = (-L_l + 3.0 * ce).mean() - u[6:].mean()
+    torch.testing.assert_close(mixed.loss, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_td_context_is_additive_and_none_keeps_the_plain_model(digits):
+    cfg = preset("digits", filters=(8,), blocks=1)
+    model = HierarchicalVAE(cfg)
+    x = to_model_input(fixed_binarization(digits.test, 0).images[:8], "binary")
+    model.initialize(x)
+    zeros = [torch.zeros(1, 1, 1, 1)] * model.n_layers
+    torch.manual_seed(1)
+    a = model(x, td_context=None).log_weight
+    torch.manual_seed(1)
+    b = model(x, td_context=zeros).log_weight
+    torch.manual_seed(1)
+    c = model(x).log_weight
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_class_conditional_samples_differ_by_class():
+    model = tiny_model()
+    model.initialize(torch.bernoulli(torch.rand(32, 1, 8, 8)))
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    grid = model.class_grid(3, generator=gen())
+    assert grid.shape == (30, 1, 8, 8)
+    same_noise = [model.sample(1, generator=gen(), y=c) for c in (0, 7)]
+    assert not torch.equal(*same_noise)
+    assert torch.equal(model.sample(1, generator=gen(), y=7), same_noise[1])
+
+
+def test_classifier_learns_digits_when_every_label_is_known(digits):
+    torch.manual_seed(0)
+    cfg = preset("digits", filters=(16,), blocks=1)
+    model = SemiSupervisedBIVA(cfg, 10, alpha=default_alpha(1, 1))
+    train = fixed_binarization(digits.train, 0)
+    test = fixed_binarization(digits.test, 0)
+    x_all = to_model_input(train.images, "binary")
+    model.initialize(x_all[:256])
+    opt = torch.optim.Adamax(model.parameters(), lr=4e-3)
+    ces = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        idx = torch.randint(len(train), (64,), generator=gen)
+        out = model.loss(x_all[idx], train.labels[idx], free_bits=0.5)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        ces.append(float(out.ce.detach().mean()))
+    assert np.mean(ces[-10:]) < 0.6 * np.mean(ces[:10])
+    probs = predict_proba(model, to_model_input(test.images, "binary"), seed=0)
+    acc = float((probs.argmax(1) == test.labels).float().mean())
+    print(f"CE {np.mean(ces[:10]):.3f} -> {np.mean(ces[-10:]):.3f}, test accuracy {acc:.3f}")
+    assert acc > 0.5, acc    # chance is 0.1
+
+
+def test_label_split_through_the_trainer_is_balanced_seeded_and_disjoint(tmp_path, digits):
+    cfg = tiny_config()
+    assert trainer_class(cfg) is SemiSupervisedTrainer
+    t = SemiSupervisedTrainer(cfg, tmp_path / "a", data=digits)
+    lab, unl = t.labelled_indices, t.unlabelled_indices
+    n = len(digits.train)
+    assert torch.bincount(t.labelled.labels, minlength=10).tolist() == [3] * 10
+    assert len(set(lab.tolist()) & set(unl.tolist())) == 0
+    assert sorted(lab.tolist() + unl.tolist()) == list(range(n))
+    assert torch.equal(t.labelled.images, digits.train.images[lab])
+    assert torch.equal(t.labelled.labels, digits.train.labels[lab])
+    assert t.data.train.labels is None and len(t.data.train) == n - 30
+    assert torch.equal(t.data.train.images, digits.train.images[unl])
+    assert t.alpha == pytest.approx(0.1 * n / 30)
+    saved = json.loads((tmp_path / "a" / "labelled.json").read_text())
+    assert saved["train_indices"] == lab.tolist() and saved["per_class"] == [3] * 10
+    # The mixed batch: 10 labelled rows (with their labels) then 24 unlabelled rows.
+    _, images = next(t._batches())
+    assert images.shape[0] == 34
+    assert torch.isin(t._next_labels, torch.arange(10)).all() and len(t._next_labels) == 10
+    # The labelled stream is a pure function of (seed, step).
+    tail = list(itertools.islice(t.labelled_batches(0), 5, 8))
+    for (xa, ya), (xb, yb) in zip(tail, itertools.islice(t.labelled_batches(5), 3), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    again = SemiSupervisedTrainer(tiny_config(), tmp_path / "b", data=digits)
+    other = SemiSupervisedTrainer(tiny_config("train.seed=1"), tmp_path / "c", data=digits)
+    assert torch.equal(again.labelled_indices, lab)
+    assert not torch.equal(other.labelled_indices, lab)
+
+
+def test_resume_is_exact(tmp_path, digits):
+    full = SemiSupervisedTrainer(tiny_config(), tmp_path / "full", data=digits)
+    full.fit()
+    part = SemiSupervisedTrainer(tiny_config(), tmp_path / "part", data=digits, stop_after=2)
+    part.fit()
+    resumed = SemiSupervisedTrainer.resume(tmp_path / "part", data=digits)
+    assert resumed.step == 2
+    resumed.fit()
+    a, _ = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_000000004")
+    b, _ = load_checkpoint(tmp_path / "part" / "checkpoints" / "step_000000004")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert valid and 0.0 <= valid[-1]["valid_error"] <= 1.0 and "ce" in records[0]
+
+
+def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    sets = [a for s in TINY for a in ("--set", s)]
+    assert main(["train", "--config", "digits", *sets, "--steps", "2", "--run-dir",
+                 str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["num_classes"] == 10 and cfg["data"]["labels_per_class"] == 3
+    assert main(["evaluate", str(run), "--k", "2", "--n-examples", "40"]) == 0
+    cm = json.loads((run / "confusion_test.json").read_text())
+    assert np.asarray(cm["confusion"]).shape == (10, 10)
+    assert np.asarray(cm["confusion"]).sum() == 40
+    assert (run / "figures" / "confusion_test.png").stat().st_size > 0
+    res = json.loads((run / "eval_test_k2.json").read_text())
+    assert 0 <= res["classification"]["error"] <= 1 and math.isfinite(res["L_2"])
+    assert res["classification"]["elbo_U"] <= res["classification"]["L_1"] + 1e-6
+
+    out = tmp_path / "pred.npz"
+    assert main(["predict", str(run), "--data", "digits", "--n-examples", "30", "--out",
+                 str(out)]) == 0
+    pred = np.load(out)
+    assert pred["probs"].shape == (30, 10)
+    np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-5)
+    # New data as an .npz of grey levels (0..255): binarized with a seeded draw, then q(y|x).
+    grey = (np.random.default_rng(0).random((5, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "new.npz", images=grey)
+    assert main(["predict", str(run), "--npz", str(tmp_path / "new.npz")]) == 0
+    probs = predict(run, grey)
+    torch.testing.assert_close(torch.from_numpy(np.load(run / "predictions_new.npz")["probs"]),
+                               probs)
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+
+    assert main(["sample", str(run), "-n", "4", "--per-class", "3"]) == 0
+    assert (run / "figures" / "samples_by_class.png").stat().st_size > 0
+    capsys.readouterr()
+
+
+def test_shipped_semi_supervised_configs():
+    for name, preset_filters, dataset in [("mnist_100_labels", 64, "mnist"),
+                                          ("fashion_mnist_100_labels", 64, "fashion_mnist"),
+                                          ("mnist_100_labels_cpu", 32, "mnist")]:
+        cfg = load_run_config(name)
+        assert cfg.data.labels_per_class == 10 and cfg.data.name == dataset
+        assert cfg.data.binarization == "dynamic" and cfg.model.filters == (preset_filters,)
+        assert trainer_class(cfg) is SemiSupervisedTrainer
+
+
+def test_load_run_data_keeps_labels_for_the_split():
+    data = load_run_data(tiny_config())
+    assert data.train.labels is not None and data.num_classes == 10

@@ -1,0 +1,447 @@
+"""Training pipeline: exact resume (in-process and after a real SIGKILL), safe updates,
+reproducibility, schedules and the EMA.
+
+Everything runs a tiny BIVA (8 filters, 1 block) on scikit-learn's 8x8 digits, with a training
+split of 200 examples so that short runs cross epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from biva.cli.main import main
+from biva.models import HierarchicalVAE
+from biva.training import Trainer, load_run_config, load_run_data
+from biva.training.ema import EMA
+from biva.training.schedule import free_bits, kl_weight, learning_rate
+from biva.utils.checkpoint import list_checkpoints, load_checkpoint
+from biva.utils.jsonl import read_jsonl
+
+# 200 training examples: 6 batches of 32 an epoch, so 12 steps cover two epochs.
+TINY = ["train.finetune_steps=2", "train.log_every=4", "train.eval_every=6",
+        "train.checkpoint_every=4", "train.batch_size=32", "train.progress=false",
+        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.k=4",
+        "model.filters=[8]", "model.blocks=1", "data.valid_size=1150"]
+STEPS = 12
+
+
+def tiny_config(*extra: str, steps: int = STEPS):
+    return load_run_config("digits", [*TINY, f"train.steps={steps}", *extra])
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The digits splits, loaded once (the tiny config's data section)."""
+    return load_run_data(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data) -> Path:
+    """An uninterrupted run of the tiny config (seed 0)."""
+    run = tmp_path_factory.mktemp("reference")
+    Trainer(tiny_config(), run, data=data).fit()
+    return run
+
+
+def final_checkpoint(run: Path, step: int = STEPS) -> dict[str, dict[str, torch.Tensor]]:
+    path = run / "checkpoints" / f"step_{step:09d}"
+    assert (path / "meta.json").is_file(), f"no {path.name} in {run}: {os.listdir(path.parent)}"
+    tensors, state = load_checkpoint(path)
+    assert state["step"] == step
+    return tensors
+
+
+def assert_identical(a: dict, b: dict, groups=("model", "ema", "optimizer")) -> None:
+    """Bit-identical tensors in every group (same keys, dtypes, shapes and values)."""
+    for group in groups:
+        assert a[group].keys() == b[group].keys(), group
+        assert a[group], f"empty group {group}"
+        for key in a[group]:
+            ta, tb = a[group][key], b[group][key]
+            assert ta.dtype == tb.dtype and ta.shape == tb.shape, f"{group}/{key}"
+            assert torch.equal(ta, tb), f"{group}/{key} differs"
+
+
+def metric_records(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")}
+            for r in read_jsonl(run / "metrics.jsonl")]
+
+
+def assert_no_duplicate_steps(records: list[dict]) -> None:
+    for kind in ("train", "valid"):
+        steps = [r["step"] for r in records if r["kind"] == kind]
+        assert steps == sorted(set(steps)), f"{kind} steps repeated or out of order: {steps}"
+
+
+def first_batch(trainer: Trainer) -> torch.Tensor:
+    _, images = next(trainer._batches())
+    return trainer._batch(images)
+
+
+def snapshot(trainer: Trainer) -> dict:
+    return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+            "ema": {k: v.clone() for k, v in trainer.ema.state_dict().items()},
+            "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
+
+
+def assert_untouched(trainer: Trainer, before: dict) -> None:
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before["model"][key]), f"model {key} changed"
+    for key, value in trainer.ema.state_dict().items():
+        assert torch.equal(value, before["ema"][key]), f"ema {key} changed"
+    state = trainer.optimizer.state_dict()["state"]
+    assert state.keys() == before["optimizer"]["state"].keys()
+    for idx, entry in state.items():
+        for name, value in entry.items():
+            assert torch.equal(value, before["optimizer"]["state"][idx][name]), f"opt {idx}/{name}"
+
+
+def changed_params(trainer: Trainer, before: dict) -> int:
+    return sum(not torch.equal(p, before["model"][k])
+               for k, p in trainer.model.named_parameters())
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_stop_after_then_resume_equals_uninterrupted(tmp_path, data, reference_run):
+    run = tmp_path / "run"
+    # Step 7: after the evaluation at step 6, past the checkpoint at step 4 (not a checkpoint
+    # step), so the resume must replay steps 5-7 and drop the log records written after step 4.
+    stopped = Trainer(tiny_config(), run, data=data, stop_after=7)
+    stopped.fit()
+    assert stopped.step == 7
+    assert [p.name for p in list_checkpoints(run)] == ["step_000000004"]
+    assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == 6
+
+    resumed = Trainer.resume(run, data=data)
+    assert resumed.step == 4
+    steps_after_resume = metric_records(run)
+    assert max(r["step"] for r in steps_after_resume) == 4, "records past step 4 not truncated"
+    resumed.fit()
+    assert resumed.step == STEPS
+
+    assert_identical(final_checkpoint(run), final_checkpoint(reference_run))
+    records = metric_records(run)
+    assert_no_duplicate_steps(records)
+    assert records == metric_records(reference_run)
+
+
+def test_time_budget_stop_then_resume_equals_uninterrupted(tmp_path, data, reference_run):
+    run = tmp_path / "run"
+    # A budget of ~60 microseconds: the run stops (evaluating and saving) within a step or two.
+    stopped = Trainer(tiny_config("train.max_minutes=0.000001"), run, data=data)
+    stopped.fit()
+    assert stopped.step < STEPS and _latest_step(run) == stopped.step
+    assert read_jsonl(run / "metrics.jsonl")[-1] == {**read_jsonl(run / "metrics.jsonl")[-1],
+                                                    "kind": "valid", "step": stopped.step}
+    # The same config without the budget: the extra evaluation at the stop must not have
+    # shifted the random stream that the resumed training continues.
+    resumed = Trainer(tiny_config(), run, data=data, resume=True)
+    assert resumed.step == stopped.step
+    resumed.fit()
+    assert_identical(final_checkpoint(run), final_checkpoint(reference_run))
+
+
+def _biva_command() -> list[str]:
+    script = Path(sys.executable).with_name("biva")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "biva.cli.main"]
+
+
+def _latest_step(run: Path) -> int:
+    found = list_checkpoints(run)
+    return int(found[-1].name.split("_")[1]) if found else -1
+
+
+def _logged_train_steps(run: Path) -> list[int]:
+    try:
+        lines = (run / "metrics.jsonl").read_bytes().split(b"\n")[:-1]  # complete lines only
+    except FileNotFoundError:
+        return []
+    return [r["step"] for r in map(json.loads, lines) if r.get("kind") == "train"]
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
+    """Kill `biva train` with SIGKILL mid-run, resume it, compare with an uninterrupted run."""
+    steps = 40
+    sets = [*TINY, "train.log_every=5", "train.checkpoint_every=10", "train.eval_every=20",
+            "train.seed=3"]
+    cfg = load_run_config("digits", [*sets, f"train.steps={steps}"])
+    reference = tmp_path / "reference"
+    Trainer(cfg, reference).fit()  # its own data: the seed also picks the validation split
+
+    run = tmp_path / "killed"
+    argv = [*_biva_command(), "train", "--config", "digits", "--steps", str(steps),
+            "--run-dir", str(run)]
+    for s in sets:
+        argv += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        killed_at = None
+        try:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                ckpt = _latest_step(run)
+                # Kill once a checkpoint >= 10 exists and a log record past it was written (so
+                # the resume has records to drop), or at the last checkpoint before the end.
+                if ckpt >= 30 or (ckpt >= 10 and max(_logged_train_steps(run) or [0]) > ckpt):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed_at = ckpt
+                    break
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None and killed_at is None:
+                proc.kill()
+            proc.wait(timeout=60)
+
+    if killed_at is not None and proc.returncode == -signal.SIGKILL:
+        assert _latest_step(run) >= 10
+    else:
+        assert proc.returncode == 0, (tmp_path / "first.log").read_text()
+        warnings.warn("the run finished before it could be killed; testing --stop-after instead",
+                      stacklevel=1)
+        run = tmp_path / "stopped"
+        stop_argv = [a if a != str(tmp_path / "killed") else str(run) for a in argv]
+        assert main([*stop_argv[len(_biva_command()):], "--stop-after", "25"]) == 0
+    resume_from = _latest_step(run)
+    assert resume_from < steps
+    capsys.readouterr()
+
+    # The resume runs in this process (a second interpreter start-up is slow on a busy machine).
+    assert main(["train", "--resume", str(run)]) == 0
+    assert f"resumed {run} at step {resume_from}" in capsys.readouterr().out
+
+    assert_identical(final_checkpoint(run, steps), final_checkpoint(reference, steps))
+    records = metric_records(run)
+    assert_no_duplicate_steps(records)
+    assert records == metric_records(reference)
+
+
+# ----------------------------------------------------------------------------- safe updates
+
+
+def test_nan_batch_is_skipped_without_touching_weights(tmp_path, data):
+    trainer = Trainer(tiny_config(), tmp_path / "run", data=data)
+    x = first_batch(trainer)
+    stats = trainer.train_step(x)  # one real update, so the optimizer holds state
+    assert float(stats["skipped"]) == 0.0 and trainer.skipped == 0
+    before = snapshot(trainer)
+    assert before["optimizer"]["state"], "optimizer state should be populated"
+
+    x_nan = x.clone()
+    x_nan[0, 0, 3, 4] = math.nan
+    stats = trainer.train_step(x_nan)
+    assert trainer.skipped == 1 and trainer.consecutive_skips == 1
+    assert float(stats["skipped"]) == 1.0
+    assert not (math.isfinite(float(stats["loss"])) and math.isfinite(float(stats["grad_norm"])))
+    assert_untouched(trainer, before)
+    assert all(p.grad is None for p in trainer.model.parameters()), "skipped grads left behind"
+
+    stats = trainer.train_step(x)
+    assert float(stats["skipped"]) == 0.0
+    assert trainer.skipped == 1 and trainer.consecutive_skips == 0
+    assert changed_params(trainer, before) > 0
+    assert any(not torch.equal(v, before["ema"][k]) for k, v in trainer.ema.state_dict().items())
+
+
+def test_exploding_gradients_are_skipped_until_the_guard(tmp_path, data):
+    cfg = tiny_config("train.skip_threshold=1e-6", "train.max_consecutive_skips=3")
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    x = first_batch(trainer)
+    trainer.train_step(x)  # skipped too (grad norm > 1e-6): take a real one for optimizer state
+    trainer.consecutive_skips, trainer.skipped = 3, 0
+    trainer.train_step(x)
+    before = snapshot(trainer)
+    assert trainer.consecutive_skips == 0
+
+    for n in range(1, 4):
+        stats = trainer.train_step(x)
+        assert float(stats["skipped"]) == 1.0
+        assert math.isfinite(float(stats["grad_norm"])) and float(stats["grad_norm"]) > 1e-6
+        assert trainer.skipped == n and trainer.consecutive_skips == n
+        assert_untouched(trainer, before)
+
+    # A non-finite update is never let through, even past the guard.
+    x_nan = x.clone()
+    x_nan[1, 0, 0, 0] = math.nan
+    assert float(trainer.train_step(x_nan)["skipped"]) == 1.0
+    assert_untouched(trainer, before)
+    assert trainer.consecutive_skips == 4
+
+    # After max_consecutive_skips skips, the (clipped) finite update goes through.
+    stats = trainer.train_step(x)
+    assert float(stats["skipped"]) == 0.0
+    assert trainer.consecutive_skips == 0 and trainer.skipped == 4
+    assert changed_params(trainer, before) > 0
+
+
+def test_skips_are_logged(tmp_path, data):
+    cfg = tiny_config("train.skip_threshold=1e-6", "train.max_consecutive_skips=100",
+                      steps=4)
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    trainer.fit()
+    assert trainer.skipped == 4
+    train = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert train[-1]["skipped_total"] == 4 and train[-1]["skipped"] == 1.0
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_same_parameters_other_seed_differs(tmp_path, data, reference_run):
+    again = tmp_path / "again"
+    Trainer(tiny_config(), again, data=data).fit()
+    assert_identical(final_checkpoint(again), final_checkpoint(reference_run))
+
+    other = tmp_path / "other"
+    Trainer(tiny_config("train.seed=1"), other, data=data).fit()
+    a, b = final_checkpoint(other)["model"], final_checkpoint(reference_run)["model"]
+    differ = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    assert len(differ) > len(a) // 2
+
+
+def test_new_run_refuses_a_run_dir_with_checkpoints(tmp_path, data, reference_run):
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(tiny_config(), reference_run, data=data)
+
+
+def test_resume_of_a_finished_run_is_a_no_op(tmp_path, data, reference_run):
+    trainer = Trainer.resume(reference_run, data=data)
+    assert trainer.step == STEPS
+    before = snapshot(trainer)
+    assert trainer.fit() == {}
+    assert_untouched(trainer, before)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    tc = tiny_config("train.lr=0.01", "train.min_lr=0.001", "train.warmup_steps=10",
+                     "train.lr_decay=0.9", steps=100).train
+    warm = [learning_rate(tc, s) for s in range(10)]
+    assert warm == pytest.approx([0.001 * (s + 1) for s in range(10)])
+    assert learning_rate(tc, 9) == pytest.approx(0.01)
+    assert learning_rate(tc, 10) == pytest.approx(0.01)
+    assert learning_rate(tc, 12) == pytest.approx(0.01 * 0.9**2)
+    decay = [learning_rate(tc, s) for s in range(10, 200)]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
+    assert min(decay) == 0.001  # 0.01 * 0.9**t falls below the floor after ~22 steps
+    assert learning_rate(tc, 10**6) == 0.001
+
+
+def test_free_bits_are_zero_during_finetuning():
+    tc = tiny_config("train.free_bits=1.5", "train.finetune_steps=10", steps=100).train
+    assert [free_bits(tc, s) for s in (0, 50, 89)] == [1.5, 1.5, 1.5]
+    assert [free_bits(tc, s) for s in range(90, 100)] == [0.0] * 10
+    no_ft = tiny_config("train.free_bits=1.5", "train.finetune_steps=0", steps=100).train
+    assert free_bits(no_ft, 99) == 1.5
+
+
+def test_kl_warmup():
+    tc = tiny_config("train.kl_warmup_steps=10", steps=100).train
+    assert [kl_weight(tc, s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert kl_weight(tc, 10) == 1.0 and kl_weight(tc, 99) == 1.0
+    assert kl_weight(tiny_config("train.kl_warmup_steps=0").train, 0) == 1.0
+
+
+def test_train_step_passes_the_schedules_to_the_model(tmp_path, data, monkeypatch):
+    cfg = tiny_config("train.free_bits=0.75", "train.kl_warmup_steps=8", "train.warmup_steps=4")
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(x, **kwargs):
+        seen.append(kwargs)
+        return forward(x, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    x = first_batch(trainer)
+    for step in (0, STEPS - 3, STEPS - 2, STEPS - 1):  # finetune_steps=2: the last two steps
+        trainer.step = step
+        stats = trainer.train_step(x)
+        assert float(stats["lr"]) == pytest.approx(learning_rate(cfg.train, step))
+        assert trainer.optimizer.param_groups[0]["lr"] == learning_rate(cfg.train, step)
+    assert [kw["free_bits"] for kw in seen] == [0.75, 0.75, 0.0, 0.0]
+    assert [kw["kl_weight"] for kw in seen] == pytest.approx([1 / 8, 1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def test_ema_starts_from_the_initialized_weights(tmp_path, data):
+    trainer = Trainer(tiny_config(), tmp_path / "run", data=data)
+    assert bool(trainer.model.initialized) and bool(trainer.ema.model.initialized)
+    live, ema = trainer.model.state_dict(), trainer.ema.state_dict()
+    assert live.keys() == ema.keys()
+    for key in live:
+        assert torch.equal(live[key], ema[key]), key
+    assert ema[key].data_ptr() != live[key].data_ptr()
+    # The data-dependent init changed the weights: an EMA copied before it would differ.
+    torch.manual_seed(0)
+    fresh = HierarchicalVAE(trainer.cfg.model).state_dict()
+    assert any(not torch.equal(fresh[k], ema[k]) for k in ema if ema[k].is_floating_point())
+
+
+def test_ema_update_is_the_exponential_average(tmp_path, data):
+    trainer = Trainer(tiny_config("train.ema_decay=0.75", "train.ema_warmup=false"),
+                      tmp_path / "run", data=data)
+    x = first_batch(trainer)
+    trainer.train_step(x)  # EMA and live weights now differ
+    old = {k: v.clone() for k, v in trainer.ema.model.named_parameters()}
+    trainer.train_step(x)
+    new = dict(trainer.model.named_parameters())
+    for key, value in trainer.ema.model.named_parameters():
+        expected = 0.75 * old[key].double() + 0.25 * new[key].detach().double()
+        torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+        assert not value.requires_grad
+    assert any(not torch.equal(old[k], v) for k, v in trainer.ema.model.named_parameters())
+    for (name, b_ema), b_live in zip(trainer.ema.model.named_buffers(), trainer.model.buffers(),
+                                     strict=True):
+        assert torch.equal(b_ema, b_live), name
+
+
+def test_ema_warmup_uses_the_smaller_decay_early_and_survives_resume(tmp_path, data):
+    trainer = Trainer(tiny_config("train.ema_decay=0.75"), tmp_path / "run", data=data)
+    assert trainer.ema.current_decay() == pytest.approx(0.1)    # (1 + 0) / (10 + 0)
+    x = first_batch(trainer)
+    old = {k: v.clone() for k, v in trainer.ema.model.named_parameters()}
+    trainer.train_step(x)
+    new = dict(trainer.model.named_parameters())
+    for key, value in trainer.ema.model.named_parameters():
+        expected = 0.1 * old[key].double() + 0.9 * new[key].detach().double()
+        torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    trainer.ema.updates = 100
+    assert trainer.ema.current_decay() == 0.75                   # capped by ema_decay
+    trainer.step = 1
+    trainer.save()
+    resumed = Trainer.resume(tmp_path / "run", data=data)
+    assert resumed.ema.updates == 100
+
+
+def test_ema_on_a_small_module():
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    old = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for p_ema, p_old, p_new in zip(ema.model.parameters(), old, model.parameters(), strict=True):
+        torch.testing.assert_close(p_ema, 0.9 * p_old + 0.1 * p_new.detach(), rtol=1e-6,
+                                   atol=1e-7)
+    assert ema.model.training is False
