@@ -184,7 +184,8 @@ def conv_peak(batch: int, channels: int, size: int, device: torch.device, reps: 
         x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
         w = torch.randn(channels, channels, kernel, kernel, device=device, dtype=dtype) * 0.05
         x, w = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
-        calls = 20 if device.type == "cuda" else 4
+        # Enough calls per timed group (~20 GFLOP) that one group lasts tens of milliseconds.
+        calls = max(4, round(2e10 / flop)) * (10 if device.type == "cuda" else 1)
 
         def run(x=x, w=w, calls=calls):
             for _ in range(calls):

@@ -193,6 +193,26 @@ def use_grad_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
+class _ToNCHW(torch.autograd.Function):
+    """``x.contiguous()`` whose gradient goes back channels-last, the layout of ``x``.
+
+    Plain ``contiguous`` hands back an NCHW gradient, and one NCHW gradient mixed into the
+    channels-last gradients of the stages sends every element-wise backward op that meets it
+    down a slow strided path.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 def elu_flatten(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, C*H*W) after the block activation (input to a dense latent head)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        x = _ToNCHW.apply(x)  # flatten in C, H, W order, as the dense weights expect
     return F.elu(x).flatten(1)
