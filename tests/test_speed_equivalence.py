@@ -15,6 +15,7 @@ CPU is expected, checked to 1e-6).
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -224,3 +225,28 @@ def test_compiled_step_matches_eager(nchw_noise):
     torch.testing.assert_close(out_b.loss, out_a.loss, rtol=1e-4, atol=1e-4)
     for name, p in fast.named_parameters():
         torch.testing.assert_close(p.grad, grads_a[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_biva_evaluate_amp_and_channels_last_flags(tmp_path):
+    from biva.cli.main import main
+    from biva.training import Trainer, load_run_config
+
+    cfg = load_run_config("digits", ["train.steps=2", "train.finetune_steps=0",
+                                     "train.progress=false", "train.init_batch=32",
+                                     "train.batch_size=16", "data.valid_size=1150",
+                                     "model.filters=[8]", "model.blocks=1",
+                                     "train.checkpoint_every=2", "train.eval_every=2",
+                                     "train.eval_batches=1"])
+    run = tmp_path / "run"
+    Trainer(cfg, run).fit()
+    results = {}
+    for flags in (["--amp", "none", "--no-channels-last"], ["--amp", "bf16", "--channels-last"]):
+        out = tmp_path / f"{flags[1]}.json"
+        torch.manual_seed(0)
+        assert main(["evaluate", str(run), "--k", "8", "--n-examples", "40", "--threads", "1",
+                     "--device", "cpu", "--out", str(out), *flags]) == 0
+        results[flags[1]] = json.loads(out.read_text())
+    assert results["bf16"]["amp"] == "bf16" and results["none"]["amp"] == "none"
+    for key in ("L_1", "L_8"):
+        ref = results["none"][key]
+        assert abs(results["bf16"][key] - ref) <= 0.01 * abs(ref), key
