@@ -7,19 +7,10 @@ from biva import HierarchicalVAE, LinearGaussianHierarchy, importance_weighted_b
 from biva.objectives import bits_per_dim, effective_sample_size, log_weights
 
 
-def _data(model, n=64, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.dims[-1], generator=g, dtype=torch.float64)
-    for i in range(model.L - 1, -1, -1):
-        z = z @ model.A[i].T + model.b[i] + model.s[i] * torch.randn(
-            n, model.dims[i], generator=g, dtype=torch.float64)
-    return z
-
-
 def test_exact_posterior_gives_log_px_with_every_sample():
     torch.manual_seed(0)
     m = LinearGaussianHierarchy((5, 3, 2), exact_posterior=True)
-    x = _data(m)
+    x = m.sample_data(64, seed=3)
     lw = m(x, n_samples=4).log_weight.view(4, -1)
     torch.testing.assert_close(lw, m.log_marginal(x).expand(4, -1))
 
@@ -27,7 +18,7 @@ def test_exact_posterior_gives_log_px_with_every_sample():
 def test_iw_bound_rises_with_k_towards_log_px():
     torch.manual_seed(0)
     m = LinearGaussianHierarchy((6, 4, 2), seed=1)
-    x = _data(m, n=32)
+    x = m.sample_data(32, seed=3)
     log_px = m.log_marginal(x).mean().item()
     bounds = {k: importance_weighted_bound(m, x, k).mean().item() for k in (1, 10, 100, 5000)}
     assert bounds[1] < bounds[10] < bounds[100] < bounds[5000] <= log_px + 1e-3
@@ -37,7 +28,7 @@ def test_iw_bound_rises_with_k_towards_log_px():
 def test_l_greater_k_is_a_lower_bound_on_the_exact_marginal():
     torch.manual_seed(0)
     m = LinearGaussianHierarchy((6, 4, 3, 2), seed=2, exact_posterior=True)
-    x = _data(m, n=16)
+    x = m.sample_data(16, seed=3)
     log_px = m.log_marginal(x)
     for k in range(m.L):
         lw = m(x, n_samples=2000, prior_layers=k).log_weight.view(2000, -1)

@@ -44,19 +44,10 @@ def test_score_samples_is_the_l_gt_k_estimator_on_the_same_samples(variant):
     torch.testing.assert_close(s2, ref.double())
 
 
-def _lg_data(model, n, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.dims[-1], generator=g, dtype=torch.float64)
-    for i in range(model.L - 1, -1, -1):
-        z = z @ model.A[i].T + model.b[i] + model.s[i] * torch.randn(
-            n, model.dims[i], generator=g, dtype=torch.float64)
-    return z
-
-
 def test_scores_bound_the_exact_log_marginal():
     torch.manual_seed(0)
     m = LinearGaussianHierarchy((6, 4, 3, 2), seed=2, exact_posterior=True)
-    x = _lg_data(m, 12)
+    x = m.sample_data(12, seed=3)
     log_px = m.log_marginal(x)
     # Exact posterior, k = 0: every weight is p(x), through batching and chunking.
     torch.testing.assert_close(score_samples(m, x, k=0, n_samples=50, batch_size=5,

@@ -49,6 +49,15 @@ class LinearGaussianHierarchy(nn.Module):
         self.t = [0.5 + 0.5 * torch.rand(d[i + 1], generator=g, dtype=torch.float64)
                   for i in range(self.L)]
 
+    def sample_data(self, n: int, seed: int = 0) -> Tensor:
+        """n draws of x from the generative model (ancestral, seeded): (n, d_x) float64."""
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.dims[-1], generator=g, dtype=torch.float64)
+        for i in range(self.L - 1, -1, -1):
+            z = z @ self.A[i].T + self.b[i] + self.s[i] * torch.randn(
+                n, self.dims[i], generator=g, dtype=torch.float64)
+        return z
+
     def log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p(x) in nats: (B,)."""
         return MultivariateNormal(self.m[0], self.S[0]).log_prob(x.double())
