@@ -93,13 +93,33 @@ def test_schedules():
     assert annealing(0, cfg) == pytest.approx(0.1)
     assert annealing(2500, cfg) == pytest.approx(0.55)
     assert annealing(5000, cfg) == annealing(9999, cfg) == 1.0
-    # the normalized annealed prior integrates to 1 over its box
-    prior = AnnealedPotential(1, box=4.0, bins=200)
+    prior = AnnealedPotential(1, extent=2.0, wall=0.05, bins=200)
     log_z = prior.log_partition(0.5)
-    assert math.isfinite(log_z)
-    z = torch.tensor([[2.0, 0.0]])
-    assert float(prior.log_prior(0.5)(z)[0]) == pytest.approx(-0.5 * _u(1, 2.0, 0.0) - log_z,
-                                                               abs=1e-5)
+    z = torch.tensor([[2.0, 0.0], [2.1, -2.2]])
+    lp = prior.log_prior(0.5)(z)
+    assert float(lp[0]) == pytest.approx(-0.5 * _u(1, 2.0, 0.0) - log_z, abs=1e-5)
+    wall = 0.5 * ((0.1 / 0.05) ** 2 + (0.2 / 0.05) ** 2)
+    assert float(lp[1]) == pytest.approx(-0.5 * _u(1, 2.1, -2.2) - wall - log_z, abs=1e-4)
+
+
+@pytest.mark.parametrize("index", [1, 2, 3, 4])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_walled_prior_integrates_to_one_and_keeps_its_mass_in_the_box(index, beta):
+    # An independent quadrature (finer midpoint grid over a wider square) of exp(log_prior).
+    prior = AnnealedPotential(index, extent=2.0, wall=0.05)
+    n, half = 1200, 3.0
+    c = torch.linspace(-half, half, n + 1, dtype=torch.float64)
+    c = (c[:-1] + c[1:]) / 2
+    z = torch.stack(torch.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
+    p = prior.log_prior(beta)(z).double().exp() * (2 * half / n) ** 2
+    assert float(p.sum()) == pytest.approx(1.0, abs=0.01)
+    inside = (z.abs() < 2.0).all(-1)
+    assert float(p[inside].sum()) > 0.9  # U1's ring meets the box: some mass sits in the wall
+    # Without the wall, U2 is flat along z1: most of Z's box (-4, 4)^2 lies outside (-2, 2)^2.
+    if index == 2:
+        free = AnnealedPotential(2, wall=0.0)
+        pf = free.log_prior(beta)(z).double().exp() * (2 * half / n) ** 2
+        assert float(pf[inside].sum()) < 0.55
 
 
 def test_top_log_prior_hook_and_mlp_conversion():
@@ -143,6 +163,7 @@ def test_quick_cli_run_writes_json_and_figures(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
     assert run["model"] == "biva" and run["potential"] == 2 and math.isfinite(run["kl"])
+    assert run["device"] == "cpu"
     assert results["summary"]["biva"]["U2"]["median"] == run["kl"]
     assert (out / "densities.png").stat().st_size > 0
     assert (out / "kl_boxplot.png").stat().st_size > 0
@@ -159,3 +180,11 @@ def test_parallel_workers(tmp_path):
                  "--workers", "2", "--out", str(out)]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [r["model"] for r in runs] == ["vae", "lvae"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CUDA-less torch")
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, capsys):
+    assert main(["densities", "--models", "vae", "--potentials", "1", "--seeds", "1", "--quick",
+                 "--device", "cuda", "--workers", "1", "--out", str(tmp_path / "d")]) == 2
+    assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

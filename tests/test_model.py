@@ -43,6 +43,22 @@ def test_shapes_and_gradients_reach_every_parameter(variant, kind):
     assert out3.log_weight.shape == (12,) and out3.elbo.shape == (4,)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_top_posterior_is_the_forward_passes_q_of_z_top_draw_for_draw(variant):
+    torch.manual_seed(0)
+    model = HierarchicalVAE(tiny_conv(variant)).eval()
+    x = rgb_batch()
+    model.initialize(x)
+    top = f"z{model.n_layers}"
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    q = model.top_posterior(x)
+    torch.testing.assert_close(q.mu, out.posteriors[top].mu)
+    torch.testing.assert_close(q.sigma, out.posteriors[top].sigma)
+    torch.testing.assert_close(q.sample(), out.latents[top])
+
+
 def test_variants_differ_exactly_where_the_paper_says():
     m = {v: HierarchicalVAE(preset("binary-cpu", variant=v)) for v in VARIANTS}
     L = 6

@@ -41,10 +41,14 @@ def add_parser(sub) -> None:
                    help="nats per latent group and example")
     p.add_argument("--extent", type=float, default=d.extent,
                    help="the KL grid covers (-extent, extent)^2 (100 x 100 bins)")
+    p.add_argument("--wall", type=float, default=d.wall,
+                   help="width of the soft wall confining p(z_L) to the KL's box (0: none)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 300 iterations, 10^4 evaluation samples")
     p.add_argument("--workers", type=int, default=2,
                    help="parallel processes, one thread each (1: run in this process)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where every run trains (the workers share it)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=run)
 
@@ -54,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = DensityConfig().quick() if args.quick else DensityConfig()
     cfg = replace(cfg, batch_size=args.batch_size, x_std=args.x_std, free_bits=args.free_bits,
-                  extent=args.extent)
+                  extent=args.extent, wall=args.wall)
     if args.iterations is not None:
         cfg = replace(cfg, iterations=args.iterations)
     if args.eval_samples is not None:
         cfg = replace(cfg, eval_samples=args.eval_samples)
+    if cfg.wall < 0 or cfg.extent <= 0:
+        raise ValueError(f"--wall must be >= 0 and --extent > 0, got {cfg.wall} and {cfg.extent}")
     if cfg.iterations < 1 or cfg.eval_samples < 1 or args.seeds < 1 or args.workers < 1:
         raise ValueError("--iterations, --eval-samples, --seeds and --workers must be >= 1")
     models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
@@ -66,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     if args.workers == 1:
         torch.set_num_threads(1)  # the same one-thread setting as the pool's workers
-    results = run_experiment(models, potentials, seeds, cfg, args.out, workers=args.workers)
+    device = torch.device(args.device)  # a malformed name fails here, naming itself
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this torch has no CUDA device")
+    results = run_experiment(models, potentials, seeds, cfg, args.out, workers=args.workers,
+                             device=str(device))
     print(f"\nKL(q(z_L) || p(z_L)) in nats over {len(seeds)} seed(s): median [q1, q3]")
     print("model    " + "".join(f"{'U' + str(p):>24}" for p in potentials))
     for m in models:

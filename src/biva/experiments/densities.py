@@ -13,9 +13,9 @@ contribute 0 (0 log 0 = 0, exact for KL(q || p)); p is computed in log space and
 every bin, so no epsilon is needed.
 
 Choices where the paper is silent: the length of the learning-rate warm-up (10 % of the
-iterations), the std of p(x | z) (``x_std``), the box of the prior's normalizer (-4, 4)^2 (only
-the free-bits clamp of the top group and the reported bound depend on it; U2-U4 are not
-normalizable on R^2), and the samples (a fresh batch of x every iteration).
+iterations), the std of p(x | z) (``x_std``), a soft wall confining p(z_L) to the KL's box
+(U2-U4 are not normalizable on R^2; see :class:`AnnealedPotential`), and the samples (a fresh
+batch of x every iteration).
 """
 
 from __future__ import annotations
@@ -89,21 +89,46 @@ def target_grid(index: int, extent: float = 2.0, bins: int = 100) -> np.ndarray:
 
 
 class AnnealedPotential:
-    """The top log-prior ``-beta U(z) - log Z(beta)``, Z(beta) by quadrature on (-box, box)^2."""
+    """The top log-prior ``-beta U(z) - W(z) - log Z(beta)`` of the 2-D density runs.
 
-    def __init__(self, index: int, box: float = 4.0, bins: int = 400):
-        self.index = index
-        u = potential(index, grid_centers(box, bins)).flatten()
-        self._u, self._log_cell = u, 2 * math.log(2 * box / bins)
+    ``W(z) = sum_d relu(|z_d| - extent)^2 / (2 wall^2)`` is a soft wall that confines p(z_L) to
+    the square the KL is measured on: U2-U4 are flat along z1 (not normalizable on R^2), so
+    without it q(z_L) spreads along z1 out of any box for free (the entropy term pays for it;
+    measured: 94% of the samples outside (-2, 2)^2 for U2). With it the trained target is the
+    density the metric compares against, exp(-U) on the box. ``wall = 0`` drops W (then Z is
+    taken over (-4, 4)^2). Z(beta) by quadrature on a ``bins`` x ``bins`` grid covering the
+    wall's reach (10 wall widths past the box).
+    """
+
+    def __init__(self, index: int, extent: float = 2.0, wall: float = 0.05, bins: int = 400):
+        if wall < 0 or extent <= 0:
+            raise ValueError(f"AnnealedPotential: expected extent > 0 and wall >= 0, got "
+                             f"extent={extent}, wall={wall}")
+        self.index, self.extent, self.wall = index, extent, wall
+        box = extent + 10 * wall if wall > 0 else 4.0
+        z = grid_centers(box, bins).reshape(-1, 2)
+        self._u, self._w = potential(index, z), self.wall_energy(z)
+        self._log_cell = 2 * math.log(2 * box / bins)
+
+    def wall_energy(self, z: Tensor) -> Tensor:
+        """W(z) (..., 2) -> (...): 0 inside the box, quadratic outside (0 when wall = 0)."""
+        if self.wall == 0:
+            return z.new_zeros(z.shape[:-1])
+        return 0.5 * ((z.abs() - self.extent).clamp_min(0) / self.wall).square().sum(-1)
 
     def log_partition(self, beta: float) -> float:
-        """log Z(beta) = log of the integral of exp(-beta U) over the box, in nats."""
-        return float(torch.logsumexp(-beta * self._u, 0)) + self._log_cell
+        """log Z(beta) = log of the integral of exp(-beta U - W), in nats."""
+        return float(torch.logsumexp(-beta * self._u - self._w, 0)) + self._log_cell
 
     def log_prior(self, beta: float) -> Callable[[Tensor], Tensor]:
         """A ``top_log_prior`` for :meth:`HierarchicalVAE.forward`: z (N, 2) -> (N,) nats."""
         log_z = self.log_partition(beta)
-        return lambda z: -beta * potential(self.index, z.float()) - log_z
+
+        def log_p(z: Tensor) -> Tensor:
+            z = z.float()
+            return -beta * potential(self.index, z) - self.wall_energy(z) - log_z
+
+        return log_p
 
 
 # ------------------------------------------------------------------------------- metric
@@ -131,7 +156,8 @@ def grid_kl(counts: np.ndarray, log_p: np.ndarray) -> float:
 @dataclass(frozen=True)
 class DensityConfig:
     """One density run (appendix D defaults). ``anneal_fraction``/``warmup_fraction`` are
-    fractions of ``iterations`` (5,000 of 10,000 in the paper)."""
+    fractions of ``iterations`` (5,000 of 10,000 in the paper); ``wall`` is the width of the
+    soft wall at the KL box (-extent, extent)^2 (0: none, see :class:`AnnealedPotential`)."""
 
     iterations: int = 10_000
     batch_size: int = 512
@@ -149,6 +175,7 @@ class DensityConfig:
     eval_samples: int = 1_000_000
     extent: float = 2.0
     bins: int = 100
+    wall: float = 0.05
 
     def quick(self) -> DensityConfig:
         """A smoke-test version: 300 iterations, 10^4 evaluation samples."""
@@ -185,9 +212,12 @@ def annealing(step: int, cfg: DensityConfig) -> float:
     return min(1.0, cfg.beta_start + (1 - cfg.beta_start) * step / n)
 
 
-def train(variant: str, index: int, seed: int, cfg: DensityConfig
+def train(variant: str, index: int, seed: int, cfg: DensityConfig, device: str = "cpu"
           ) -> tuple[HierarchicalVAE, dict]:
     """Train one model on potential ``index``; returns it and {bound, skipped, cpu_seconds}.
+
+    The seed fixes the initialization on the CPU; ``device`` ("cpu", "cuda", "cuda:1") runs
+    the iterations there (its random stream, hence the exact draws, differs from the CPU's).
 
     ``bound`` is eq. 11 averaged over the last 100 iterations (nats, beta = 1 by then when
     annealing ends before them): E[log_weight] + H(q(x)), H(N(0, I_2)) = 1 + log 2 pi.
@@ -195,7 +225,8 @@ def train(variant: str, index: int, seed: int, cfg: DensityConfig
     torch.manual_seed(seed)
     model = build_model(variant, cfg)
     model.initialize(torch.randn(cfg.batch_size, 2, 1, 1))
-    prior = AnnealedPotential(index)
+    model.to(device)
+    prior = AnnealedPotential(index, cfg.extent, cfg.wall)
     opt = torch.optim.Adamax(model.parameters(), lr=cfg.lr_min)
     model.train()
     skipped, tail = 0, []
@@ -203,19 +234,20 @@ def train(variant: str, index: int, seed: int, cfg: DensityConfig
     for step in range(cfg.iterations):
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        x = torch.randn(cfg.batch_size, 2, 1, 1)
+        x = torch.randn(cfg.batch_size, 2, 1, 1, device=device)
         out = model(x, free_bits=cfg.free_bits,
                     top_log_prior=prior.log_prior(annealing(step, cfg)))
-        if not torch.isfinite(out.loss):
+        if not torch.isfinite(out.loss):  # the one host sync of an iteration
             skipped += 1  # a rare overflow must not poison the weights; counted, reported
             continue
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
         if step >= cfg.iterations - 100:
-            tail.append(float(out.log_weight.detach().mean()))
+            tail.append(out.log_weight.detach().mean())
     cpu = time.process_time() - cpu0
-    bound = float(np.mean(tail)) + 1 + math.log(2 * math.pi) if tail else float("nan")
+    bound = (float(torch.stack(tail).mean()) + 1 + math.log(2 * math.pi) if tail
+             else float("nan"))
     return model, {"bound": bound, "skipped": skipped, "cpu_seconds": cpu}
 
 
@@ -223,21 +255,25 @@ def train(variant: str, index: int, seed: int, cfg: DensityConfig
 def posterior_samples(model: HierarchicalVAE, n: int, chunk: int = 100_000) -> np.ndarray:
     """n draws of z_L ~ q(z_L) (x ~ N(0, I_2), z ~ q(z | x)): (n, 2) float64."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     parts = []
     try:
         for start in range(0, n, chunk):
-            out = model(torch.randn(min(chunk, n - start), 2, 1, 1))
-            parts.append(out.latents[f"z{model.n_layers}"].double().numpy())
+            # z_L needs the BU pass only: a third of a full forward pass for BIVA
+            q_top = model.top_posterior(torch.randn(min(chunk, n - start), 2, 1, 1,
+                                                    device=device))
+            parts.append(q_top.sample().flatten(1).double().cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(parts)
 
 
-def run_one(variant: str, index: int, seed: int, cfg: DensityConfig) -> tuple[dict, np.ndarray]:
+def run_one(variant: str, index: int, seed: int, cfg: DensityConfig, device: str = "cpu"
+            ) -> tuple[dict, np.ndarray]:
     """Train and evaluate one (model, potential, seed): the run's record and q's histogram."""
     wall0 = time.perf_counter()
-    model, stats = train(variant, index, seed, cfg)
+    model, stats = train(variant, index, seed, cfg, device)
     counts, outside = histogram(posterior_samples(model, cfg.eval_samples), cfg.extent, cfg.bins)
     kl = grid_kl(counts, target_log_grid(index, cfg.extent, cfg.bins))
     record = {
@@ -245,7 +281,8 @@ def run_one(variant: str, index: int, seed: int, cfg: DensityConfig) -> tuple[di
         "outside": outside / cfg.eval_samples, "bound": stats["bound"],
         "skipped": stats["skipped"], "cpu_seconds": round(stats["cpu_seconds"], 2),
         "cpu_seconds_per_100_iterations": round(100 * stats["cpu_seconds"] / cfg.iterations, 3),
-        "wall_seconds": round(time.perf_counter() - wall0, 2), "config": asdict(cfg),
+        "wall_seconds": round(time.perf_counter() - wall0, 2), "device": str(device),
+        "config": asdict(cfg),
     }
     return record, counts
 
@@ -289,8 +326,9 @@ def median_run(runs: Sequence[dict]) -> dict:
 
 def run_experiment(models: Sequence[str], potentials: Sequence[int], seeds: Sequence[int],
                    cfg: DensityConfig, out: str | Path, workers: int = 1,
-                   log: Callable[[str], None] = print) -> dict:
-    """All (model, potential, seed) runs, ``workers`` processes; writes out/results.json,
+                   log: Callable[[str], None] = print, device: str = "cpu") -> dict:
+    """All (model, potential, seed) runs, ``workers`` processes on ``device`` (several workers
+    may share one GPU: the 2-D models are launch-bound); writes out/results.json,
     out/densities.png (Fig. 8), out/kl_boxplot.png (Fig. 7) and out/runs/* (one JSON and one
     histogram per run; runs already there with the same config are reused, so a killed
     experiment resumes). Returns the results dict."""
@@ -312,7 +350,7 @@ def run_experiment(models: Sequence[str], potentials: Sequence[int], seeds: Sequ
                 name = _run_name(m, p, s)
                 done = _load_run(run_dir, name, cfg)
                 if done is None:
-                    todo.append((m, p, s, cfg))
+                    todo.append((m, p, s, cfg, device))
                 else:
                     records[name], hists[name] = done
     if records:

@@ -232,6 +232,15 @@ class HierarchicalVAE(nn.Module):
         last = [o[-1] if expanded else repeat_batch(o[-1], n_samples) for o in outs]
         return last, q_bu, z_bu, q_top
 
+    def top_posterior(self, x: Tensor) -> DiagonalGaussian:
+        """q(z_L | x) from the BU pass alone: mean and std (B, *latent_shape(L)).
+
+        For BIVA and the VAE the pass draws z^BU_<L on the way, so a sample of the result is a
+        sample of q(z_L | x); the TD pass, the likelihood and the log-densities are skipped.
+        Draws the same random numbers as the start of :meth:`forward`.
+        """
+        return self._bottom_up(x, 1)[3]
+
     def _top_down(self, z_top: Tensor,
                   layer_fn: Callable[[int, Tensor, list[DiagonalGaussian]], list[Tensor]],
                   td_context: Sequence[Tensor | None] | None = None) -> Tensor:
