@@ -42,6 +42,20 @@ positive_int = _int_at_least(1)      # argparse type: 1, 2, ...
 nonnegative_int = _int_at_least(0)   # argparse type: 0, 1, ...
 
 
+def parse_int_list(text: str, option: str) -> list[int]:
+    """"1,2,4" -> [1, 2, 4]; a clear error naming ``option`` for anything else."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"{option}: expected integers separated by commas, found {text!r}"
+                         ) from err
+
+
+def parse_names(text: str) -> list[str]:
+    """"VAE, lvae,biva" -> ["vae", "lvae", "biva"] (lower-cased, blanks dropped)."""
+    return [t.strip().lower() for t in text.split(",") if t.strip()]
+
+
 def parse_temperatures(text: str) -> list[float]:
     """"1.0" or "1.0,0.8,0.6" -> list of floats."""
     try:

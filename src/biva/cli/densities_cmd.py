@@ -7,14 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..experiments.densities import DensityConfig, run_experiment
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"{what}: expected integers separated by commas, found {text!r}"
-                         ) from err
+from .common import parse_int_list, parse_names
 
 
 def add_parser(sub) -> None:
@@ -67,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--wall must be >= 0 and --extent > 0, got {cfg.wall} and {cfg.extent}")
     if cfg.iterations < 1 or cfg.eval_samples < 1 or args.seeds < 1 or args.workers < 1:
         raise ValueError("--iterations, --eval-samples, --seeds and --workers must be >= 1")
-    models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
-    potentials = _ints(args.potentials, "--potentials")
+    models = parse_names(args.models)
+    potentials = parse_int_list(args.potentials, "--potentials")
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     if args.workers == 1:
         torch.set_num_threads(1)  # the same one-thread setting as the pool's workers

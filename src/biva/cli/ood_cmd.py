@@ -27,7 +27,7 @@ from ..evaluation.ood import (
 )
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .common import add_runtime_options, setup_runtime
+from .common import add_runtime_options, parse_int_list, setup_runtime
 
 _PATH_DATASETS = ("folder", "npz")
 
@@ -83,10 +83,7 @@ def parse_ks(text: str | None, n_layers: int) -> list[int]:
     """"0,2,4" -> [0, 2, 4], each in 0..L-1; None -> all of 0..L-1."""
     if text is None:
         return list(range(n_layers))
-    try:
-        ks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"--k: expected integers separated by commas, found {text!r}") from err
+    ks = parse_int_list(text, "--k")
     bad = [k for k in ks if not 0 <= k < n_layers]
     if not ks or bad:
         raise ValueError(f"--k: expected values in 0..{n_layers - 1} (the model has L = "

@@ -14,6 +14,7 @@ from ..experiments.text import (
     format_table,
     run_text_experiment,
 )
+from .common import parse_int_list, parse_names
 
 
 def add_parser(sub) -> None:
@@ -68,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    try:
-        latents = tuple(int(t) for t in args.biva_latents.split(",") if t.strip())
-    except ValueError as err:
-        raise ValueError(f"--biva-latents: expected integers, found {args.biva_latents!r}"
-                         ) from err
+    latents = tuple(parse_int_list(args.biva_latents, "--biva-latents"))
     cfg = replace(TextConfig(), vocab=args.vocab, max_len=args.max_len,
                   valid_size=args.valid_size, test_size=args.test_size, embed=args.embed,
                   hidden=args.hidden, latent=args.latent, features=args.features,
@@ -88,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         sentences = sentences[:args.max_sentences]
     corpus = prepare_corpus(sentences, cfg.vocab, cfg.max_len, cfg.valid_size, cfg.test_size,
                             cfg.seed, drop_unknown=args.drop_unknown)
-    models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    models = parse_names(args.models)
     results = run_text_experiment(corpus, models, cfg, args.out)
     print()
     print(format_table(results))

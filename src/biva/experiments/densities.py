@@ -109,6 +109,7 @@ class AnnealedPotential:
         z = grid_centers(box, bins).reshape(-1, 2)
         self._u, self._w = potential(index, z), self.wall_energy(z)
         self._log_cell = 2 * math.log(2 * box / bins)
+        self._cached: tuple[float, float] | None = None  # (beta, log Z(beta))
 
     def wall_energy(self, z: Tensor) -> Tensor:
         """W(z) (..., 2) -> (...): 0 inside the box, quadratic outside (0 when wall = 0)."""
@@ -118,7 +119,11 @@ class AnnealedPotential:
 
     def log_partition(self, beta: float) -> float:
         """log Z(beta) = log of the integral of exp(-beta U - W), in nats."""
-        return float(torch.logsumexp(-beta * self._u - self._w, 0)) + self._log_cell
+        # beta stays at 1 for the second half of a run: one quadrature, not one an iteration.
+        if self._cached is None or self._cached[0] != beta:
+            log_z = float(torch.logsumexp(-beta * self._u - self._w, 0)) + self._log_cell
+            self._cached = (beta, log_z)
+        return self._cached[1]
 
     def log_prior(self, beta: float) -> Callable[[Tensor], Tensor]:
         """A ``top_log_prior`` for :meth:`HierarchicalVAE.forward`: z (N, 2) -> (N,) nats."""
