@@ -42,13 +42,18 @@ positive_int = _int_at_least(1)      # argparse type: 1, 2, ...
 nonnegative_int = _int_at_least(0)   # argparse type: 0, 1, ...
 
 
+def _parse_list(text: str, cast: type, option: str, kind: str) -> list:
+    """"a,b,c" -> [cast(a), cast(b), cast(c)]; a clear error naming ``option`` otherwise."""
+    try:
+        return [cast(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise ValueError(f"{option}: expected {kind} separated by commas, found {text!r}"
+                         ) from err
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
     """"1,2,4" -> [1, 2, 4]; a clear error naming ``option`` for anything else."""
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"{option}: expected integers separated by commas, found {text!r}"
-                         ) from err
+    return _parse_list(text, int, option, "integers")
 
 
 def parse_names(text: str) -> list[str]:
@@ -58,11 +63,7 @@ def parse_names(text: str) -> list[str]:
 
 def parse_temperatures(text: str) -> list[float]:
     """"1.0" or "1.0,0.8,0.6" -> list of floats."""
-    try:
-        values = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"--temperature: expected numbers separated by commas, found {text!r}"
-                         ) from err
+    values = _parse_list(text, float, "--temperature", "numbers")
     if not values or any(v < 0 for v in values):
         raise ValueError(f"--temperature: expected non-negative numbers, found {text!r}")
     return values
