@@ -138,3 +138,23 @@ def test_prior_layers_out_of_range_is_an_error():
     model = HierarchicalVAE(preset("digits"))
     with pytest.raises(ValueError, match="prior_layers"):
         model(torch.zeros(1, 1, 8, 8), prior_layers=3)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4, 8])
+def test_same_padding_of_even_kernels_matches_torch_without_its_warning(kernel):
+    import warnings
+
+    import torch.nn.functional as F
+
+    from biva.nn.weightnorm import WNConv2d
+
+    conv = WNConv2d(3, 5, kernel, padding="same")
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = conv._out(F.conv2d(x, conv.weight(), conv.bias, padding="same"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = conv(x)
+    assert got.shape == want.shape == (2, 5, 8, 8)
+    torch.testing.assert_close(got, want)

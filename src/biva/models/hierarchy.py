@@ -139,9 +139,11 @@ class HierarchicalVAE(nn.Module):
         self.prior_heads = nn.ModuleList()     # prior_heads[i-1]: p(z_i | z_>i), i = 1..L-1
         for i in range(0, L):
             out_ch = F[i] if i > 0 else F[1]
+            # The skips of TD stage i are the block outputs of TD stage i + 1: F[i + 1]
+            # channels at side r[i + 1] (stage L - 1, the top one, has none).
             skip = self.td_skip and i < L - 1
             self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], M, K[i + 1],
-                                        config.dropout_p, skip_ch=F[i + 2] if skip else 0,
+                                        config.dropout_p, skip_ch=F[i + 1] if skip else 0,
                                         skip_size=r[i + 1]))
             z_units = n[i + 1] * (parts if i + 1 < L else 1)
             self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], conv, lk[i + 1]))

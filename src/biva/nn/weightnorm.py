@@ -85,10 +85,18 @@ class WNConv2d(_WeightNormMixin, nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.stride = stride
         self.padding = kernel // 2 if padding is None else padding
+        self._pad = None
+        if self.padding == "same" and kernel % 2 == 0:
+            # torch pads an even kernel's "same" asymmetrically (one more on the right and
+            # bottom) through a warned-about copy; the same explicit padding, without it.
+            left = (kernel - 1) // 2
+            self._pad, self.padding = (left, kernel - 1 - left) * 2, 0
         self.init_scale = init_scale
         self._norm_dims = (1, 2, 3)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._pad is not None:
+            x = F.pad(x, self._pad)
         return self._out(F.conv2d(x, self.weight(), self.bias, stride=self.stride,
                                   padding=self.padding))
 

@@ -55,7 +55,10 @@ class TrainConfig:
     over ``kl_warmup_steps``; EMA of the parameters (decay ``ema_decay``, warmed up) for
     evaluation.
     Updates whose gradient norm is non-finite or above ``skip_threshold`` are skipped (counted
-    in the logs); others are clipped to ``grad_clip``.
+    in the logs); others are clipped to ``grad_clip``. ``skip_threshold: auto`` scales the
+    threshold to the data: ``skip_factor`` x the median of the last ``skip_window`` finite
+    gradient norms, and no finite update is skipped before ``skip_min_history`` norms are
+    known (the first norms of 32x32 RGB data are ~1,700, of binary images ~200-400).
     """
 
     steps: int = 100_000
@@ -71,7 +74,10 @@ class TrainConfig:
     ema_decay: float = 0.9995
     ema_warmup: bool = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
     grad_clip: float = 200.0
-    skip_threshold: float = 1000.0
+    skip_threshold: float | Literal["auto"] = "auto"
+    skip_factor: float = 10.0
+    skip_window: int = 200
+    skip_min_history: int = 20
     max_consecutive_skips: int = 20
     seed: int = 0
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -111,6 +117,26 @@ class TrainConfig:
             raise ConfigError(f"train.free_bits: expected >= 0, found {self.free_bits}")
         if self.alpha is not None and self.alpha < 0:
             raise ConfigError(f"train.alpha: expected None or >= 0, found {self.alpha}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"train.grad_clip: expected a norm > 0, found {self.grad_clip}")
+        if self.skip_threshold != "auto" and not self.skip_threshold > 0:
+            raise ConfigError(f"train.skip_threshold: expected 'auto' or a norm > 0, found "
+                              f"{self.skip_threshold}")
+        if not self.skip_factor > 1:
+            raise ConfigError(f"train.skip_factor: expected a factor > 1, found "
+                              f"{self.skip_factor}")
+        if not 1 <= self.skip_min_history <= self.skip_window:
+            raise ConfigError(f"train.skip_min_history: expected 1..skip_window "
+                              f"({self.skip_window}), found {self.skip_min_history}")
+        if self.max_consecutive_skips < 1:
+            raise ConfigError(f"train.max_consecutive_skips: expected an int >= 1, found "
+                              f"{self.max_consecutive_skips}")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last: expected an int >= 1 (the newest checkpoint "
+                              f"is always kept), found {self.keep_last}")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads: expected 0 (torch's default) or a positive "
+                              f"int, found {self.threads}")
 
 
 @dataclass

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -112,6 +114,8 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.consecutive_skips = 0
+        # Recent finite gradient norms (pre-clip): the data-scaled skip threshold (auto).
+        self.grad_norms: deque[float] = deque(maxlen=tc.skip_window)
         self.best_valid = -math.inf
         self.ema: EMA | None = None
         if self.rank == 0:
@@ -195,6 +199,7 @@ class Trainer:
         self.step = state["step"]
         self.skipped = state["skipped"]
         self.consecutive_skips = state.get("consecutive_skips", 0)
+        self.grad_norms.extend(state.get("grad_norms", []))
         self.best_valid = state.get("best_valid", -math.inf) or -math.inf
         if self.rank == 0:
             print(f"resumed {self.run_dir} at step {self.step} from {path.name}")
@@ -217,6 +222,7 @@ class Trainer:
         rng_tensors, rng_meta = capture_rng_state()
         state = {"step": self.step, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "ema_updates": self.ema.updates,
+                 "grad_norms": list(self.grad_norms),
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
                  "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
         path = self.run_dir / "checkpoints" / f"step_{self.step:09d}"
@@ -278,16 +284,21 @@ class Trainer:
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip,
                                                    error_if_nonfinite=False)
-        # Skip non-finite or exploding updates. This is the step's one host sync: both flags
-        # travel in one tensor (one all-reduce across ranks, so a skip on one rank is a skip
-        # on all, then one .tolist()). On CPU it costs nothing (ops run synchronously); on
-        # CUDA the host waits for the step's kernels before it queues the optimizer's.
+        # Skip non-finite or exploding updates. This is the step's one host sync: the flag and
+        # the norm travel in one tensor (one all-reduce across ranks, so a skip on one rank is
+        # a skip on all, then one .tolist()). On CPU it costs nothing (ops run synchronously);
+        # on CUDA the host waits for the step's kernels before it queues the optimizer's.
         loss = out.loss.detach()
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        flags = torch.stack([~finite | (grad_norm > tc.skip_threshold), ~finite]).float()
+        flags = torch.stack([(~finite).float(),
+                             torch.where(finite, grad_norm, 0.0).float()])
         if self.distributed:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        skip, nonfinite = (v > 0 for v in flags.tolist())
+        nonfinite_flag, norm = flags.tolist()
+        nonfinite = nonfinite_flag > 0
+        skip = nonfinite or norm > self.skip_threshold
+        if not nonfinite:
+            self.grad_norms.append(norm)
         if skip and not nonfinite and self.consecutive_skips >= tc.max_consecutive_skips:
             # Guard against skipping forever: after a run of skips, take the (clipped) update.
             skip = False
@@ -304,6 +315,16 @@ class Trainer:
                 "log_px": out.log_px.detach().mean(), "kl": kl.sum(1).mean(),
                 "kl_groups": kl.mean(0), "grad_norm": grad_norm.detach(),
                 "skipped": torch.tensor(float(skip)), "lr": torch.tensor(lr)}
+
+    @property
+    def skip_threshold(self) -> float:
+        """The gradient norm above which an update is skipped now (inf: none is)."""
+        tc = self.cfg.train
+        if tc.skip_threshold != "auto":
+            return float(tc.skip_threshold)
+        if len(self.grad_norms) < tc.skip_min_history:
+            return math.inf
+        return tc.skip_factor * statistics.median(self.grad_norms)
 
     def fit(self) -> dict:
         """Train until ``train.steps``; returns the last logged record."""

@@ -1,0 +1,150 @@
+"""Every shipped config and every preset builds, trains a step and evaluates L_K, per variant.
+
+The real channel / stride / latent layout of each config is what runs: only the batch (2 rows),
+the number of blocks per stage (1) and the schedule are shrunk. Data: the real files where
+shared/ has them (a few rows), generated arrays of the dataset's shape and kind otherwise.
+Catches, e.g., a top-down skip declared with the wrong channel count (a crash on the first
+forward pass of any preset whose filters change between stages).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+from biva import HierarchicalVAE, importance_weighted_bound
+from biva.config import VARIANTS
+from biva.data import DatasetSplits, ImageSplit, to_model_input
+from biva.presets import PRESETS, preset
+from biva.training import load_run_config, load_run_data
+from biva.training.config import shipped_configs
+from biva.training.semi_supervised import trainer_class
+
+SMALL = ["model.blocks=1", "train.batch_size=2", "train.steps=1", "train.finetune_steps=0",
+         "train.init_batch=4", "train.eval_every=1", "train.eval_batches=1",
+         "train.log_every=1", "train.progress=false",
+         "train.threads=1", "eval.batch_size=2", "eval.k=3", "train.checkpoint_every=1000"]
+# Conv latents whose kernel is the whole feature map (latent_kernel=0, appendix C) make the
+# 32x32 and 64x64 presets 60-100M parameters and seconds a row on a CPU; the suite runs them
+# with 3x3 latent kernels (channels, strides and latent sizes unchanged), and
+# test_conv_preset_at_its_real_latent_kernel runs the real kernels once per preset.
+FAST_LATENT_KERNEL = 3
+REAL = ("digits", "binarized_mnist", "mnist", "fashion_mnist")
+ROWS = 24  # training rows kept: >= the labelled rows (1 per class) + a batch
+
+
+def _take(split: ImageSplit, n: int) -> ImageSplit:
+    """The first n rows, but covering every class when the split is labelled."""
+    if split.labels is None:
+        return split.subset(torch.arange(min(n, len(split))))
+    first = [int((split.labels == c).nonzero()[0]) for c in split.labels.unique()]
+    rest = [i for i in range(len(split)) if i not in set(first)][:max(0, n - len(first))]
+    return split.subset(torch.tensor(sorted(first + rest)))
+
+
+@functools.cache
+def _real(name: str, root: str, binarization: str | None) -> DatasetSplits:
+    cfg = load_run_config(None, [f"data.name={name}", f"data.root={root}"]
+                          + ([f"data.binarization={binarization}"] if binarization else []))
+    d = load_run_data(cfg)
+    return DatasetSplits(d.name, _take(d.train, ROWS), _take(d.valid, 4), _take(d.test, 4),
+                         d.kind, d.binarization, d.num_classes, d.class_names)
+
+
+def _generated(cfg) -> DatasetSplits:
+    """Arrays of the config's image shape and data kind (8-bit for natural images)."""
+    g = torch.Generator().manual_seed(0)
+    shape = tuple(cfg.model.input_shape)
+    binary = cfg.model.likelihood == "bernoulli"
+
+    def split(n: int) -> ImageSplit:
+        images = (torch.rand((n, *shape), generator=g) if binary
+                  else torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8))
+        return ImageSplit(images, torch.arange(n) % 10)
+
+    return DatasetSplits(cfg.data.name, split(ROWS), split(4), split(4),
+                         "binary" if binary else "8bit", "dynamic" if binary else None, 10)
+
+
+def _data(cfg, root) -> DatasetSplits:
+    if cfg.data.name in REAL and root is not None:
+        return _real(cfg.data.name, str(root), cfg.data.binarization)
+    return _generated(cfg)
+
+
+@pytest.fixture(scope="module")
+def data_root():
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("BIVA_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", shipped_configs())
+def test_shipped_config_trains_a_step_and_evaluates_l_k(name, variant, data_root, tmp_path):
+    overrides = [*SMALL, f"model.variant={variant}"]
+    cfg = load_run_config(name, overrides)
+    if cfg.model.latent_type == "conv":
+        overrides.append(f"model.latent_kernel={FAST_LATENT_KERNEL}")
+        cfg = load_run_config(name, overrides)
+    if cfg.data.labels_per_class > 0:
+        cfg = load_run_config(name, [*overrides, "data.labels_per_class=1",
+                                     "data.labelled_batch_size=2"])
+    data = _data(cfg, data_root)
+    torch.manual_seed(0)
+    trainer = trainer_class(cfg)(cfg, tmp_path / "run", data=data)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert trainer.step == 1
+    changed = sum(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters(),
+                                                         strict=True))
+    assert changed > 0.5 * len(before), "the step left most parameters untouched"
+    images = data.test.images[:2]
+    if images.is_floating_point():  # a dynamically binarized dataset: one fixed draw
+        images = torch.bernoulli(images, generator=torch.Generator().manual_seed(0)).byte()
+    x = to_model_input(images, data.kind, cfg.model.bits)
+    lk = importance_weighted_bound(trainer.ema.model, x, 3)
+    assert lk.shape == (2,) and torch.isfinite(lk).all()
+    # Images of this size cannot have a positive log-likelihood for discrete data.
+    assert (lk <= 0).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_builds_trains_and_evaluates_l_k(name, variant):
+    cfg = preset(name, variant=variant, blocks=1)
+    if cfg.latent_type == "conv":
+        cfg = preset(name, variant=variant, blocks=1, latent_kernel=FAST_LATENT_KERNEL)
+    _step_and_bound(cfg)
+
+
+@pytest.mark.filterwarnings("error")  # e.g. torch's warning on even kernels with "same"
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if preset(n).latent_type == "conv"))
+def test_conv_preset_at_its_real_latent_kernel(name):
+    _step_and_bound(preset(name, blocks=1))
+
+
+def _step_and_bound(cfg) -> None:
+    """Init, one loss + backward (gradients reach > 90% of the parameters) and L_2: finite."""
+    torch.manual_seed(0)
+    model = HierarchicalVAE(cfg)
+    shape = (2, *cfg.input_shape)
+    if cfg.likelihood == "bernoulli":
+        x = torch.bernoulli(torch.full(shape, 0.3))
+    else:
+        x = to_model_input(torch.randint(0, 256, shape, dtype=torch.uint8), "8bit", cfg.bits)
+    model.initialize(x)
+    out = model(x, free_bits=2.0)
+    out.loss.backward()
+    assert math.isfinite(out.loss.item())
+    assert out.kl.shape == (2, model.n_groups)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.9 * len(grads)
+    lk = importance_weighted_bound(model, x, 2)
+    assert lk.shape == (2,) and torch.isfinite(lk).all()
