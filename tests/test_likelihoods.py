@@ -76,3 +76,16 @@ def test_categorical_matches_cross_entropy_and_ignores_padding():
     ce = F.cross_entropy(params, x[:, 0], reduction="none", ignore_index=0)
     torch.testing.assert_close(lik.log_prob(params, x), -ce.sum(1))
     assert lik.sample(params).shape == (2, 1, 5)
+
+
+def test_latent_log_densities_match_torch_distributions():
+    """DiagonalGaussian.log_prob and standard_normal_log_prob, every constant included."""
+    from biva.nn.gaussian import DiagonalGaussian, standard_normal_log_prob
+
+    torch.manual_seed(0)
+    mu, sigma = torch.randn(5, 3, 2, 2), torch.rand(5, 3, 2, 2) + 0.1
+    z = torch.randn(5, 3, 2, 2)
+    ref = torch.distributions.Normal(mu, sigma).log_prob(z).sum((1, 2, 3))
+    torch.testing.assert_close(DiagonalGaussian(mu, sigma).log_prob(z), ref)
+    ref0 = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((1, 2, 3))
+    torch.testing.assert_close(standard_normal_log_prob(z), ref0)
