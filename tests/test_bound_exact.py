@@ -49,15 +49,16 @@ def toy_data(n: int, seed: int = 0) -> torch.Tensor:
     return torch.where(flip, 1 - x, x)
 
 
-def train(model: HierarchicalVAE, steps: int = 100, seed: int = 0) -> HierarchicalVAE:
+def train(model: HierarchicalVAE, steps: int = 100, seed: int = 0, lr: float = 1e-3,
+          free_bits: float = 2.0) -> HierarchicalVAE:
     """Free bits 2 keep every group informative (no collapse of the top layers)."""
     torch.manual_seed(seed)
     data = toy_data(2048, seed)
     model.initialize(data[:256])
-    opt = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adamax(model.parameters(), lr=lr)
     for step in range(steps):
         x = data[(step * 32) % 2048:(step * 32) % 2048 + 32]
-        loss = model(x, free_bits=2.0).loss
+        loss = model(x, free_bits=free_bits).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -263,3 +264,41 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
         assert sum(float(g.abs().sum()) > 0 for g in grads) > 0.9 * len(grads)
     finally:
         model.eval()
+
+
+# ------------------------------------------------------------------- anomaly scores
+
+@pytest.mark.parametrize("variant", ["biva", "lvae"])
+def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, variant):
+    """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""
+    from biva.evaluation.ood_scores import bound_sweep
+
+    model = trained[variant]
+    exact, se_exact = brute_force_log_px(model, images)
+    torch.manual_seed(9)
+    ks = list(range(model.n_layers))
+    sweep = bound_sweep(model, images, ks, scores=("lk",), n_samples=K, max_batch=4 * 4096)
+    for k in ks:
+        est = sweep.bounds[("sample", k)]
+        assert ((est - exact).abs() < 4 * se_exact + 0.25).all(), (k, est.tolist(), exact)
+    # The ratio is the difference of the two bounds on the same images and draws.
+    torch.testing.assert_close(sweep.value("llr", 2), sweep.bounds[("sample", 0)]
+                               - sweep.bounds[("sample", 2)])
+    assert (sweep.anomaly("llr", 2) == sweep.value("llr", 2)).all()
+    assert (sweep.anomaly("lk", 2) == -sweep.bounds[("sample", 2)]).all()
+
+
+def test_mean_variant_sets_the_lower_layers_to_the_prior_means(trained, images):
+    """prior_mode="mean", k = L - 1: given z_L, p(x|z) is the all-means decoding of z_L,
+    computed independently by generate_from_top at temperature 0."""
+    model = trained["biva"]
+    L = model.n_layers
+    torch.manual_seed(0)
+    out = model(images, n_samples=5, prior_layers=L - 1, prior_mode="mean")
+    want = model.generate_from_top(out.latents[f"z{L}"], temperature=0.0)
+    torch.testing.assert_close(out.x_params, want)
+    torch.manual_seed(0)
+    drawn = model(images, n_samples=5, prior_layers=L - 1)
+    assert not torch.allclose(drawn.x_params, want)
+    with pytest.raises(ValueError, match="prior_mode"):
+        model(images, prior_mode="median")

@@ -135,33 +135,54 @@ def tiny_run(tmp_path_factory):
 
 def test_cli_writes_every_promised_file(tiny_run, capsys):
     run, root = tiny_run
-    rc = main(["ood", str(run), "--ood-data", "npz", "--ood-path", str(root / "flipped.npz"),
-               "--k", "0,2", "--n-examples", "30", "--ood-split", "all", "--threads", "1",
-               "--device", "cpu"])
+    rc = main(["ood", str(run), "--ood-data", "npz", "invert", "uniform", "--ood-path",
+               str(root / "flipped.npz"), "--k", "0,2", "--n-examples", "30", "--ood-split",
+               "all", "--threads", "1", "--device", "cpu", "--n-valid", "40",
+               "--score", "elbo,lk,llr,llr-mean", "--bootstrap", "20"])
     assert rc == 0
-    assert "AUROC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "AUROC" in printed and "wrong way round" in printed
     out = run / "ood"
-    for name in ("table.md", "table.json", "metrics.json", "histograms.png", "scores.npz",
-                 "scores.csv"):
+    for name in ("table.md", "table.json", "metrics.json", "metrics.md", "histograms.png",
+                 "histograms_llr.png", "histograms_llr_mean.png", "scores.npz", "scores.csv",
+                 "detector.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(out / "scores.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["digits_k0", "digits_k2", "flipped_k0", "flipped_k2"]
+        sets = ("digits", "flipped", "invert", "uniform")
+        want = {f"{s}_{q}" for s in sets for q in ("k0", "k2", "llr_k2", "llr_mean_k2")}
+        assert set(z.files) == want
         assert all(z[f].shape == (30,) and z[f].dtype == np.float64 for f in z.files)
         assert np.all(np.isfinite(z["flipped_k2"])) and np.all(z["digits_k0"] < 0)
+        # LLR^{>k} = L - L^{>k} on the same images and draws, as written.
+        np.testing.assert_allclose(z["digits_llr_k2"], z["digits_k0"] - z["digits_k2"])
         first = float(z["digits_k0"][0])
     table = json.loads((out / "table.json").read_text())
     assert table["in_distribution"] == "digits" and table["unit"] == "nats"
-    assert set(table["datasets"]) == {"digits", "flipped"} and table["ks"] == [0, 2]
+    assert set(table["datasets"]) == {"digits", "flipped", "invert", "uniform"}
+    assert table["ks"] == [0, 2]
     metrics = json.loads((out / "metrics.json").read_text())
     assert "positive class = out-of-distribution" in metrics["convention"]
+    assert set(metrics["metrics"]) == {"elbo", "lk", "llr", "llr_mean"}
+    assert set(metrics["metrics"]["llr"]["flipped"]) == {"2"}
+    assert set(metrics["metrics"]["elbo"]["flipped"]) == {"0"}
     for k in ("0", "2"):
-        m = metrics["metrics"]["flipped"][k]
+        m = metrics["metrics"]["lk"]["flipped"][k]
         assert 0 <= m["auroc"] <= 1 and 0 <= m["fpr_at_95_tpr"] <= 1 and m["n_out"] == 30
+        assert 0 <= m["fpr_at_80_tpr"] <= m["fpr_at_95_tpr"]
+        lo, hi = m["auroc_ci"]
+        assert lo <= m["auroc"] <= hi
+    # k chosen on validation images (the synthetic sets have them; --ood-split all has not).
+    sel = metrics["selected_on_validation"]["lk"]
+    assert set(sel) == {"invert", "uniform"} and sel["uniform"]["k"] in (0, 2)
+    det = json.loads((out / "detector.json").read_text())
+    assert det["score"] in ("elbo", "lk", "llr", "llr_mean") and det["n_fit"] == 40
+    assert metrics["detector"]["chosen_on"] == ["invert", "uniform"]
     rows = list(csv.DictReader((out / "scores.csv").open()))
-    assert len(rows) == 60 and rows[0]["role"] == "in"
-    assert float(rows[0]["L_gt0_nats"]) == first
+    assert len(rows) == 120 and rows[0]["role"] == "in"
+    assert float(rows[0]["L_gt0_nats"]) == first and "LLR_gt2_nats" in rows[0]
     assert "L^{>2}" in (out / "table.md").read_text()
+    assert "k chosen by validation AUROC" in (out / "metrics.md").read_text()
 
 
 def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
@@ -177,3 +198,106 @@ def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
     assert "--ood-path" in capsys.readouterr().err
     assert main(base + ["--pair", "cifar10_vs_svhn", "--data-root", str(tmp_path)]) == 2
     assert "cifar10: missing file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- the detector
+
+@pytest.fixture(scope="module")
+def toy_model():
+    """A tiny hierarchy trained on 4x4 binary prototypes (see test_bound_exact)."""
+    from test_bound_exact import tiny_config, toy_data, train
+
+    torch.set_num_threads(1)
+    torch.manual_seed(1)
+    return train(HierarchicalVAE(tiny_config("biva")), steps=400, lr=1e-2, free_bits=0.0), toy_data
+
+
+def test_detector_separates_known_in_and_out_distributions(toy_model, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from biva.evaluation.ood_detector import OODDetector
+
+    model, toy_data = toy_model
+    x_valid, x_test = toy_data(400, seed=11), toy_data(400, seed=12)
+    g = torch.Generator().manual_seed(0)
+    noise_valid = torch.bernoulli(torch.full((400, 1, 4, 4), 0.5), generator=g)
+    noise_test = torch.bernoulli(torch.full((400, 1, 4, 4), 0.5), generator=g)
+    det = OODDetector(model, kind="binary", score=None, k=None).fit(
+        x_valid, {"noise": noise_valid})
+    assert len(det.selection_) == 2 + 3 + 1   # llr k = 1, 2; lk k = 0, 1, 2; elbo k = 0
+    s_in, s_out = det.score_samples(x_test), det.score_samples(noise_test)
+    # Prototypes with 10% flips vs fair coins: far apart under any sensible score.
+    auroc = roc_auc_score(np.r_[np.zeros(400), np.ones(400)], -np.r_[s_in, s_out])
+    assert auroc > 0.9
+    # The threshold keeps ~95% of the in-distribution validation images.
+    assert abs((det.predict(x_valid) == 1).mean() - 0.95) < 0.02
+    assert (det.predict(x_test) == 1).mean() > 0.85
+    assert (det.predict(noise_test) == -1).mean() > 0.5
+    np.testing.assert_array_equal(det.decision_function(x_test) >= 0, det.predict(x_test) == 1)
+    # Save / load round trip: same state, same decisions.
+    path = det.save(tmp_path / "detector.json")
+    again = OODDetector.load(path, model)
+    assert again.to_dict() == det.to_dict()
+    np.testing.assert_array_equal(again.score_samples(x_test), s_in)
+    with pytest.raises(ValueError, match="not a saved OODDetector"):
+        (tmp_path / "bad.json").write_text("{}")
+        OODDetector.load(tmp_path / "bad.json", model)
+
+
+def test_detector_needs_choices_or_ood_data(toy_model):
+    from biva.evaluation.ood_detector import OODDetector
+
+    model, toy_data = toy_model
+    x = toy_data(50, seed=3)
+    with pytest.raises(ValueError, match="no validation OOD"):
+        OODDetector(model, kind="binary", score=None).fit(x)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        OODDetector(model, kind="binary").predict(x)
+    with pytest.raises(ValueError, match="k >= 1"):
+        OODDetector(model, kind="binary", score="llr", k=0).fit(x)
+    det = OODDetector(model, kind="binary", score="llr", k=2).fit(x)   # one candidate
+    assert (det.score_, det.k_) == ("llr", 2) and det.selection_ == []
+
+
+def test_detector_for_run_fits_on_validation_never_the_test_split(tiny_run, monkeypatch):
+    import biva.training as training
+    from biva.data import ImageSplit
+    from biva.evaluation.ood_detector import detector_for_run
+
+    run, _root = tiny_run
+    real = training.load_run_data
+
+    class Untouchable(ImageSplit):
+        armed = False
+
+        def __getattribute__(self, name):
+            if name in ("images", "labels", "subset") and object.__getattribute__(self, "armed"):
+                raise AssertionError("the detector touched the test split")
+            return super().__getattribute__(name)
+
+    def poisoned(cfg):
+        data = real(cfg)
+        data.test = Untouchable(data.test.images)
+        data.test.armed = True
+        return data
+
+    monkeypatch.setattr(training, "load_run_data", poisoned)
+    det = detector_for_run(run, n_valid=60, synthetic=("uniform", "invert"))
+    assert det.n_fit_ == 60 and det.score_ in ("llr", "lk", "elbo")
+    assert {tuple(sorted(r["auroc"])) for r in det.selection_} == {("invert", "uniform")}
+
+
+def test_metrics_with_intervals_by_hand():
+    from biva.evaluation.ood import ood_metrics_ci
+
+    s_in = np.arange(10.0)           # normality: in-distribution 0..9
+    s_out = np.arange(10.0) - 5.5    # OOD shifted down
+    m = ood_metrics_ci(s_in, s_out, n_boot=100)
+    # Anomaly = -score. 80% TPR needs the 8 most anomalous OOD (scores -5.5..1.5): the
+    # threshold at OOD score 1.5 flags in-distribution 0 and 1 -> FPR 0.2.
+    assert m["fpr_at_80_tpr"] == pytest.approx(0.2)
+    assert m["fpr_at_95_tpr"] == pytest.approx(0.4)
+    for name in ("auroc", "auprc", "fpr_at_80_tpr", "fpr_at_95_tpr"):
+        lo, hi = m[f"{name}_ci"]
+        assert lo <= m[name] <= hi
+    assert ood_metrics_ci(s_in, s_out, n_boot=0).get("auroc_ci") is None

@@ -20,11 +20,14 @@ from ..evaluation.ood import (
     METRIC_CONVENTION,
     OOD_PAIRS,
     ood_metrics,
+    ood_metrics_ci,
     ood_table,
     plot_ood_histograms,
-    score_split,
     table_markdown,
 )
+from ..evaluation.ood_detector import OODDetector
+from ..evaluation.ood_scores import SCORE_HELP, BoundSweep, parse_scores, score_ks, sweep_split
+from ..evaluation.ood_sets import SYNTHETIC, synthetic_set
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .common import add_runtime_options, parse_int_list, setup_runtime
@@ -42,11 +45,14 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "ood", help="anomaly detection with the L^{>k} bound",
-        description="Score an in-distribution test set and OOD sets with L^{>k} (eq. 2) for "
-        "several k; write the mean per dataset and k (table.md/json), AUROC/AUPRC/FPR@95%TPR "
-        "with OOD as the positive class and -L^{>k} as the anomaly score (metrics.json), "
-        "histograms (histograms.png) and per-example scores (scores.npz/csv).",
+        "ood", help="anomaly detection: L_K, L^{>k} and the likelihood ratio LLR^{>k}",
+        description="Score an in-distribution test set and OOD sets with L_K, L^{>k} (eq. 2) "
+        "and LLR^{>k} = L_K - L^{>k} for several k (one bottom-up pass shared by every k); "
+        "write the mean L^{>k} per dataset and k (table.md/json, Table 5), AUROC / AUPRC / "
+        "FPR at 80%% and 95%% TPR with bootstrap intervals per score, k and OOD set, with k "
+        "chosen on validation data (metrics.json/md), a detector fitted on validation data "
+        "(detector.json), histograms and per-example scores (scores.npz/csv). Synthetic OOD "
+        f"sets need no download: {', '.join(SYNTHETIC)}.",
         formatter_class=_Formatter)
     p.add_argument("run_dir", type=Path, help="a biva run directory")
     p.add_argument("--pair", choices=sorted(OOD_PAIRS), default=None,
@@ -57,13 +63,22 @@ def add_parser(sub) -> None:
     p.add_argument("--in-path", default=None,
                    help="file or folder of --in-data when it is folder or npz")
     p.add_argument("--ood-data", nargs="+", default=None, metavar="NAME",
-                   help="out-of-distribution dataset(s)")
+                   help="out-of-distribution dataset(s): a dataset name, folder/npz, or a "
+                   f"synthetic set made from the in-distribution images ({', '.join(SYNTHETIC)})")
     p.add_argument("--ood-path", nargs="+", default=[], metavar="PATH",
                    help="files/folders of the folder/npz entries of --ood-data, in order")
     p.add_argument("--ood-split", choices=["test", "all"], default="test",
                    help="which part of each OOD dataset to score")
     p.add_argument("--k", default=None,
                    help="comma-separated k of L^{>k}, e.g. 0,2,4 (default: 0..L-1)")
+    p.add_argument("--score", default="elbo,lk,llr",
+                   help="comma-separated scores: " + "; ".join(
+                       f"{k}: {v}" for k, v in SCORE_HELP.items()))
+    p.add_argument("--n-valid", type=int, default=1000,
+                   help="validation images per set for choosing k and fitting the detector "
+                   "(0: no choice, no detector)")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap replicates for the metrics' 95%% intervals (0: none)")
     p.add_argument("--n-samples", type=int, default=1,
                    help="importance samples per example (1: the plain L^{>k} estimator)")
     p.add_argument("--n-examples", type=int, default=0, help="first N of each set (0: all)")
@@ -150,95 +165,238 @@ def _resolve_sets(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     return in_name, list(ood)
 
 
-def _write_scores(out: Path, scores: dict[str, dict[int, torch.Tensor]], in_label: str,
-                  ks: list[int]) -> None:
-    arrays = {f"{name}_k{k}": per_k[k].double().numpy() for name, per_k in scores.items()
-              for k in ks}
+_COLUMNS = {"lk": "L_gt{k}_nats", "llr": "LLR_gt{k}_nats", "lk_mean": "L_gt{k}_mean_nats",
+            "llr_mean": "LLR_gt{k}_mean_nats"}
+_KEYS = {"lk": "{name}_k{k}", "llr": "{name}_llr_k{k}", "lk_mean": "{name}_mean_k{k}",
+         "llr_mean": "{name}_llr_mean_k{k}"}
+
+
+def _write_scores(out: Path, sweeps: dict[str, BoundSweep], in_label: str, ks: list[int],
+                  scores: list[str]) -> None:
+    """scores.npz / scores.csv: L^{>k} for every k (k = 0 is L_K) and each ratio requested."""
+    kinds = ["lk"] + [s for s in ("llr", "lk_mean", "llr_mean") if s in scores]
+    cols = [(kind, k) for kind in kinds for k in (ks if kind == "lk" else score_ks(kind, ks))]
+    arrays = {_KEYS[kind].format(name=name, k=k): sw.value(kind, k).double().numpy()
+              for name, sw in sweeps.items() for kind, k in cols}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(out / "scores.npz", buf.getvalue())
     with atomic_open(out / "scores.csv", "w") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["dataset", "role", "index"] + [f"L_gt{k}_nats" for k in ks])
-        for name, per_k in scores.items():
+        w.writerow(["dataset", "role", "index"] + [_COLUMNS[kind].format(k=k)
+                                                   for kind, k in cols])
+        for name, sw in sweeps.items():
             role = "in" if name == in_label else "ood"
-            cols = [per_k[k].tolist() for k in ks]
-            for i, row in enumerate(zip(*cols, strict=True)):
+            values = [sw.value(kind, k).tolist() for kind, k in cols]
+            for i, row in enumerate(zip(*values, strict=True)):
                 w.writerow([name, role, i] + [repr(float(v)) for v in row])
 
 
-def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
-    """Score every set, write the files; returns the metrics dict (also in metrics.json)."""
-    in_name, ood_names = _resolve_sets(args)
-    model, cfg, state = load_trained(args.run_dir, args.checkpoint, device)
-    if args.data_root:
-        cfg.data.root = args.data_root
-    seed = cfg.train.seed if args.seed is None else args.seed
-    ks = parse_ks(args.k, model.n_layers)
-    shape = tuple(cfg.model.input_shape)
-    run_data = load_run_data(cfg)
-    if in_name is not None and in_name != cfg.data.name:
-        print(f"note: the run was trained on {cfg.data.name}; scoring {in_name} as the "
-              "in-distribution set", file=sys.stderr)
+def _sets(args, in_name, ood_names, run_data, cfg, seed):
+    """[(label, name, test split, validation split or None)], in-distribution first."""
     in_data = run_data if in_name in (None, cfg.data.name) and not args.in_path else \
         load_like_run(in_name or cfg.data.name, args.in_path, run_data, root=cfg.data.root,
                       seed=seed)
     taken: set[str] = set()
     in_label = _label(in_data.name, args.in_path or cfg.data.path, taken)
-    sets = [(in_label, in_data.name, evaluation_split(in_data, "test", seed))]
+    in_test = evaluation_split(in_data, "test", seed)
+    in_valid = evaluation_split(in_data, "valid", seed)
+    sets = [(in_label, in_data.name, in_test, in_valid)]
     paths = iter(args.ood_path)
     for name in ood_names:
+        if name in SYNTHETIC:
+            # Test images from the test split, validation images from the validation split.
+            sets.append((_label(name, None, taken), name,
+                         synthetic_set(name, in_test, run_data.kind, seed),
+                         synthetic_set(name, in_valid, run_data.kind, seed + 1)))
+            continue
         path = next(paths) if name in _PATH_DATASETS else None
         data = load_like_run(name, path, run_data, root=cfg.data.root, seed=seed)
-        sets.append((_label(name, path, taken), name, _eval_images(data, args.ood_split, seed)))
-    for label, name, split in sets:
+        valid = evaluation_split(data, "valid", seed) if args.ood_split == "test" else None
+        sets.append((_label(name, path, taken), name, _eval_images(data, args.ood_split, seed),
+                     valid))
+    return sets
+
+
+def _sweep(model, split, kind, bits, ks, scores, args, n, seed) -> BoundSweep:
+    torch.manual_seed(seed)   # each set's scores do not depend on which sets came before
+    return sweep_split(model, split, kind, bits, ks, scores=scores, n_samples=args.n_samples,
+                       batch_size=args.batch_size, max_batch=args.max_batch, n_examples=n)
+
+
+def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
+    """Score every set, write the files; returns the metrics dict (also in metrics.json)."""
+    in_name, ood_names = _resolve_sets(args)
+    scores_wanted = parse_scores(args.score)
+    model, cfg, state = load_trained(args.run_dir, args.checkpoint, device)
+    if args.data_root:
+        cfg.data.root = args.data_root
+    seed = cfg.train.seed if args.seed is None else args.seed
+    ks = parse_ks(args.k, model.n_layers)
+    all_ks = sorted(set(ks) | {0})
+    shape = tuple(cfg.model.input_shape)
+    run_data = load_run_data(cfg)
+    kind, bits = run_data.kind, cfg.model.bits
+    if in_name is not None and in_name != cfg.data.name:
+        print(f"note: the run was trained on {cfg.data.name}; scoring {in_name} as the "
+              "in-distribution set", file=sys.stderr)
+    sets = _sets(args, in_name, ood_names, run_data, cfg, seed)
+    in_label = sets[0][0]
+    for label, name, split, _valid in sets:
         _check_shape(name if label == name else f"{name} ({label})", split, shape,
                      cfg.data.name)
 
-    scores: dict[str, dict[int, torch.Tensor]] = {}
     t0 = time.perf_counter()
-    for label, _name, split in sets:
-        torch.manual_seed(seed)   # each set's scores do not depend on which sets came before
+    sweeps: dict[str, BoundSweep] = {}
+    valid_sweeps: dict[str, BoundSweep] = {}
+    for label, _name, split, valid in sets:
         t = time.perf_counter()
-        scores[label] = score_split(model, split, run_data.kind, cfg.model.bits, ks,
-                                    n_samples=args.n_samples, batch_size=args.batch_size,
-                                    max_batch=args.max_batch, n_examples=args.n_examples)
-        n = scores[label][ks[0]].numel()
-        print(f"scored {label}: {n} examples x {len(ks)} k in {time.perf_counter() - t:.1f} s",
-              file=sys.stderr)
+        sweeps[label] = _sweep(model, split, kind, bits, all_ks, scores_wanted, args,
+                               args.n_examples, seed)
+        if args.n_valid > 0 and valid is not None:
+            valid_sweeps[label] = _sweep(model, valid, kind, bits, all_ks, scores_wanted, args,
+                                         args.n_valid, seed + 1)
+        n = sweeps[label].bounds[("sample", 0)].numel()
+        n_valid = (valid_sweeps[label].bounds[("sample", 0)].numel()
+                   if label in valid_sweeps else 0)
+        print(f"scored {label}: {n} test + {n_valid} validation examples x {len(all_ks)} k "
+              f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     out = args.out or args.run_dir / "ood"
     out.mkdir(parents=True, exist_ok=True)
     dims = int(np.prod(shape))
-    table = ood_table(scores, in_name=in_label, kind=run_data.kind, dims=dims,
+    lk_scores = {label: {k: sw.bounds[("sample", k)] for k in ks} for label, sw in sweeps.items()}
+    table = ood_table(lk_scores, in_name=in_label, kind=kind, dims=dims,
                       n_samples=args.n_samples)
     meta = {"run_dir": str(args.run_dir), "checkpoint": state["checkpoint"],
             "step": state.get("step"), "seed": seed, "ood_split": args.ood_split}
     table.update(meta)
     atomic_write_json(out / "table.json", table)
     atomic_write_text(out / "table.md", table_markdown(table))
-    metrics = {"convention": METRIC_CONVENTION, "in_distribution": in_label, "ks": ks,
-               "n_samples": args.n_samples, **meta,
-               "metrics": {label: {str(k): ood_metrics(scores[in_label][k], scores[label][k])
-                                   for k in ks}
-                           for label, _n, _s in sets[1:]},
-               "seconds": time.perf_counter() - t0}
-    atomic_write_json(out / "metrics.json", metrics)
-    plot_ood_histograms(scores, out / "histograms.png", in_name=in_label, kind=run_data.kind,
+
+    metrics: dict = {}
+    selected: dict = {}
+    for score in scores_wanted:
+        sks = score_ks(score, all_ks if score == "elbo" else ks)
+        metrics[score], selected[score] = {}, {}
+        for label, _n, _s, _v in sets[1:]:
+            metrics[score][label] = {
+                str(k): ood_metrics_ci(-sweeps[in_label].anomaly(score, k),
+                                       -sweeps[label].anomaly(score, k),
+                                       n_boot=args.bootstrap, seed=seed) for k in sks}
+            if sks and in_label in valid_sweeps and label in valid_sweeps:
+                valid_auroc = {k: ood_metrics(-valid_sweeps[in_label].anomaly(score, k),
+                                              -valid_sweeps[label].anomaly(score, k))["auroc"]
+                               for k in sks}
+                k_best = max(valid_auroc, key=valid_auroc.get)
+                selected[score][label] = {"k": k_best, "valid_auroc": valid_auroc[k_best],
+                                          "valid_auroc_per_k": {str(k): v for k, v in
+                                                                valid_auroc.items()},
+                                          **metrics[score][label][str(k_best)]}
+    detector = _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps,
+                             scores_wanted, ks, seed, out)
+    result = {"convention": METRIC_CONVENTION, "in_distribution": in_label, "ks": ks,
+              "scores": scores_wanted, "score_help": {s: SCORE_HELP[s] for s in scores_wanted},
+              "n_samples": args.n_samples, "n_valid": args.n_valid, **meta,
+              "metrics": metrics, "selected_on_validation": selected, "detector": detector,
+              "seconds": time.perf_counter() - t0}
+    atomic_write_json(out / "metrics.json", result)
+    atomic_write_text(out / "metrics.md", metrics_markdown(result))
+    plot_ood_histograms(lk_scores, out / "histograms.png", in_name=in_label, kind=kind,
                         dims=dims, ks=sorted(ks, reverse=True))
-    _write_scores(out, scores, in_label, ks)
-    return {"out": out, "table": table, "metrics": metrics}
+    for score in scores_wanted:
+        if score.startswith("llr"):
+            vals = {label: {k: sw.value(score, k) for k in score_ks(score, ks)}
+                    for label, sw in sweeps.items()}
+            if vals[in_label]:
+                plot_ood_histograms(vals, out / f"histograms_{score}.png", in_name=in_label,
+                                    kind="binary", dims=dims, ks=sorted(vals[in_label],
+                                                                         reverse=True),
+                                    quantity="LLR" if score == "llr" else "LLR (mean)")
+    _write_scores(out, sweeps, in_label, ks, scores_wanted)
+    return {"out": out, "table": table, "metrics": result}
+
+
+def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, ks, seed,
+                  out) -> dict | None:
+    """Fit an OODDetector on validation data, choosing (score, k) on the synthetic sets only
+    (no real OOD images), save it, and report how it does on every test OOD set."""
+    in_label = sets[0][0]
+    synth = {label: valid_sweeps[label] for label, name, _s, _v in sets[1:]
+             if name in SYNTHETIC and label in valid_sweeps}
+    if in_label not in valid_sweeps or not synth:
+        return None
+    det = OODDetector(model, kind=kind, bits=bits, score=None, k=sorted(set(ks) | {0}),
+                      candidates=scores, n_samples=args.n_samples,
+                      batch_size=args.batch_size, seed=seed)
+    try:
+        det.fit_sweeps(valid_sweeps[in_label], synth)
+    except ValueError as err:
+        print(f"note: no detector fitted ({err})", file=sys.stderr)
+        return None
+    det.save(out / "detector.json")
+    a_in = sweeps[in_label].anomaly(det.score_, det.k_).numpy()
+    report = {"score": det.score_, "k": det.k_, "threshold": det.threshold_,
+              "chosen_on": sorted(synth), "test_in_flagged": float((a_in > det.threshold_)
+                                                                     .mean()), "test": {}}
+    for label, _n, _s, _v in sets[1:]:
+        a_out = sweeps[label].anomaly(det.score_, det.k_).numpy()
+        m = ood_metrics(-a_in, -a_out)
+        report["test"][label] = {"auroc": m["auroc"], "auprc": m["auprc"],
+                                 "flagged": float((a_out > det.threshold_).mean())}
+    return report
+
+
+def metrics_markdown(result: dict) -> str:
+    """AUROC (95% bootstrap interval) per OOD set, score and k, plus the k chosen on validation
+    data with its test AUROC / AUPRC / FPR80 / FPR95."""
+    lines = [f"Detection of OOD test images; in-distribution: {result['in_distribution']} "
+             f"(test split). K = {result['n_samples']}. OOD = positive class.", ""]
+    ks = result["ks"]
+    lines += ["| OOD set | score | " + " | ".join(f"k={k}" for k in ks) + " |",
+              "|---|---|" + "---|" * len(ks)]
+    for score, per_set in result["metrics"].items():
+        for label, per_k in per_set.items():
+            cells = []
+            for k in ks:
+                m = per_k.get(str(k)) or (per_k.get("0") if score == "elbo" and k == ks[0]
+                                          else None)
+                if m is None:
+                    cells.append("")
+                    continue
+                ci = m.get("auroc_ci")
+                cells.append(f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci
+                                                    else ""))
+            lines.append(f"| {label} | {score} | " + " | ".join(cells) + " |")
+    sel = result.get("selected_on_validation") or {}
+    if any(sel.values()):
+        lines += ["", "k chosen by validation AUROC (validation images only), test metrics:",
+                  "", "| OOD set | score | k | AUROC | AUPRC | FPR@80%TPR | FPR@95%TPR |",
+                  "|---|---|---|---|---|---|---|"]
+        for score, per_set in sel.items():
+            for label, m in per_set.items():
+                lines.append(f"| {label} | {score} | {m['k']} | {m['auroc']:.3f} | "
+                             f"{m['auprc']:.3f} | {m['fpr_at_80_tpr']:.3f} | "
+                             f"{m['fpr_at_95_tpr']:.3f} |")
+    det = result.get("detector")
+    if det:
+        lines += ["", f"Detector (detector.json): score {det['score']}, k = {det['k']}, chosen "
+                  f"on the synthetic validation sets {', '.join(det['chosen_on'])}; flags "
+                  f"{100 * det['test_in_flagged']:.1f}% of the in-distribution test images.", "",
+                  "| OOD set | AUROC | flagged |", "|---|---|---|"]
+        for label, m in det["test"].items():
+            lines.append(f"| {label} | {m['auroc']:.3f} | {100 * m['flagged']:.1f}% |")
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
     res = run_ood(args, device)
     print(table_markdown(res["table"]), end="")
-    print("\nAUROC / AUPRC / FPR@95%TPR (OOD = positive, anomaly score = -L^{>k}):")
-    for label, per_k in res["metrics"]["metrics"].items():
-        for k, m in per_k.items():
-            print(f"  {label:>16} k={k:>2}: {m['auroc']:.3f} / {m['auprc']:.3f} / "
-                  f"{m['fpr_at_95_tpr']:.3f}")
-    print(f"written: {res['out']}/{{table.md,table.json,metrics.json,histograms.png,"
-          "scores.npz,scores.csv}")
+    print()
+    print(metrics_markdown(res["metrics"]), end="")
+    print("AUROC 0.5 is chance; below 0.5 the score ranks the OOD set as *more* normal than "
+          "the in-distribution set (0.000 = perfectly separated the wrong way round).")
+    print(f"written: {res['out']}/{{table.md,table.json,metrics.json,metrics.md,histograms*.png,"
+          "scores.npz,scores.csv,detector.json}")
     return 0

@@ -30,8 +30,8 @@ OOD_PAIRS: dict[str, tuple[str, tuple[str, ...]]] = {
 METRIC_CONVENTION = (
     "positive class = out-of-distribution; anomaly score = -L^{>k} (higher = more anomalous); "
     "auroc = ROC AUC with ties counted 1/2; auprc = average precision (sklearn's "
-    "average_precision_score); fpr_at_95_tpr = fraction of in-distribution examples flagged at "
-    "the highest threshold that flags >= 95% of the OOD examples"
+    "average_precision_score); fpr_at_95_tpr (fpr_at_80_tpr) = fraction of in-distribution "
+    "examples flagged at the highest threshold that flags >= 95% (80%) of the OOD examples"
 )
 
 
@@ -122,11 +122,41 @@ def ood_metrics(in_scores, out_scores) -> dict:
     auroc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     precision = tp / (tp + fp)
     auprc = float(np.sum(np.diff(np.r_[0.0, tp / n_pos]) * precision))
-    # FPR only grows as the threshold falls, so the first point reaching 95% TPR is the best.
+    # FPR only grows as the threshold falls, so the first point reaching the TPR is the best.
     # The small slack keeps 0.95 * n exact despite float division (e.g. 19/20).
-    hit = np.nonzero(tp / n_pos >= 0.95 - 1e-12)[0][0]
-    return {"auroc": auroc, "auprc": auprc, "fpr_at_95_tpr": float(fp[hit] / n_neg),
-            "n_in": int(n_neg), "n_out": int(n_pos)}
+    def fpr_at(rate: float) -> float:
+        hit = np.nonzero(tp / n_pos >= rate - 1e-12)[0][0]
+        return float(fp[hit] / n_neg)
+
+    return {"auroc": auroc, "auprc": auprc, "fpr_at_80_tpr": fpr_at(0.80),
+            "fpr_at_95_tpr": fpr_at(0.95), "n_in": int(n_neg), "n_out": int(n_pos)}
+
+
+METRIC_NAMES = ("auroc", "auprc", "fpr_at_80_tpr", "fpr_at_95_tpr")
+
+
+def ood_metrics_ci(in_scores, out_scores, *, n_boot: int = 200, level: float = 0.95,
+                   seed: int = 0) -> dict:
+    """:func:`ood_metrics` plus percentile bootstrap intervals ``{name}_ci: [lo, hi]``.
+
+    Each replicate resamples the in- and out-of-distribution sets with replacement
+    (independently, sizes kept); ``n_boot = 0`` gives no intervals.
+    """
+    s_in, s_out = _as_1d(in_scores, "in_scores"), _as_1d(out_scores, "out_scores")
+    res = ood_metrics(s_in, s_out)
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        reps = {m: np.empty(n_boot) for m in METRIC_NAMES}
+        for b in range(n_boot):
+            r = ood_metrics(s_in[rng.integers(0, s_in.size, s_in.size)],
+                            s_out[rng.integers(0, s_out.size, s_out.size)])
+            for m in METRIC_NAMES:
+                reps[m][b] = r[m]
+        a = (1 - level) / 2
+        for m in METRIC_NAMES:
+            res[f"{m}_ci"] = [float(v) for v in np.quantile(reps[m], [a, 1 - a])]
+        res["n_boot"] = n_boot
+    return res
 
 
 # ----------------------------------------------------------------------------- table
@@ -204,11 +234,12 @@ def gaussian_kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | Path, *,
-                        in_name: str, kind: str, dims: int, ks: Sequence[int] | None = None
-                        ) -> Path:
+                        in_name: str, kind: str, dims: int, ks: Sequence[int] | None = None,
+                        quantity: str | None = None) -> Path:
     """Figure 4: per k, histograms + KDE of every dataset's L^{>k}; writes one PNG.
 
-    Binary data are shown as L^{>k} in nats, 8-bit data in bits/dim. The x range keeps the
+    Binary data are shown as L^{>k} in nats, 8-bit data in bits/dim; ``quantity`` names another
+    per-k value in nats (e.g. "LLR", with kind="binary" to keep nats). The x range keeps the
     central 99% of the pooled values so one extreme example cannot flatten the panel.
     """
     import matplotlib
@@ -244,7 +275,8 @@ def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | 
                     label=label)
             ax.plot(grid, gaussian_kde(v, grid), color=colors[name], lw=1.5)
         ax.set_title(f"k = {k}")
-        bound = rf"$\mathcal{{L}}^{{>{k}}}$"
+        bound = (rf"$\mathcal{{L}}^{{>{k}}}$" if quantity is None
+                 else rf"{quantity}$^{{>{k}}}$")
         ax.set_xlabel(f"{bound} (nats)" if nats else f"{bound} (bits/dim)")
         ax.set_ylabel("density")
         ax.xaxis.set_major_locator(MaxNLocator(5))

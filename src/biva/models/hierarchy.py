@@ -272,7 +272,8 @@ class HierarchicalVAE(nn.Module):
                 free_bits: float = 0.0, kl_weight: float = 1.0,
                 td_context: Sequence[Tensor | None] | None = None,
                 bottom_up: tuple | None = None,
-                top_log_prior: Callable[[Tensor], Tensor] | None = None) -> HierarchyOutput:
+                top_log_prior: Callable[[Tensor], Tensor] | None = None,
+                prior_mode: str = "sample") -> HierarchyOutput:
         """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
 
         ``prior_layers = k`` gives the L^{>k} bound (eq. 2): layers 1..k are drawn from the
@@ -286,9 +287,13 @@ class HierarchicalVAE(nn.Module):
         ``_bottom_up`` at N rows to reuse (one y-independent BU pass for several TD passes).
         ``top_log_prior(z_L) -> (N,)`` replaces the N(0, I) log-density of z_L (e.g. a 2-D
         potential, see :mod:`biva.experiments.densities`); None keeps the standard normal.
+        ``prior_mode="mean"`` sets z_<=k to the conditional prior means instead of drawing them
+        (the likelihood-ratio score of Havtorn et al. 2021): a score, *not* a bound on log p(x).
         """
         if not 0 <= prior_layers < self.n_layers:
             raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
+        if prior_mode not in ("sample", "mean"):
+            raise ValueError(f"prior_mode must be 'sample' or 'mean', got {prior_mode!r}")
         last, q_bu, z_bu, q_top = (bottom_up if bottom_up is not None
                                    else self._bottom_up(x, n_samples))
         kl: dict[str, Tensor] = {}
@@ -306,7 +311,7 @@ class HierarchicalVAE(nn.Module):
 
         def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
             if i <= prior_layers:
-                zs = [p.sample() for p in priors]
+                zs = [p.sample() if prior_mode == "sample" else p.mu for p in priors]
                 for name, z in zip(self._layer_names(i), zs, strict=True):
                     latents[name] = z
                 return zs

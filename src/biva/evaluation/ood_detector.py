@@ -1,0 +1,235 @@
+"""An out-of-distribution detector with scikit-learn's outlier-detector conventions.
+
+>>> det = OODDetector(model, kind="binary", score="llr", k=None).fit(x_valid, x_out_valid)
+>>> det.predict(x)             # +1 in-distribution, -1 out-of-distribution
+>>> det.score_samples(x)       # higher = more normal (minus the anomaly score)
+>>> det.decision_function(x)   # score_samples - offset_: negative = flagged
+>>> det.save("run/ood/detector.json"); OODDetector.load("run/ood/detector.json", model)
+
+``fit`` sees in-distribution *validation* images (never the test split) and, optionally,
+validation OOD images (e.g. the synthetic sets of :mod:`biva.evaluation.ood_sets`): with them
+and ``k=None`` (or ``score=None``) it picks the (score, k) of highest validation AUROC. The
+threshold keeps ``in_tpr`` (default 95%) of the in-distribution validation images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data import ImageSplit, to_model_input
+from ..utils.atomic import atomic_write_json
+from .ood import ood_metrics
+from .ood_scores import SCORES, BoundSweep, bound_sweep, score_ks
+
+
+class OODDetector:
+    """Flags images a trained hierarchy does not explain: anomaly = LLR^{>k}, -L^{>k} or -L.
+
+    ``model``: a trained :class:`~biva.models.HierarchicalVAE`; ``kind`` / ``bits``: how images
+    become model input (see ``to_model_input``). ``score``: one of ``SCORES`` or None (chosen
+    in ``fit`` among ``candidates``); ``k``: an int, candidate ints, or None (any k; chosen in
+    ``fit``). Methods take
+    x (N, C, H, W) uint8 images ready for evaluation (binary images drawn) or model-input
+    floats, and return numpy arrays (N,).
+    """
+
+    def __init__(self, model: nn.Module, *, kind: str, bits: int = 8, score: str | None = "llr",
+                 k: int | Sequence[int] | None = None,
+                 candidates: Sequence[str] = ("llr", "lk", "elbo"),
+                 n_samples: int = 1, in_tpr: float = 0.95, batch_size: int = 100,
+                 seed: int = 0):
+        if score is not None and score not in SCORES:
+            raise ValueError(f"score: expected one of {SCORES} or None, found {score!r}")
+        bad = [c for c in candidates if c not in SCORES]
+        if bad:
+            raise ValueError(f"candidates: unknown scores {bad}; known: {SCORES}")
+        if not 0 < in_tpr < 1:
+            raise ValueError(f"in_tpr: expected a rate in (0, 1), found {in_tpr}")
+        n_layers = model.n_layers
+        ks = [] if k is None else ([k] if isinstance(k, int) else list(k))
+        if (k is not None and not ks) or any(not 0 <= v < n_layers for v in ks):
+            raise ValueError(f"k: expected values in 0..{n_layers - 1} or None, found {k}")
+        self.model, self.kind, self.bits = model, kind, bits
+        self.score, self.k, self.candidates = score, k, tuple(candidates)
+        self.n_samples, self.in_tpr, self.batch_size, self.seed = (
+            n_samples, in_tpr, batch_size, seed)
+
+    # ------------------------------------------------------------------ scoring
+    def _input(self, x) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.dtype == torch.uint8:
+            x = to_model_input(x, self.kind, self.bits)
+        return x.to(next(self.model.parameters()).device)
+
+    def _sweep(self, x, scores: Sequence[str], ks: Sequence[int]) -> BoundSweep:
+        x = self._input(x)
+        torch.manual_seed(self.seed)  # a fixed draw: one image gets one score
+        parts: dict = {}
+        for i in range(0, x.shape[0], self.batch_size):
+            sweep = bound_sweep(self.model, x[i:i + self.batch_size], ks, scores=scores,
+                                n_samples=self.n_samples)
+            for key, v in sweep.bounds.items():
+                parts.setdefault(key, []).append(v.cpu())
+        return BoundSweep({key: torch.cat(v) for key, v in parts.items()})
+
+    def _candidates(self) -> list[tuple[str, int]]:
+        scores = [self.score] if self.score is not None else list(self.candidates)
+        ks = (list(range(self.model.n_layers)) if self.k is None
+              else [self.k] if isinstance(self.k, int) else sorted(set(self.k)))
+        pairs = [(s, k) for s in scores for k in score_ks(s, ks)]
+        if not pairs:
+            raise ValueError(f"score {self.score!r} is not defined for k = {self.k} (the "
+                             "likelihood ratios need k >= 1, elbo is k = 0)")
+        return pairs
+
+    def anomaly_score(self, x) -> np.ndarray:
+        """Anomaly score of the fitted (score, k) for x: (N,) float64, higher = more anomalous."""
+        self._check_fitted()
+        sweep = self._sweep(x, [self.score_], [self.k_])
+        return sweep.anomaly(self.score_, self.k_).double().numpy()
+
+    def score_samples(self, x) -> np.ndarray:
+        """Normality (N,): minus the anomaly score, higher = more normal (scikit-learn)."""
+        return -self.anomaly_score(x)
+
+    def decision_function(self, x) -> np.ndarray:
+        """score_samples - offset_ (N,): negative = out-of-distribution."""
+        return self.score_samples(x) - self.offset_
+
+    def predict(self, x) -> np.ndarray:
+        """+1 for in-distribution, -1 for flagged images (N,) int."""
+        return np.where(self.decision_function(x) >= 0, 1, -1)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, x_in, x_out=None) -> OODDetector:
+        """Choose (score, k) and the threshold on validation data; returns self.
+
+        ``x_in``: in-distribution validation images; ``x_out``: optional validation OOD images
+        (a tensor or a dict of named sets) for the choice of (score, k) by AUROC. Without them
+        both must be given (``score`` and ``k`` not None), except that a single candidate
+        needs no choice.
+        """
+        pairs = self._candidates()
+        scores = sorted({s for s, _ in pairs})
+        ks = sorted({k for _, k in pairs})
+        outs = {} if x_out is None else (dict(x_out) if isinstance(x_out, dict)
+                                         else {"ood": x_out})
+        if len(pairs) > 1 and not outs:
+            raise ValueError("fit: several (score, k) candidates and no validation OOD "
+                             "images to choose among them; pass x_out or fix score and k")
+        sweep_in = self._sweep(x_in, scores, ks)
+        sweeps_out = {name: self._sweep(x, scores, ks) for name, x in outs.items()}
+        return self.fit_sweeps(sweep_in, sweeps_out)
+
+    def fit_sweeps(self, sweep_in: BoundSweep, sweeps_out: dict[str, BoundSweep]
+                   ) -> OODDetector:
+        """:meth:`fit` on bounds already computed (:func:`bound_sweep` results that hold every
+        candidate's (mode, k)): in-distribution validation, and named validation OOD sets."""
+        pairs = self._candidates()
+        self.selection_ = []
+        if len(pairs) > 1:
+            if not sweeps_out:
+                raise ValueError("fit: several (score, k) candidates and no validation OOD "
+                                 "images to choose among them; pass x_out or fix score and k")
+            for s, k in pairs:
+                a_in = sweep_in.anomaly(s, k).numpy()
+                aurocs = {name: ood_metrics(-a_in, -sw.anomaly(s, k).numpy())["auroc"]
+                          for name, sw in sweeps_out.items()}
+                self.selection_.append({"score": s, "k": k, "auroc": aurocs,
+                                        "mean_auroc": float(np.mean(list(aurocs.values())))})
+            best = max(self.selection_, key=lambda r: r["mean_auroc"])
+            self.score_, self.k_ = best["score"], best["k"]
+        else:
+            self.score_, self.k_ = pairs[0]
+        a_in = sweep_in.anomaly(self.score_, self.k_).double().numpy()
+        # Keep in_tpr of the in-distribution images: flag above their in_tpr quantile.
+        self.threshold_ = float(np.quantile(a_in, self.in_tpr, method="higher"))
+        self.offset_ = -self.threshold_
+        self.n_fit_ = int(a_in.size)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise RuntimeError("this OODDetector is not fitted yet: call fit(x_valid) first")
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        """The fitted state as JSON-ready values (the model itself is not included)."""
+        self._check_fitted()
+        return {"score": self.score_, "k": self.k_, "threshold": self.threshold_,
+                "in_tpr": self.in_tpr, "n_samples": self.n_samples, "kind": self.kind,
+                "bits": self.bits, "seed": self.seed, "batch_size": self.batch_size,
+                "n_fit": self.n_fit_, "selection": self.selection_,
+                "convention": "anomaly = LLR^{>k} for llr scores, minus the bound otherwise; "
+                              "flagged (predict -1) when anomaly > threshold"}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted state to a JSON file (atomically); returns its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> OODDetector:
+        """A fitted detector from :meth:`save`'s file, scoring with ``model``."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            det = cls(model, kind=d["kind"], bits=d["bits"], score=d["score"], k=d["k"],
+                      n_samples=d["n_samples"], in_tpr=d["in_tpr"],
+                      batch_size=d["batch_size"], seed=d["seed"])
+            det.score_, det.k_ = d["score"], d["k"]
+            det.threshold_ = float(d["threshold"])
+            det.offset_ = -det.threshold_
+            det.n_fit_, det.selection_ = d["n_fit"], d["selection"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a saved OODDetector ({type(err).__name__}: {err})"
+                             ) from err
+        return det
+
+
+def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="cpu",
+                     synthetic: Sequence[str] = ("uniform", "mean_noise", "constant", "hflip",
+                                                 "vflip", "invert"),
+                     n_valid: int = 1000, data_root: str | None = None, **kwargs
+                     ) -> OODDetector:
+    """A detector for a trained run, fitted on the first ``n_valid`` images of its validation
+    split, (score, k) chosen against ``synthetic`` sets made from them: no OOD download and
+    never the test split. ``kwargs`` go to :class:`OODDetector` (default: every score and k).
+
+    >>> det = detector_for_run("runs/fmnist")
+    >>> det.predict(images)      # images (N, C, H, W) uint8 like the run's data: +1 / -1
+    """
+    from ..training import load_run_data  # the run's own data loading, config and all
+    from .bounds import evaluation_split
+    from .loading import load_trained
+
+    model, cfg, _ = load_trained(run_dir, checkpoint, device)
+    if data_root is not None:
+        cfg.data.root = data_root
+    data = load_run_data(cfg)
+    valid = evaluation_split(data, "valid", cfg.train.seed)
+    if n_valid:
+        valid = valid.subset(torch.arange(min(n_valid, len(valid))))
+    kwargs.setdefault("score", None)
+    kwargs.setdefault("candidates", ("llr", "lk", "elbo"))
+    det = OODDetector(model, kind=data.kind, bits=cfg.model.bits, seed=cfg.train.seed,
+                      **kwargs)
+    return fit_on_run_validation(det, valid, synthetic=synthetic, seed=cfg.train.seed)
+
+
+def fit_on_run_validation(det: OODDetector, valid: ImageSplit, *, synthetic: Sequence[str] = (),
+                          seed: int = 0) -> OODDetector:
+    """Fit ``det`` on a run's validation split (ready for evaluation) with synthetic OOD sets
+    made from the same validation images for the choice of (score, k); never the test split."""
+    from .ood_sets import synthetic_set
+
+    outs = {name: synthetic_set(name, valid, det.kind, seed).images for name in synthetic}
+    return det.fit(valid.images, outs or None)

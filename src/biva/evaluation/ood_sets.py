@@ -1,0 +1,62 @@
+"""Out-of-distribution sets that need no download, made from the in-distribution images.
+
+Each takes a split ready for evaluation (binary images already drawn: uint8 {0, 1}; 8-bit
+images: uint8 0..255) and returns a split of the same size and shape:
+
+* ``uniform``: independent uniform pixels (fair coin flips for binary images);
+* ``mean_noise``: independent pixels with the data's statistics: Bernoulli with the data's mean
+  for binary images, per-channel Gaussian with the data's mean and std for 8-bit ones;
+* ``constant``: each image one value (half black, half white for binary images; a random
+  colour for 8-bit ones);
+* ``hflip`` / ``vflip``: the images mirrored left-right / upside down;
+* ``invert``: 1 - x (binary) or 255 - x (8-bit).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import ImageSplit
+
+SYNTHETIC = ("uniform", "mean_noise", "constant", "hflip", "vflip", "invert")
+
+
+def synthetic_set(name: str, reference: ImageSplit, kind: str, seed: int = 0) -> ImageSplit:
+    """The synthetic OOD set ``name`` (see the module doc) built from ``reference`` (N, C, H, W)
+    uint8 images of ``kind`` "binary" or "8bit"; seeded, labels dropped."""
+    x = reference.images
+    if x.dtype != torch.uint8:
+        raise ValueError(f"synthetic_set: expected uint8 images ready for evaluation (binary "
+                         f"data drawn), found {x.dtype}")
+    if kind not in ("binary", "8bit"):
+        raise ValueError(f"synthetic_set: kind must be 'binary' or '8bit', found {kind!r}")
+    binary = kind == "binary"
+    top = 1 if binary else 255
+    g = torch.Generator().manual_seed(seed)
+    n, c = x.shape[0], x.shape[1]
+    if name == "uniform":
+        out = torch.randint(0, top + 1, x.shape, generator=g, dtype=torch.uint8)
+    elif name == "mean_noise":
+        xf = x.float()
+        if binary:
+            out = (torch.rand(x.shape, generator=g) < xf.mean()).to(torch.uint8)
+        else:
+            mean = xf.mean((0, 2, 3), keepdim=True)
+            std = xf.std((0, 2, 3), keepdim=True)
+            out = (mean + std * torch.randn(x.shape, generator=g)).round().clamp(0, 255)
+            out = out.to(torch.uint8)
+    elif name == "constant":
+        if binary:
+            value = (torch.arange(n) % 2).view(n, 1, 1, 1).expand(n, c, 1, 1)
+        else:
+            value = torch.randint(0, 256, (n, c, 1, 1), generator=g)
+        out = value.expand_as(x).to(torch.uint8).contiguous()
+    elif name == "hflip":
+        out = x.flip(-1).contiguous()
+    elif name == "vflip":
+        out = x.flip(-2).contiguous()
+    elif name == "invert":
+        out = (top - x).to(torch.uint8)
+    else:
+        raise ValueError(f"unknown synthetic OOD set {name!r}; known: {', '.join(SYNTHETIC)}")
+    return ImageSplit(out)
