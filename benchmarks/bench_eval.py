@@ -30,6 +30,7 @@ from common import (  # noqa: E402
     interleaved,
     machine,
     median,
+    model_input,
     setup,
 )
 
@@ -40,6 +41,13 @@ def sequential_bound(model, x: torch.Tensor, passes: int) -> torch.Tensor:
     model.eval()
     lw = torch.stack([model(x).log_weight.double() for _ in range(passes)])
     return torch.logsumexp(lw, 0) - math.log(passes)
+
+
+def test_images(cfg, n: int, data_root: str | None, split: str):
+    """Static-MNIST images for 1x28x28 binary models, random inputs of the right shape else."""
+    if cfg.likelihood == "bernoulli" and tuple(cfg.input_shape) == (1, 28, 28):
+        return binary_images(n, data_root, split)
+    return model_input(cfg, n, data_root)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,18 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     from biva import HierarchicalVAE, importance_weighted_bound, preset
     from biva.nn.blocks import use_channels_last
 
-    x_seq, source = binary_images(args.seq_batch, args.data_root, "test")
-    x = x_seq[:n]
     if args.run_dir:
         from biva.evaluation.loading import load_trained
 
         plain, run_cfg, _ = load_trained(args.run_dir, "best", device)
         args.preset = f"{args.run_dir} ({run_cfg.model.description or 'trained'})"
+        cfg = run_cfg.model
     else:
-        init, _ = binary_images(256, args.data_root, "train")
+        cfg = preset(args.preset)
+        init, _ = test_images(cfg, 256, args.data_root, "train")
         torch.manual_seed(0)
-        plain = HierarchicalVAE(preset(args.preset))
+        plain = HierarchicalVAE(cfg)
         plain.initialize(init)
+    x_seq, source = test_images(cfg, args.seq_batch, args.data_root, "test")
+    x = x_seq[:n]
     plain = plain.to(device).eval()
     fast = use_channels_last(copy.deepcopy(plain), args.channels_last)
     x, x_seq = x.to(device), x_seq.to(device)

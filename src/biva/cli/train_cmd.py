@@ -35,8 +35,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="shortcut for --set train.seed=N")
     p.add_argument("--device", default=None, help="shortcut for --set train.device=...")
     p.add_argument("--threads", type=int, default=None, help="shortcut for train.threads")
-    p.add_argument("--amp", choices=["none", "bf16"], default=None,
-                   help="bf16 autocast (CPU or CUDA); the bounds stay in float32")
+    p.add_argument("--amp", choices=["auto", "none", "bf16"], default=None,
+                   help="bf16 autocast (CPU or CUDA; the bounds stay in float32); auto (the "
+                   "config default) picks bf16 where the hardware has native bf16")
     p.add_argument("--data-root", default=None, help="shortcut for --set data.root=DIR")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop at this step as if interrupted (resume later with --resume)")

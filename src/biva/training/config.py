@@ -81,7 +81,7 @@ class TrainConfig:
     max_consecutive_skips: int = 20
     seed: int = 0
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
-    amp: Literal["none", "bf16"] = "none"
+    amp: Literal["auto", "none", "bf16"] = "auto"   # auto: bf16 where native (precision.py)
     channels_last: bool = True       # channels-last activations (faster convs; same results)
     compile: bool = False            # torch.compile the model (minutes to compile; on CPU no gain)
     grad_checkpointing: bool = False  # recompute each stage in backward: less memory, ~25% slower

@@ -45,6 +45,7 @@ from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from .config import RunConfig, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
+from .precision import resolve_amp
 from .schedule import free_bits, kl_weight, learning_rate
 
 
@@ -86,6 +87,9 @@ class Trainer:
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         self.device = resolve_device(tc.device)
+        self.amp, why = resolve_amp(tc.amp, self.device)
+        if self.rank == 0:
+            print(f"precision: {'bf16 autocast' if self.amp == 'bf16' else 'fp32'} ({why})")
         if self.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
             torch.cuda.set_device(self.device)
@@ -278,7 +282,7 @@ class Trainer:
         kl_w = kl_weight(tc, self.step)
         if tc.compile:  # a tensor, not a constant baked into the graph: no recompile per step
             kl_w = torch.tensor(kl_w, device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.amp == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
             out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_w)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -384,7 +388,8 @@ class Trainer:
         kl_groups = mean.pop("kl_groups").tolist()
         rec = {"kind": "train", "step": self.step, "epoch": epoch,
                **{k: float(v) for k, v in mean.items()},
-               "skipped_total": self.skipped, "images_per_s": images_per_s,
+               "skipped_total": self.skipped, "images_per_s": images_per_s, "amp": self.amp,
+               "skip_threshold": self.skip_threshold,
                "free_bits": free_bits(self.cfg.train, self.step - 1),
                "kl_weight": kl_weight(self.cfg.train, self.step - 1),
                "kl_groups": dict(zip(groups, kl_groups, strict=True)), "time": time.time()}
