@@ -445,3 +445,41 @@ def test_ema_on_a_small_module():
         torch.testing.assert_close(p_ema, 0.9 * p_old + 0.1 * p_new.detach(), rtol=1e-6,
                                    atol=1e-7)
     assert ema.model.training is False
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.keep_last=0", "train.keep_last"), ("train.keep_last=-1", "train.keep_last"),
+    ("train.grad_clip=-1", "train.grad_clip"), ("train.grad_clip=0", "train.grad_clip"),
+    ("train.skip_threshold=-1", "train.skip_threshold"),
+    ("train.skip_threshold=0", "train.skip_threshold"),
+    ("train.skip_factor=0.5", "train.skip_factor"),
+    ("train.skip_min_history=500", "train.skip_min_history"),
+    ("train.threads=-3", "train.threads"), ("train.amp=fp8", "train.amp")])
+def test_recipe_values_that_would_lose_a_run_or_train_backwards_are_refused(override, field):
+    from biva.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        tiny_config(override)
+
+
+def test_auto_skip_threshold_follows_the_median_gradient_norm(tmp_path, data):
+    """skip_threshold=auto: nothing finite is skipped until skip_min_history norms are known,
+    then norms above skip_factor x their median are; the norms travel with the checkpoint."""
+    cfg = tiny_config("train.skip_min_history=3", "train.skip_factor=2.0", "train.steps=4",
+                      "train.checkpoint_every=4")
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    assert trainer.skip_threshold == math.inf
+    x = first_batch(trainer)
+    for _ in range(3):
+        assert float(trainer.train_step(x)["skipped"]) == 0.0
+    norms = list(trainer.grad_norms)
+    assert len(norms) == 3
+    assert trainer.skip_threshold == pytest.approx(2.0 * sorted(norms)[1])
+    # A gradient 10x the usual is skipped.
+    trainer.grad_norms.clear()
+    trainer.grad_norms.extend([norms[0] / 10] * 3)
+    assert float(trainer.train_step(x)["skipped"]) == 1.0
+    trainer.step = 4
+    trainer.save()
+    resumed = Trainer.resume(tmp_path / "run", data=data)
+    assert list(resumed.grad_norms) == list(trainer.grad_norms)

@@ -374,10 +374,13 @@ def test_list_latest_and_prune(tmp_path: Path) -> None:
     assert load_checkpoint(run / "checkpoints" / "best")[1] == {"step": 20}
     assert not any(p.name.startswith(".") for p in (run / "checkpoints").iterdir())
 
-    prune_checkpoints(run, keep_last=0)
-    assert [int(p.name[5:]) for p in list_checkpoints(run)] == [20]  # only "best" survives
-    with pytest.raises(ValueError):
-        prune_checkpoints(run, keep_last=-1)
+    prune_checkpoints(run, keep_last=1)
+    # The newest and "best" survive.
+    assert [int(p.name[5:]) for p in list_checkpoints(run)] == [20, 1_000_000_000]
+    for bad in (0, -1):   # 0 would delete the checkpoint just written
+        with pytest.raises(ValueError, match=">= 1"):
+            prune_checkpoints(run, keep_last=bad)
+    assert latest_checkpoint(run) == checkpoint_path(run, 1_000_000_000)
 
 
 def test_save_with_keep_last(tmp_path: Path) -> None:

@@ -371,14 +371,17 @@ def latest_checkpoint(run_dir: StrPath) -> Path | None:
 
 
 def _prune_dir(root: Path, keep_last: int, protect: Iterable[StrPath]) -> list[Path]:
-    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
-        raise ValueError(f"keep_last must be a non-negative int, got {keep_last!r}")
+    # keep_last = 0 would delete the checkpoint just written: a crash after it would lose the
+    # whole run. The newest checkpoint is never deleted.
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+        raise ValueError(f"keep_last must be an int >= 1 (the newest checkpoint is always "
+                         f"kept), got {keep_last!r}")
     found = _list_in(root)
     protected = {Path(p).resolve() for p in protect}
     if root.is_dir():
         # A symlink such as checkpoints/best -> step_000001000 protects its target implicitly.
         protected |= {e.resolve() for e in root.iterdir() if e.is_symlink()}
-    candidates = found[: len(found) - keep_last] if keep_last else found
+    candidates = found[: len(found) - keep_last]
     removed = []
     for ckpt in candidates:
         if ckpt.resolve() in protected:
