@@ -261,3 +261,27 @@ def test_shipped_semi_supervised_configs():
 def test_load_run_data_keeps_labels_for_the_split():
     data = load_run_data(tiny_config())
     assert data.train.labels is not None and data.num_classes == 10
+
+
+def test_batch_statistics_match_hand_computations(digits):
+    """The trainer's logged CE, train error, bounds and q(y|x) entropy, recomputed by hand."""
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:8], "binary")
+    model.initialize(x)
+    model.eval()
+    y = torch.tensor([3, 1, 4, 1, -1, -1, -1, -1])
+    torch.manual_seed(0)
+    with model.given_labels(y):
+        out = model(x)
+    stats = model.last_stats
+    log_q = F.log_softmax(out.logits.float(), 1)
+    lab, unl = torch.arange(4), torch.arange(4, 8)
+    assert float(stats["n_labelled"]) == 4.0
+    torch.testing.assert_close(stats["ce"], -log_q[lab, y[:4]].mean())
+    torch.testing.assert_close(stats["train_error"],
+                               (log_q[lab].argmax(1) != y[:4]).float().mean())
+    torch.testing.assert_close(stats["bound_labelled"], out.bound[lab].mean())
+    torch.testing.assert_close(stats["bound_unlabelled"], out.bound[unl].mean())
+    entropy = -(log_q[unl].exp() * log_q[unl]).sum(1).mean()
+    torch.testing.assert_close(stats["entropy_q_y"], entropy)
+    assert 0 < float(entropy) <= math.log(10) + 1e-6
