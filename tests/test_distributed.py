@@ -51,7 +51,9 @@ def tiny_config(*extra: str, steps: int):
 
 
 def deterministic_config():
-    return tiny_config("model.dropout_q=0", "model.dropout_p=0", steps=EQUIV_STEPS)
+    # fp32: bf16 rounds a 16-row and a 32-row batch differently, beyond the tolerance.
+    return tiny_config("model.dropout_q=0", "model.dropout_p=0", "train.amp=none",
+                       steps=EQUIV_STEPS)
 
 
 def _posterior_mean(self, temperature=1.0, noise=None):
