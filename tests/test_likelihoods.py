@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,3 +91,89 @@ def test_latent_log_densities_match_torch_distributions():
     torch.testing.assert_close(DiagonalGaussian(mu, sigma).log_prob(z), ref)
     ref0 = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((1, 2, 3))
     torch.testing.assert_close(standard_normal_log_prob(z), ref0)
+
+
+def _all_values(channels: int, bits: int) -> torch.Tensor:
+    """Every joint value of one pixel's channels: (2**(bits*C), C, 1, 1), first channel slowest."""
+    levels = torch.linspace(-1, 1, 2**bits)
+    grid = torch.cartesian_prod(*([levels] * channels)) if channels > 1 else levels[:, None]
+    return grid.view(-1, channels, 1, 1)
+
+
+def test_logistic_mixture_samples_follow_its_probabilities():
+    """sample() and log_prob() are separate code (Gumbel pick, logistic noise, R -> G -> B
+    coupling, quantization): the sample frequencies of all 64 joint values must match
+    exp(log_prob) -- including the channel coupling, which leaves the sum to 1 unchanged."""
+    # Three components: with two, a reversed Gumbel (logits - G) picks with the same
+    # probabilities (the difference of two Gumbels is symmetric), with three it does not.
+    lik = DiscretizedLogisticMixture(n_mix=3, bits=2)
+    g = torch.Generator().manual_seed(3)
+    params = torch.randn(1, lik.param_channels(3), 1, 1, generator=g)
+    params[:, :3] = torch.tensor([1.5, -0.4, 0.3]).view(1, 3, 1, 1)   # mixture logits
+    params[:, 3:12] *= 0.5                                            # means
+    params[:, 12:21] = -1.0                                           # log-scales
+    params[:, 21:] = 1.5 * params[:, 21:].sign()                      # strong coupling
+    values = _all_values(3, 2)
+    p = lik.log_prob(params.expand(len(values), -1, -1, -1), values).double().exp()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    n = 200_000
+    torch.manual_seed(0)
+    draws = lik.sample(params.expand(n, -1, -1, -1)).view(n, 3)
+    index = ((draws + 1) / 2 * 3).round().long()                   # level 0..3 per channel
+    code = index[:, 0] * 16 + index[:, 1] * 4 + index[:, 2]
+    freq = torch.bincount(code, minlength=64).double() / n
+    # Binomial standard error sqrt(p(1-p)/n) <= 0.0011: 5 s.e. plus a small slack.
+    assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3
+    # The greedy "mean": the most likely component's mean, coupled and quantized.
+    mean = lik.mean(params).view(3)
+    logits, means, _, coeffs = lik._split(params, 3)
+    k = int(logits.view(3).argmax())
+    mu, cf = means[0, k, :, 0, 0], coeffs[0, k, :, 0, 0]
+    r = lik.quantize(mu[0].clamp(-1, 1))
+    gch = lik.quantize((mu[1] + cf[0] * r).clamp(-1, 1))
+    b = lik.quantize((mu[2] + cf[1] * r + cf[2] * gch).clamp(-1, 1))
+    torch.testing.assert_close(mean, torch.stack([r, gch, b]))
+
+
+def test_logistic_mixture_tail_bins_use_density_times_bin_width():
+    """Where the bin mass underflows float32 (< 1e-5), log p = log(pdf(centre) * 2h), with the
+    logistic pdf exp(-t) / (s (1 + exp(-t))^2), t = (x - mu) / s, computed here in float64."""
+    lik = DiscretizedLogisticMixture(n_mix=1, bits=8)
+    mu, log_s = 0.1, -7.0
+    params = torch.tensor([0.0, mu, log_s]).view(1, 3, 1, 1)
+    x = torch.full((1, 1, 1, 1), lik.quantize(torch.tensor(0.16)).item())   # ~60 scales away
+    s = math.exp(log_s)
+    t = (x.item() - mu) / s
+    h = lik.half_bin
+    mass = 1 / (1 + math.exp(-(t + h / s))) - 1 / (1 + math.exp(-(t - h / s)))
+    assert mass < 1e-5                                    # the fallback branch is taken
+    want = -t - log_s - 2 * math.log1p(math.exp(-t)) + math.log(2 * h)
+    assert lik.log_prob(params, x).item() == pytest.approx(want, abs=1e-3)
+    # In the body the exact bin mass is used.
+    x2 = torch.full((1, 1, 1, 1), lik.quantize(torch.tensor(mu)).item())
+    t2 = (x2.item() - mu) / s
+    exact = math.log(1 / (1 + math.exp(-(t2 + h / s))) - 1 / (1 + math.exp(-(t2 - h / s))))
+    assert lik.log_prob(params, x2).item() == pytest.approx(exact, abs=1e-4)
+
+
+def test_logistic_mixture_and_gaussian_settings():
+    for bits in (1, 16):
+        assert DiscretizedLogisticMixture(bits=bits).bits == bits
+    for kw, msg in (({"bits": 0}, "bits must be in 1..16, got 0"),
+                    ({"bits": 17}, "bits must be in 1..16, got 17"),
+                    ({"n_mix": 0}, "n_mix must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=msg):
+            DiscretizedLogisticMixture(**kw)
+    default = DiscretizedLogisticMixture()
+    assert (default.n_mix, default.bits) == (10, 8)
+    assert default.param_channels(3) == 10 * (1 + 6 + 3)
+    assert Gaussian().param_channels(3) == 6 and Gaussian(fixed_std=0.5).param_channels(3) == 3
+    # Three data channels: mu and the raw std are the two halves of the 6 parameter maps.
+    params = torch.randn(2, 6, 2, 2)
+    d = Gaussian().dist(params)
+    torch.testing.assert_close(d.mu, params[:, :3])
+    assert d.sigma.shape == (2, 3, 2, 2)
+    # The std floor: a very negative raw value gives sigma = min_std (1e-3 by default).
+    floor = Gaussian().dist(torch.cat([torch.zeros(1, 1, 1, 1),
+                                       torch.full((1, 1, 1, 1), -1e4)], 1)).sigma
+    assert floor.item() == pytest.approx(1e-3, rel=1e-3)
