@@ -177,3 +177,18 @@ def test_logistic_mixture_and_gaussian_settings():
     floor = Gaussian().dist(torch.cat([torch.zeros(1, 1, 1, 1),
                                        torch.full((1, 1, 1, 1), -1e4)], 1)).sigma
     assert floor.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_categorical_over_several_channels_without_padding():
+    """C = 2 channels of 5 classes on a 3x3 map: each channel's softmax is its own block of
+    K parameter maps (B, K*C, H, W) viewed as (B, K, C, H, W)."""
+    lik = Categorical(num_classes=5)
+    g = torch.Generator().manual_seed(4)
+    params = torch.randn(3, 10, 3, 3, generator=g)
+    x = torch.randint(0, 5, (3, 2, 3, 3), generator=g)
+    logits = params.view(3, 5, 2, 3, 3)
+    ce = F.cross_entropy(logits, x, reduction="none")          # (3, 2, 3, 3)
+    torch.testing.assert_close(lik.log_prob(params, x), -ce.flatten(1).sum(1))
+    draw = lik.sample(params)
+    assert draw.shape == (3, 2, 3, 3) and draw.dtype == torch.float32
+    assert lik.param_channels(2) == 10

@@ -285,3 +285,23 @@ def test_batch_statistics_match_hand_computations(digits):
     entropy = -(log_q[unl].exp() * log_q[unl]).sum(1).mean()
     torch.testing.assert_close(stats["entropy_q_y"], entropy)
     assert 0 < float(entropy) <= math.log(10) + 1e-6
+
+
+def test_loss_helper_is_eq_20_on_the_concatenated_batch(digits):
+    """model.loss(x_l, y_l, x_u) = model(cat(x_l, x_u), labels=cat(y_l, -1s)), same draws."""
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:10], "binary")
+    model.initialize(x)
+    model.eval()
+    y = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    a = model.loss(x[:4], y, x[4:])
+    torch.manual_seed(0)
+    b = model(x, labels=torch.cat([y, torch.full((6,), -1)]), free_bits=0.0, kl_weight=1.0)
+    torch.testing.assert_close(a.loss, b.loss)
+    torch.testing.assert_close(a.bound, b.bound)
+    assert a.labels.tolist() == [0, 1, 2, 3] + [-1] * 6
+    torch.manual_seed(0)
+    only = model.loss(x[:4], y.to(torch.int32))   # labelled only; any integer dtype
+    torch.manual_seed(0)
+    torch.testing.assert_close(only.loss, model(x[:4], labels=y).loss)
