@@ -25,6 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 
 
+# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, without sparsity), for
+# the share of the device's nominal peak; the measured 3x3-conv peak is reported beside it.
+NOMINAL_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
+                       "A10": 125.0, "L4": 121.0, "RTX 4090": 165.2, "RTX 3090": 71.0}
+
+
+def nominal_bf16_tflops(name: str | None) -> float | None:
+    """The data-sheet dense bf16 peak of a device name such as 'NVIDIA H200', if known."""
+    for key, value in NOMINAL_BF16_TFLOPS.items():
+        if name and key in name:
+            return value
+    return None
+
+
 def environment(device: str) -> dict:
     """torch / CUDA versions, the device's name, compute capability and memory, bf16 choice."""
     import torch
@@ -42,7 +56,8 @@ def environment(device: str) -> dict:
         env.update({"device_name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                     "memory_gib": round(props.total_memory / 2**30, 1),
                     "multiprocessors": props.multi_processor_count,
-                    "bf16_supported": torch.cuda.is_bf16_supported()})
+                    "bf16_supported": torch.cuda.is_bf16_supported(),
+                    "nominal_bf16_tflops": nominal_bf16_tflops(props.name)})
     return env
 
 
@@ -165,8 +180,12 @@ def summary(records: list[dict], env: dict) -> str:
                  "train_binary_compile"):
         r = rec(name)
         if r:
+            nominal = env.get("nominal_bf16_tflops")
+            share = (f", {r['achieved_gflops'] / 1e3 / nominal:.3f} of the nominal "
+                     f"{nominal} TFLOP/s" if nominal and r.get("achieved_gflops") else "")
             lines.append(f"- {name}: {r.get('images_per_s')} img/s at batch {r.get('batch')}, "
-                         f"{r.get('share_of_bf16_conv_peak')} of the measured bf16 conv peak")
+                         f"{r.get('achieved_gflops')} GFLOP/s, {r.get('share_of_bf16_conv_peak')}"
+                         f" of the measured bf16 conv peak{share}")
     r = rec("eval_l1000")
     if r:
         lines.append(f"- L_1000: {r.get('images_per_s')} test images/s fused, "
