@@ -94,3 +94,18 @@ def test_real_model_bounds_are_ordered_and_finite(variant):
 
 def test_bits_per_dim():
     assert bits_per_dim(-math.log(2) * 3072 * 3.0, 3072) == pytest.approx(3.0)
+
+
+def test_samples_per_pass_bounds_the_rows_of_one_pass():
+    """Chunking decides memory and speed (never the value): at most max_batch rows a pass,
+    at most CPU_PASS_ROWS on a CPU, at least one sample, never more than K."""
+    from biva.objectives.importance import CPU_PASS_ROWS, samples_per_pass
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")   # device objects, no GPU needed
+    assert samples_per_pass(1000, 10, 4096, cuda) == 409
+    assert samples_per_pass(1000, 10, 4096, cpu) == CPU_PASS_ROWS // 10
+    assert samples_per_pass(1000, 10, 100, cpu) == 10                  # max_batch below the cap
+    assert samples_per_pass(3, 10, 4096, cuda) == 3                    # never more than K
+    assert samples_per_pass(1000, 5000, 4096, cuda) == 1               # one sample at least
+    assert samples_per_pass(5000, 1, 4096, cuda) == 4096
+    assert samples_per_pass(5, 0, 4096, cuda) == 5                     # empty batch: no division
