@@ -305,3 +305,48 @@ def test_loss_helper_is_eq_20_on_the_concatenated_batch(digits):
     only = model.loss(x[:4], y.to(torch.int32))   # labelled only; any integer dtype
     torch.manual_seed(0)
     torch.testing.assert_close(only.loss, model(x[:4], labels=y).loss)
+
+
+def test_objective_options_and_outputs_by_hand(monkeypatch, digits):
+    """prior_layers, free bits, kl_weight and alpha reach eq. 20; the unlabelled rows' log p(x|z)
+    and KL are q(y|x)-weighted over classes; every output field is filled."""
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:6], "binary")
+    model.initialize(x)
+    model.eval()
+    monkeypatch.setattr(DiagonalGaussian, "sample", hashed_sample)
+    y = torch.tensor([2, 7, -1, -1, -1, -1])
+    log_q = F.log_softmax(model.classify_logits(x), 1)
+    per_class = [HierarchicalVAE.forward(model, x, td_context=model.class_context(
+        torch.full((6,), c))) for c in range(10)]
+    q_u = log_q[2:].exp()                                               # (4, 10)
+    log_px_c = torch.stack([o.log_px[2:] for o in per_class], 1)        # (4, 10)
+    kl_c = torch.stack([o.kl[2:] for o in per_class], 1)                # (4, 10, G)
+    out = model(x, labels=y)
+    torch.testing.assert_close(out.log_px[2:], (q_u * log_px_c).sum(1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.kl[2:], (q_u.unsqueeze(2) * kl_c).sum(1), rtol=1e-5,
+                               atol=1e-4)
+    assert out.group_names == model.group_names and out.labels.tolist() == y.tolist()
+    assert out.x_params.shape == (6, 1, 8, 8) and out.latents and out.posteriors
+    assert out.class_bounds.shape == (4, 10)
+    assert model(x[:2], labels=y[:2]).class_bounds.shape == (0, 10)
+    # Free bits per group and example, kl_weight and alpha, by hand from the same pieces.
+    lam, w, alpha = 1.0, 0.5, 7.0
+    lp = torch.stack([o.log_px for o in per_class], 1)                  # (6, 10)
+    kl_all = torch.stack([o.kl for o in per_class], 1)                  # (6, 10, G)
+    bound_train = lp - math.log(10) - w * kl_all.clamp_min(lam).sum(2)
+    labelled = torch.arange(2)
+    f = -bound_train[labelled, y[:2]] + alpha * -log_q[labelled, y[:2]]
+    u = (q_u * (bound_train[2:] - log_q[2:])).sum(1)
+    want = f.mean() - u.mean()
+    got = model(x, labels=y, free_bits=lam, kl_weight=w, alpha=alpha).loss
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # prior_layers reaches the hierarchy: z1's groups come from the prior (no KL).
+    low = model(x, labels=y, prior_layers=1)
+    names = model.group_names
+    assert (low.kl[:, names.index("z1_bu")] == 0).all()
+    assert (low.kl[:, names.index("z2_bu")] != 0).any()
+    with pytest.raises(ValueError, match=r"labels: expected shape \(6,\), found \(5,\)"):
+        model(x, labels=y[:5])
+    with pytest.raises(ValueError, match="need at least one labelled example, got 0"):
+        default_alpha(100, 0)
