@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PeakMemory,
     add_common_args,
-    binary_images,
     emit,
     interleaved,
     machine,
@@ -41,13 +40,6 @@ def sequential_bound(model, x: torch.Tensor, passes: int) -> torch.Tensor:
     model.eval()
     lw = torch.stack([model(x).log_weight.double() for _ in range(passes)])
     return torch.logsumexp(lw, 0) - math.log(passes)
-
-
-def test_images(cfg, n: int, data_root: str | None, split: str):
-    """Static-MNIST images for 1x28x28 binary models, random inputs of the right shape else."""
-    if cfg.likelihood == "bernoulli" and tuple(cfg.input_shape) == (1, 28, 28):
-        return binary_images(n, data_root, split)
-    return model_input(cfg, n, data_root)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,11 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         cfg = run_cfg.model
     else:
         cfg = preset(args.preset)
-        init, _ = test_images(cfg, 256, args.data_root, "train")
+        init, _ = model_input(cfg, 256, args.data_root, "train")
         torch.manual_seed(0)
         plain = HierarchicalVAE(cfg)
         plain.initialize(init)
-    x_seq, source = test_images(cfg, args.seq_batch, args.data_root, "test")
+    x_seq, source = model_input(cfg, args.seq_batch, args.data_root, "test")
     x = x_seq[:n]
     plain = plain.to(device).eval()
     fast = use_channels_last(copy.deepcopy(plain), args.channels_last)

@@ -213,10 +213,12 @@ def binary_images(n: int, data_root: str | None, split: str = "test") -> tuple[t
     return to_model_input(images, data.kind, 8), f"binarized_mnist/{split}"
 
 
-def model_input(cfg, n: int, data_root: str | None) -> tuple[torch.Tensor, str]:
-    """n inputs for a model config: static MNIST for 1x28x28 binary models, else random."""
+def model_input(cfg, n: int, data_root: str | None, split: str = "train"
+                ) -> tuple[torch.Tensor, str]:
+    """n inputs for a model config: static MNIST (``split``) for 1x28x28 binary models, else
+    random."""
     if cfg.likelihood == "bernoulli" and tuple(cfg.input_shape) == (1, 28, 28):
-        return binary_images(n, data_root, "train")
+        return binary_images(n, data_root, split)
     torch.manual_seed(0)
     c, h, w = cfg.input_shape
     if cfg.likelihood == "bernoulli":

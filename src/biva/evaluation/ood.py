@@ -9,14 +9,13 @@ L^{>k}_K in nats, higher = more normal. The detection metrics treat the out-of-d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageSplit, to_model_input
 from ..objectives import bits_per_dim, importance_weighted_bound
 
 # Named experiments: (in-distribution dataset, OOD datasets). fashion_vs_mnist is the binary
@@ -55,31 +54,6 @@ def score_samples(model: nn.Module, x: Tensor, *, k: int = 0, n_samples: int = 1
                                        prior_layers=k, max_batch=max_batch).cpu()
              for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-
-
-@torch.no_grad()
-def score_split(model: nn.Module, split: ImageSplit, kind: str, bits: int, ks: Sequence[int], *,
-                n_samples: int = 1, batch_size: int = 100, max_batch: int = 4096,
-                n_examples: int = 0, progress: Callable[[int], None] | None = None
-                ) -> dict[int, Tensor]:
-    """{k: (N,) float64 L^{>k}_{n_samples} in nats} over the first ``n_examples`` of a split.
-
-    ``split`` must be ready for evaluation (binary data already drawn, e.g. by
-    ``evaluation_split``); ``kind``/``bits`` as in ``to_model_input``. Each k draws its own
-    samples (one BU pass per k and batch: simple, and the k's stay independent).
-    """
-    ks = [int(k) for k in ks]
-    n = len(split) if not n_examples else min(n_examples, len(split))
-    out: dict[int, list[Tensor]] = {k: [] for k in ks}
-    for start in range(0, n, batch_size):
-        x = to_model_input(split.images[start:min(start + batch_size, n)], kind, bits)
-        for k in ks:
-            out[k].append(score_samples(model, x, k=k, n_samples=n_samples,
-                                        batch_size=batch_size, max_batch=max_batch))
-        if progress is not None:
-            progress(x.shape[0])
-    empty = torch.zeros(0, dtype=torch.float64)
-    return {k: torch.cat(v) if v else empty for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- metrics

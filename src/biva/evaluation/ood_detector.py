@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..data import ImageSplit, to_model_input
 from ..utils.atomic import atomic_write_json
 from .ood import ood_metrics
-from .ood_scores import SCORES, BoundSweep, bound_sweep, score_ks
+from .ood_scores import SCORES, BoundSweep, score_ks, sweep_batches
 
 
 class OODDetector:
@@ -70,13 +70,8 @@ class OODDetector:
     def _sweep(self, x, scores: Sequence[str], ks: Sequence[int]) -> BoundSweep:
         x = self._input(x)
         torch.manual_seed(self.seed)  # a fixed draw: one image gets one score
-        parts: dict = {}
-        for i in range(0, x.shape[0], self.batch_size):
-            sweep = bound_sweep(self.model, x[i:i + self.batch_size], ks, scores=scores,
-                                n_samples=self.n_samples)
-            for key, v in sweep.bounds.items():
-                parts.setdefault(key, []).append(v.cpu())
-        return BoundSweep({key: torch.cat(v) for key, v in parts.items()})
+        batches = (x[i:i + self.batch_size] for i in range(0, x.shape[0], self.batch_size))
+        return sweep_batches(self.model, batches, ks, scores=scores, n_samples=self.n_samples)
 
     def _candidates(self) -> list[tuple[str, int]]:
         scores = [self.score] if self.score is not None else list(self.candidates)

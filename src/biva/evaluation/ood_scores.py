@@ -17,7 +17,7 @@ Every k of one batch shares the bottom-up pass (for BIVA and the VAE its z^BU dr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -84,7 +84,8 @@ class BoundSweep:
         return v if score.startswith("llr") else -v
 
 
-def _needs(scores: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
+def needed_bounds(scores: Sequence[str], ks: Sequence[int]) -> list[tuple[str, int]]:
+    """The (mode, k) bounds the ``scores`` need over ``ks``: one top-down pass each a batch."""
     need = {("sample", 0)}
     for s in scores:
         for k in score_ks(s, ks):
@@ -105,7 +106,7 @@ def bound_sweep(model: nn.Module, x: Tensor, ks: Sequence[int], *,
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    need = _needs(scores, ks)
+    need = needed_bounds(scores, ks)
     b = x.shape[0]
     chunk = samples_per_pass(n_samples, b, max_batch, x.device)
     shared = share_bottom_up and hasattr(model, "_bottom_up") and _accepts_bottom_up(model)
@@ -136,25 +137,36 @@ def _accepts_bottom_up(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def sweep_batches(model: nn.Module, batches: Iterable[Tensor], ks: Sequence[int], *,
+                  scores: Sequence[str] = ("elbo", "lk", "llr"), n_samples: int = 1,
+                  max_batch: int = 4096, progress: Callable[[int], None] | None = None
+                  ) -> BoundSweep:
+    """:func:`bound_sweep` over batches (B_i, C, H, W) of model input, concatenated in order;
+    bounds returned on the CPU (empty (0,) tensors when there are no batches)."""
+    device = next(model.parameters()).device
+    parts: dict[tuple[str, int], list[Tensor]] = {key: [] for key in needed_bounds(scores, ks)}
+    for x in batches:
+        sweep = bound_sweep(model, x.to(device), ks, scores=scores, n_samples=n_samples,
+                            max_batch=max_batch)
+        for key, v in sweep.bounds.items():
+            parts[key].append(v.cpu())
+        if progress is not None:
+            progress(x.shape[0])
+    empty = torch.zeros(0, dtype=torch.float64)
+    return BoundSweep({key: torch.cat(v) if v else empty for key, v in parts.items()})
+
+
+@torch.no_grad()
 def sweep_split(model: nn.Module, split: ImageSplit, kind: str, bits: int, ks: Sequence[int], *,
                 scores: Sequence[str] = ("elbo", "lk", "llr"), n_samples: int = 1,
                 batch_size: int = 100, max_batch: int = 4096, n_examples: int = 0,
                 progress: Callable[[int], None] | None = None) -> BoundSweep:
     """:func:`bound_sweep` over the first ``n_examples`` (0: all) of a split ready for
-    evaluation (binary data already drawn); bounds returned on the CPU."""
+    evaluation (binary data already drawn), converted to model input a batch at a time."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(model.parameters()).device
     n = len(split) if not n_examples else min(n_examples, len(split))
-    parts: dict[tuple[str, int], list[Tensor]] = {}
-    for start in range(0, n, batch_size):
-        x = to_model_input(split.images[start:min(start + batch_size, n)], kind, bits)
-        sweep = bound_sweep(model, x.to(device), ks, scores=scores, n_samples=n_samples,
-                            max_batch=max_batch)
-        for key, v in sweep.bounds.items():
-            parts.setdefault(key, []).append(v.cpu())
-        if progress is not None:
-            progress(x.shape[0])
-    empty = torch.zeros(0, dtype=torch.float64)
-    keys = _needs(scores, ks)
-    return BoundSweep({key: torch.cat(parts[key]) if key in parts else empty for key in keys})
+    batches = (to_model_input(split.images[i:min(i + batch_size, n)], kind, bits)
+               for i in range(0, n, batch_size))
+    return sweep_batches(model, batches, ks, scores=scores, n_samples=n_samples,
+                         max_batch=max_batch, progress=progress)
