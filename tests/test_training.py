@@ -463,10 +463,11 @@ def test_recipe_values_that_would_lose_a_run_or_train_backwards_are_refused(over
 
 
 def test_auto_skip_threshold_follows_the_median_gradient_norm(tmp_path, data):
-    """skip_threshold=auto: nothing finite is skipped until skip_min_history norms are known,
-    then norms above skip_factor x their median are; the norms travel with the checkpoint."""
+    """skip_threshold=auto: nothing finite is skipped in the lr warm-up or until
+    skip_min_history norms are known, then norms above skip_factor x their median are; the
+    norms travel with the checkpoint."""
     cfg = tiny_config("train.skip_min_history=3", "train.skip_factor=2.0", "train.steps=4",
-                      "train.checkpoint_every=4")
+                      "train.checkpoint_every=4", "train.warmup_steps=2")
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     assert trainer.skip_threshold == math.inf
     x = first_batch(trainer)
@@ -474,6 +475,9 @@ def test_auto_skip_threshold_follows_the_median_gradient_norm(tmp_path, data):
         assert float(trainer.train_step(x)["skipped"]) == 0.0
     norms = list(trainer.grad_norms)
     assert len(norms) == 3
+    trainer.step = 1  # still warming up: no threshold, whatever the norms
+    assert trainer.skip_threshold == math.inf
+    trainer.step = 2
     assert trainer.skip_threshold == pytest.approx(2.0 * sorted(norms)[1])
     # A gradient 10x the usual is skipped.
     trainer.grad_norms.clear()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..training import Trainer, load_run_config
 from ..training.config import shipped_configs
+from ..training.own_data import CPU_CONFIGS, config_for_data
 
 
 def add_parser(sub) -> None:
@@ -23,8 +24,14 @@ def add_parser(sub) -> None:
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """The options of ``biva train`` (shared with ``biva run``)."""
-    p.add_argument("--config", default="digits",
-                   help=f"shipped config ({', '.join(shipped_configs())}) or a file path")
+    p.add_argument("--config", default=None,
+                   help=f"shipped config ({', '.join(shipped_configs())}) or a file path "
+                   "(default: digits; with --data, the CPU config for the image size)")
+    p.add_argument("--data", type=Path, default=None, metavar="PATH",
+                   help="train on your own images: a folder (flat, one subfolder per class, or "
+                   "train/ valid/ test/) or an .npz; shape, likelihood and split are inferred")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="with --data: crop and resize every image to N x N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")
     p.add_argument("--run-dir", type=Path, default=None,
@@ -73,6 +80,7 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
         ignored = [flag for flag, given in (
             ("--set", args.overrides), ("--steps", args.steps is not None),
             ("--seed", args.seed is not None), ("--amp", args.amp is not None),
+            ("--data", args.data is not None), ("--config", args.config is not None),
             ("--run-dir", args.run_dir is not None and args.run_dir != args.resume))
             if given]
         if ignored:
@@ -80,11 +88,19 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
                              f"({args.resume / 'config.json'}); it cannot be combined with "
                              f"{', '.join(ignored)}")
         return resume_trainer(args.resume, stop_after=args.stop_after), args.resume
-    cfg = load_run_config(args.config, shortcut_overrides(args))
-    cfg.name = Path(args.config).stem
-    run_dir = args.run_dir or default_run_dir(args.config)
+    data = None
+    if args.data is not None:
+        cfg, data, lines = config_for_data(args.data, args.config, shortcut_overrides(args),
+                                           args.image_size)
+        print("\n".join(lines))
+    elif args.image_size is not None:
+        raise ValueError("--image-size applies to --data PATH (or set data.image_size)")
+    else:
+        cfg = load_run_config(args.config or "digits", shortcut_overrides(args))
+        cfg.name = Path(args.config or "digits").stem
+    run_dir = args.run_dir or default_run_dir(cfg.name)
     # data.labels_per_class > 0 selects the semi-supervised trainer.
-    return trainer_class(cfg)(cfg, run_dir, stop_after=args.stop_after), run_dir
+    return trainer_class(cfg)(cfg, run_dir, data=data, stop_after=args.stop_after), run_dir
 
 
 def configured_device(args: argparse.Namespace) -> str:
@@ -96,7 +112,8 @@ def configured_device(args: argparse.Namespace) -> str:
             return str(load_config_file(args.resume / "config.json")["train"]["device"])
         except (OSError, KeyError, TypeError, ValueError):
             return "auto"  # Trainer.resume reports a missing or bad config itself
-    return load_run_config(args.config, shortcut_overrides(args)).train.device
+    default = CPU_CONFIGS[32] if args.data is not None else "digits"
+    return load_run_config(args.config or default, shortcut_overrides(args)).train.device
 
 
 def run(args: argparse.Namespace) -> int:

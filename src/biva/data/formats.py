@@ -309,6 +309,26 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+_GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _as_8bit(img, path: Path):
+    """A PIL image with 16-bit (or 32-bit integer) grey levels mapped to 8-bit "L".
+
+    ``convert("L")`` would clip every level above 255 to white; a 16-bit PNG holds 0..65535.
+    """
+    if not img.mode.startswith("I"):
+        return img
+    from PIL import Image
+
+    arr = np.asarray(img).astype(np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > 65535:
+        raise DatasetError(f"{path}: {img.mode} image with levels {lo}..{hi}: expected 16-bit "
+                           "grey levels 0..65535")
+    return Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
 def read_images(
     files: Sequence[Path],
     size: int | None = None,
@@ -316,9 +336,10 @@ def read_images(
 ) -> np.ndarray:
     """Decode image files to uint8 (N, C, H, W).
 
-    C is 1 when every file is greyscale ("L"/"1"), else 3 (RGB; alpha dropped). When every
-    file is bilevel (PIL mode "1") the values are {0, 1}, otherwise 0..255. ``size`` crops
-    and resizes (see ``fit_image``); without it all files must share one size.
+    C is 1 when every file is greyscale ("1", "L", or 16-bit "I;16"/"I", scaled to 0..255),
+    else 3 (RGB; alpha dropped). When every file is bilevel (PIL mode "1") the values are
+    {0, 1}, otherwise 0..255. ``size`` crops and resizes (see ``fit_image``); without it all
+    files must share one size.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -332,14 +353,14 @@ def read_images(
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DatasetError(f"{f}: unreadable image: {type(exc).__name__}: {exc}") from exc
     bilevel = all(m == "1" for m in modes)
-    target = "L" if all(m in ("1", "L") for m in modes) else "RGB"
+    target = "L" if all(m in _GREY_MODES for m in modes) else "RGB"
     out: np.ndarray | None = None
     first_size = None
     for i, f in enumerate(files):
         try:
             with Image.open(f) as img:
                 img.load()
-                img = fit_image(img.convert(target), size, crop)
+                img = fit_image(_as_8bit(img, f).convert(target), size, crop)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DatasetError(f"{f}: unreadable image: {type(exc).__name__}: {exc}") from exc
         if first_size is None:
@@ -347,7 +368,8 @@ def read_images(
         elif img.size != first_size:
             raise DatasetError(
                 f"{f}: image size {img.size[0]}x{img.size[1]} differs from {files[0].name}'s "
-                f"{first_size[0]}x{first_size[1]}: pass image_size= to crop and resize all images"
+                f"{first_size[0]}x{first_size[1]}: pass image_size= (biva train --image-size N, "
+                "data.image_size) to crop and resize all images to N x N"
             )
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -365,12 +387,12 @@ def read_image_folder(
     size: int | None = None,
     crop: tuple[int, int, int, int] | None = None,
     class_names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None, tuple[str, ...]]:
     """Images of a flat folder, or of one subfolder per class.
 
-    Returns (uint8 (N, C, H, W), int64 labels (N,) or None, class names or None). Classes are
-    the sorted subfolder names (or ``class_names`` when given, to share one mapping between
-    splits).
+    Returns (uint8 (N, C, H, W), int64 labels (N,) or None, class names or None, each image's
+    path relative to ``folder``). Classes are the sorted subfolder names (or ``class_names``
+    when given, to share one mapping between splits).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -389,7 +411,7 @@ def read_image_folder(
                 f"{folder}: expected image files ({', '.join(IMAGE_EXTENSIONS)}) or one subfolder "
                 "of them per class, found none"
             )
-        return read_images(flat, size, crop), None, None
+        return read_images(flat, size, crop), None, None, tuple(p.name for p in flat)
     names = tuple(class_names) if class_names is not None else tuple(d.name for d in class_dirs)
     index = {n: i for i, n in enumerate(names)}
     files: list[Path] = []
@@ -402,4 +424,5 @@ def read_image_folder(
         imgs = list_images(d)
         files.extend(imgs)
         labels.extend([index[d.name]] * len(imgs))
-    return read_images(files, size, crop), np.asarray(labels, dtype=np.int64), names
+    relative = tuple(str(p.relative_to(folder)) for p in files)
+    return read_images(files, size, crop), np.asarray(labels, dtype=np.int64), names, relative

@@ -18,7 +18,10 @@ imagenet32         1271167                          10000 (carved)              
 folder, npz        given train/test splits, else test 10 % of the pool, valid 10 % of rest
 =================  ===============================  =============================  ==========
 
-Carved splits are seeded (``seed``) and keep the original order within each split. The BIVA
+Carved splits are seeded (``seed``) and keep the original order within each split, except the
+held-out parts of "folder" and "npz" data, which come in seeded random order (a folder sorted
+by class would otherwise put one class first); ``ImageSplit.sources`` names each image's file
+(or npz row). The BIVA
 paper trains binarized MNIST on train + valid (60k): ``merge_valid=True, valid_size=0`` gives
 exactly that (with an empty validation split).
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,8 @@ class _Raw:
     native: str
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
+    # Per split, where each image came from (files relative to the folder, or npz rows).
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -427,6 +432,7 @@ def _raw_from_arrays(
     splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
     source: Path,
     class_names: tuple[str, ...] | None = None,
+    sources: dict[str, tuple[str, ...]] | None = None,
 ) -> _Raw:
     order = [s for s in ("train", "valid", "test") if s in splits]
     typed = [(splits[s][0], _value_type(splits[s][0], source, s)) for s in order]
@@ -443,31 +449,40 @@ def _raw_from_arrays(
         if min(int(y.min()) for y in labels) >= 0:
             num_classes = max(int(y.max()) for y in labels) + 1
     return _Raw(out["train"], out.get("valid"), out.get("test"), native, num_classes,
-                class_names)
+                class_names, sources or {})
 
 
 def _load_from_folder_or_npz(ctx: _Ctx, where: Path, crop=None) -> _Raw:
     """A folder laid out by split (images or npz), a pool folder of images, or one .npz."""
     if where.is_file():
-        return _raw_from_arrays({"train": _npz_split(where)}, where)
+        pair = _npz_split(where)
+        return _raw_from_arrays({"train": pair}, where, sources={"train": _rows(where, pair[0])})
     if not where.is_dir():
         raise DatasetError(
             f"{where}: expected an image folder or an .npz file, found no such file or folder"
         )
     npz = _split_npz(where)
     if npz is not None:
-        return _raw_from_arrays({s: _npz_split(p) for s, p in npz.items()}, where)
+        pairs = {s: _npz_split(p) for s, p in npz.items()}
+        return _raw_from_arrays(pairs, where,
+                                sources={s: _rows(npz[s], x) for s, (x, _) in pairs.items()})
     dirs = _split_dirs(where)
     if dirs is None:
-        images, labels, names = read_image_folder(where, ctx.image_size, crop)
-        return _raw_from_arrays({"train": (images, labels)}, where, names)
-    images, labels, names = read_image_folder(dirs["train"], ctx.image_size, crop)
-    splits = {"train": (images, labels)}
+        images, labels, names, files = read_image_folder(where, ctx.image_size, crop)
+        return _raw_from_arrays({"train": (images, labels)}, where, names, {"train": files})
+    images, labels, names, files = read_image_folder(dirs["train"], ctx.image_size, crop)
+    splits, sources = {"train": (images, labels)}, {"train": files}
     for s in ("valid", "test"):
         if s in dirs:
-            x, y, _ = read_image_folder(dirs[s], ctx.image_size, crop, class_names=names)
+            x, y, _, f = read_image_folder(dirs[s], ctx.image_size, crop, class_names=names)
             splits[s] = (x, y)
-    return _raw_from_arrays(splits, where, names)
+            sources[s] = tuple(f"{dirs[s].name}/{name}" for name in f)
+    sources["train"] = tuple(f"{dirs['train'].name}/{name}" for name in files)
+    return _raw_from_arrays(splits, where, names, sources)
+
+
+def _rows(path: Path, images: np.ndarray) -> tuple[str, ...]:
+    return tuple(f"{path.name}[{i}]" for i in range(len(images)))
 
 
 def _load_folder(ctx: _Ctx) -> _Raw:
@@ -626,20 +641,27 @@ def _count(size: int | float | None, n: int, default: int | None, what: str) -> 
     return size
 
 
-def _carve(split: ImageSplit, size: int, seed: int, key: str) -> tuple[ImageSplit, ImageSplit]:
-    """(rest, carved): ``size`` seeded random examples; both keep their original order."""
+def _carve(split: ImageSplit, size: int, seed: int, key: str,
+           shuffle: bool = False) -> tuple[ImageSplit, ImageSplit]:
+    """(rest, carved): ``size`` seeded random examples.
+
+    Both keep their original order unless ``shuffle``: then the carved part comes in the
+    seeded random order, so that its first N examples are a random sample even when the
+    source is sorted by class (an image folder).
+    """
     perm = torch.randperm(len(split), generator=make_generator(seed, "carve", key))
-    carved = torch.sort(perm[:size]).values
+    carved = perm[:size] if shuffle else torch.sort(perm[:size]).values
     rest = torch.sort(perm[size:]).values
     return split.subset(rest), split.subset(carved)
 
 
-def _tensor_split(pair: tuple[np.ndarray, np.ndarray | None]) -> ImageSplit:
+def _tensor_split(pair: tuple[np.ndarray, np.ndarray | None],
+                  sources: tuple[str, ...] | None = None) -> ImageSplit:
     images, labels = pair
     # np.array copies: inputs may be read-only views of file buffers.
     x = torch.from_numpy(np.array(images, copy=True, order="C"))
     y = None if labels is None else torch.from_numpy(np.array(labels, dtype=np.int64, copy=True))
-    return ImageSplit(x, y)
+    return ImageSplit(x, y, sources)
 
 
 def _binarize(
@@ -652,7 +674,7 @@ def _binarize(
         images = images.to(torch.float32) / 255.0
     if mode == "static":
         images = bernoulli_draw(images, seed, "static", tag)
-    return ImageSplit(images, split.labels)
+    return ImageSplit(images, split.labels, split.sources)
 
 
 def _resolve_binarization(name: str, native: str, requested: str | None) -> str | None:
@@ -710,15 +732,19 @@ def load_dataset(
     raw = _LOADERS[name](ctx)
     mode = _resolve_binarization(name, raw.native, binarization)
 
-    train = _binarize(raw, _tensor_split(raw.train), mode, seed, "train")
-    test = None if raw.test is None else _binarize(raw, _tensor_split(raw.test), mode, seed, "test")
-    valid = None if raw.valid is None else _binarize(
-        raw, _tensor_split(raw.valid), mode, seed, "valid"
-    )
+    def read_split(which: str) -> ImageSplit:
+        pair = getattr(raw, which)
+        return _binarize(raw, _tensor_split(pair, raw.sources.get(which)), mode, seed, which)
+
+    train = read_split("train")
+    test = None if raw.test is None else read_split("test")
+    valid = None if raw.valid is None else read_split("valid")
+    # Users' folders are often sorted by class: their held-out parts come shuffled.
+    shuffle = name in ("folder", "npz")
 
     if test is None:
         n_test = _count(test_size, len(train), _DEFAULT_TEST.get(name), "test_size")
-        train, test = _carve(train, n_test, seed, "test")
+        train, test = _carve(train, n_test, seed, "test", shuffle)
     elif test_size is not None:
         raise ValueError(f"{name} ships a test split; test_size applies only to carved tests")
 
@@ -732,7 +758,7 @@ def load_dataset(
         valid = None
     if valid is None:
         n_valid = _count(valid_size, len(train), _DEFAULT_VALID.get(name), "valid_size")
-        train, valid = _carve(train, n_valid, seed, "valid")
+        train, valid = _carve(train, n_valid, seed, "valid", shuffle)
     elif valid_size is not None:
         raise ValueError(
             f"{name} ships a validation split; valid_size applies only with merge_valid=True"

@@ -16,11 +16,13 @@ class ImageSplit:
 
     ``images`` is (N, C, H, W): uint8 0..255 for 8-bit data, uint8 {0, 1} for binary data, or
     float32 in [0, 1] for grey-level intensities that are binarized dynamically at batch time.
-    ``labels`` is int64 (N,) or None.
+    ``labels`` is int64 (N,) or None. ``sources`` names where each example came from (a file
+    path relative to the dataset folder, or ``name.npz[row]``) when the loader knows it.
     """
 
     images: torch.Tensor
     labels: torch.Tensor | None = None
+    sources: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4:
@@ -40,6 +42,9 @@ class ImageSplit:
                     f"ImageSplit has {self.images.shape[0]} images but "
                     f"{self.labels.shape[0]} labels"
                 )
+        if self.sources is not None and len(self.sources) != self.images.shape[0]:
+            raise ValueError(f"ImageSplit has {self.images.shape[0]} images but "
+                             f"{len(self.sources)} source names")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -47,7 +52,8 @@ class ImageSplit:
     def subset(self, indices: torch.Tensor) -> ImageSplit:
         """The examples at ``indices`` (int64 (M,)), in that order."""
         labels = None if self.labels is None else self.labels[indices]
-        return ImageSplit(self.images[indices], labels)
+        sources = None if self.sources is None else tuple(self.sources[i] for i in indices.tolist())
+        return ImageSplit(self.images[indices], labels, sources)
 
 
 @dataclass

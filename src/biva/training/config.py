@@ -26,6 +26,7 @@ class DataConfig:
     path: str | None = None          # for "folder" / "npz" datasets
     binarization: Literal["static", "dynamic"] | None = None   # None: the dataset's default
     valid_size: int | None = None    # None: the dataset's default
+    image_size: int | None = None    # folder / npz images: crop and resize to N x N
     download: bool = False
     labels_per_class: int = 0        # > 0: semi-supervised split (labelled per class)
     labelled_batch_size: int = 0     # semi-supervised: labelled rows a step; 0 = batch_size
@@ -34,6 +35,9 @@ class DataConfig:
     def validate(self) -> None:
         if self.valid_size is not None and self.valid_size < 1:
             raise ConfigError(f"data.valid_size: expected a positive int, found {self.valid_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"data.image_size: expected None or a positive int, found "
+                              f"{self.image_size}")
         if self.labels_per_class < 0:
             raise ConfigError(
                 f"data.labels_per_class: expected an int >= 0, found {self.labels_per_class}")
@@ -57,8 +61,9 @@ class TrainConfig:
     Updates whose gradient norm is non-finite or above ``skip_threshold`` are skipped (counted
     in the logs); others are clipped to ``grad_clip``. ``skip_threshold: auto`` scales the
     threshold to the data: ``skip_factor`` x the median of the last ``skip_window`` finite
-    gradient norms, and no finite update is skipped before ``skip_min_history`` norms are
-    known (the first norms of 32x32 RGB data are ~1,700, of binary images ~200-400).
+    gradient norms; no finite update is skipped in the lr warm-up or before
+    ``skip_min_history`` norms are known (the first norms of 32x32 RGB data are ~1,700 and
+    grow to ~50,000 within the warm-up; binary images start at ~200-400).
     """
 
     steps: int = 100_000
