@@ -109,3 +109,23 @@ def test_samples_per_pass_bounds_the_rows_of_one_pass():
     assert samples_per_pass(1000, 5000, 4096, cuda) == 1               # one sample at least
     assert samples_per_pass(5000, 1, 4096, cuda) == 4096
     assert samples_per_pass(5, 0, 4096, cuda) == 5                     # empty batch: no division
+
+
+def test_kl_per_group_keeps_the_hierarchy_order_in_the_written_json(tmp_path):
+    """With 10+ layers, string order puts z10 before z2; results keep z1, z2, ..., z10."""
+    import json
+
+    from biva.config import ModelConfig
+    from biva.data import ImageSplit
+    from biva.evaluation.bounds import evaluate_bounds
+    from biva.utils.atomic import atomic_write_json
+
+    cfg = ModelConfig(input_shape=(1, 8, 8), latents=(2,) * 11, filters=(4,), kernels=(3,),
+                      strides=(1,) * 11, blocks=1, dropout_q=0.0, dropout_p=0.0)
+    model = HierarchicalVAE(cfg)
+    split = ImageSplit((torch.rand(4, 1, 8, 8) > 0.5).to(torch.uint8))
+    res = evaluate_bounds(model, split, "binary", 1, k=1, batch_size=4)
+    atomic_write_json(tmp_path / "eval.json", res)
+    written = json.loads((tmp_path / "eval.json").read_text())["kl_per_group"]
+    assert list(written) == model.group_names
+    assert model.group_names.index("z2_bu") < model.group_names.index("z10_bu")

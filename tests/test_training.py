@@ -487,3 +487,138 @@ def test_auto_skip_threshold_follows_the_median_gradient_norm(tmp_path, data):
     trainer.save()
     resumed = Trainer.resume(tmp_path / "run", data=data)
     assert list(resumed.grad_norms) == list(trainer.grad_norms)
+
+
+# ----------------------------------------------------------------------------- faults (issue 15)
+
+
+def test_sigterm_writes_a_checkpoint_and_resumes_bit_identically(tmp_path, data, reference_run,
+                                                                 monkeypatch):
+    """SIGTERM (a scheduler's warning) stops at the next step boundary with a checkpoint at
+    that step, exit status 143; the resume equals an uninterrupted run."""
+    from biva.training.trainer import TrainingInterrupted
+
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(), run, data=data)
+    step = trainer.train_step
+
+    def step_then_signal(x):
+        out = step(x)
+        if trainer.step == 4:  # the 6th update is under way: it finishes, then the stop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert info.value.signum == signal.SIGTERM and "--resume" in str(info.value)
+    assert _latest_step(run) == 5 == trainer.step  # not a checkpoint_every step
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    resumed = Trainer.resume(run, data=data)
+    resumed.fit()
+    assert_identical(final_checkpoint(run), final_checkpoint(reference_run))
+
+
+def test_sigterm_exit_status_from_the_command_line(tmp_path):
+    argv = [*_biva_command(), "train", "--config", "digits", "--steps", "100000",
+            "--run-dir", str(tmp_path / "run")]
+    for s in [*TINY, "train.log_every=1"]:
+        argv += ["--set", s]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not _logged_train_steps(tmp_path / "run") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM at step" in out and "biva train --resume" in out
+    assert _latest_step(tmp_path / "run") >= 1
+
+
+def test_second_writer_on_a_run_dir_is_refused_and_a_dead_ones_lock_is_not(tmp_path, data):
+    """Two processes on one run dir: the second is refused, naming the holder's pid; a lock
+    file left by a killed process does not block a resume."""
+    run = tmp_path / "run"
+    code = ("import sys, time; from biva.utils.run_lock import lock_run_dir; "
+            "lock_run_dir(sys.argv[1]); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(RuntimeError, match=rf"in use by another biva process \(pid "
+                                               rf"{holder.pid} on host"):
+            Trainer(tiny_config(), run, data=data)
+        assert not (run / "config.json").exists()  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".lock").is_file()  # the dead holder's file is still there...
+    Trainer(tiny_config(), run, data=data).fit()  # ...and blocks nothing
+
+
+def test_stale_checkpoint_temporaries_are_removed_on_start(tmp_path, data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=4), run, data=data).fit()
+    half = run / "checkpoints" / ".step_000000006.tmp-0123abcd"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"x" * 1000)
+    doomed = run / "checkpoints" / ".step_000000002.del-89abcdef"
+    doomed.mkdir()
+    resumed = Trainer.resume(run, data=data)
+    assert not half.exists() and not doomed.exists()
+    assert resumed.step == 4
+
+
+def test_diverged_run_stops_with_an_error_keeping_its_checkpoints(tmp_path, data):
+    """lr = 1e3: updates turn non-finite and are skipped; after max_bad_steps in a row the run
+    stops with a clear error (exit 2 from the CLI) instead of 'finishing' with ELBO -inf, and
+    no checkpoint of the stalled state replaces the earlier ones."""
+    from biva.training.trainer import TrainingStalled
+
+    cfg = tiny_config("train.lr=1000", "train.warmup_steps=0", "train.max_bad_steps=6",
+                      "train.max_consecutive_skips=2", "train.checkpoint_every=1", steps=400)
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    with pytest.raises(TrainingStalled, match=r"6 updates in a row .* Lower train\.lr \(now "
+                                              r"1000\)"):
+        trainer.fit()
+    assert trainer.step < 400 and trainer.bad_streak == 6
+    # Checkpoints stop once the streak reaches max_consecutive_skips (2): the newest is from
+    # the streak's first step at the latest, not from the stalled state that followed.
+    first_bad = trainer.step - trainer.bad_streak + 1
+    assert 0 < _latest_step(tmp_path / "run") <= first_bad
+
+
+def test_resumed_first_record_counts_its_steps(tmp_path, data):
+    """After a resume from a step between two logs, the first train record averages fewer
+    steps than log_every: every record says how many it averages."""
+    run = tmp_path / "run"
+    stopped = Trainer(tiny_config(), run, data=data, stop_after=5)
+    stopped.fit()
+    stopped.save()  # a checkpoint at step 5, as SIGTERM or a time budget writes
+    Trainer.resume(run, data=data).fit()
+    by_step = {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"}
+    assert by_step[4]["n_steps"] == 4  # log_every = 4
+    assert by_step[8]["n_steps"] == 3  # steps 6, 7, 8 after the resume at 5
+    assert by_step[12]["n_steps"] == 4
+
+
+@pytest.mark.parametrize("edit,field", [({"step": "abc"}, r"state\.step: expected an int"),
+                                        ({"skipped": None}, r"state\.skipped"),
+                                        ({"rng": None}, r"state\.rng is missing")])
+def test_malformed_checkpoint_state_names_the_file_and_key(tmp_path, data, edit, field):
+    """A checkpoint whose state lacks a key or holds a wrong type (written with a valid digest,
+    e.g. by other code) fails with one line naming meta.json and the key, not a KeyError."""
+    from biva.utils.checkpoint import CheckpointError, save_checkpoint
+
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=4), run, data=data).fit()
+    path = run / "checkpoints" / "step_000000004"
+    tensors, state = load_checkpoint(path)
+    state = {k: v for k, v in {**state, **edit}.items() if v is not None}
+    save_checkpoint(path, tensors=tensors, state=state)
+    with pytest.raises(CheckpointError, match=rf"step_000000004/meta\.json: {field}"):
+        Trainer.resume(run, data=data)

@@ -32,11 +32,14 @@ def test_write_bytes_text_json(tmp_path: Path) -> None:
     atomic_write_bytes(tmp_path / "b", b"\x00\x01")
     atomic_write_text(tmp_path / "t", "héllo\r\n")
     atomic_write_json(tmp_path / "j.json", {"b": 1, "a": [1, 2]})
+    atomic_write_json(tmp_path / "s.json", {"b": 1, "a": 2}, sort_keys=True)
     assert (tmp_path / "b").read_bytes() == b"\x00\x01"
     assert (tmp_path / "t").read_bytes() == "héllo\r\n".encode()  # no newline translation
     text = (tmp_path / "j.json").read_text()
-    assert text == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
-    assert _names(tmp_path) == ["b", "j.json", "t"]
+    # Insertion order by default: results list z1, z2, ..., z10 as built, not as strings sort.
+    assert text == '{\n  "b": 1,\n  "a": [\n    1,\n    2\n  ]\n}\n'
+    assert (tmp_path / "s.json").read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    assert _names(tmp_path) == ["b", "j.json", "s.json", "t"]
 
 
 def test_writer_raising_midway_keeps_old_content(tmp_path: Path) -> None:
@@ -70,10 +73,19 @@ def test_unserializable_json_keeps_old_content(tmp_path: Path) -> None:
     atomic_write_json(target, {"ok": 1})
     with pytest.raises(TypeError):
         atomic_write_json(target, {"ok": object()})
-    with pytest.raises(ValueError):
-        atomic_write_json(target, {"ok": float("nan")})  # strict JSON only
     assert json.loads(target.read_text()) == {"ok": 1}
     assert _names(tmp_path) == ["x.json"]
+
+
+def test_nonfinite_json_is_written_as_strings_with_a_warning(tmp_path: Path) -> None:
+    """A one-example evaluation has a NaN standard error: the file is still written, as
+    strict JSON with the JSON Lines spellings, and the warning names the field."""
+    target = tmp_path / "r.json"
+    with pytest.warns(UserWarning, match=r"r\.json\.L_5_stderr.*r\.json\.x\[1\]"):
+        atomic_write_json(target, {"L_5_stderr": float("nan"), "x": [1.0, float("-inf")],
+                                   "y": float("inf")})
+    assert json.loads(target.read_text()) == {"L_5_stderr": "NaN", "x": [1.0, "-Infinity"],
+                                              "y": "Infinity"}
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")

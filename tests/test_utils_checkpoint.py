@@ -101,7 +101,7 @@ def test_meta_json_contents(tmp_path: Path) -> None:
                            state={"step": 5, "metrics": {"loss": 0.5}})
     meta = json.loads((path / "meta.json").read_text())  # strict JSON: no NaN tokens
     assert meta["format"] == "biva-checkpoint"
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["groups"] == {"model": ["w"]}
     digest = hashlib.sha256((path / "tensors.safetensors").read_bytes()).hexdigest()
     assert meta["tensors_sha256"] == digest
@@ -402,3 +402,23 @@ def test_state_dict_copy_is_independent(tmp_path: Path) -> None:
         model.a.weight.add_(1.0)  # mutating after save must not affect the checkpoint
     groups, _ = load_checkpoint(path)
     assert torch.equal(groups["model"]["a.weight"], sd["a.weight"])
+
+
+def test_edited_metadata_is_refused_and_version_1_still_loads(tmp_path: Path) -> None:
+    """meta.json is covered by its own digest: an edited step (which would truncate the
+    metrics log on resume) is refused; checkpoints from before the digest still load."""
+    path = save_checkpoint(tmp_path / "c", tensors={"model": {"w": torch.ones(2)}},
+                           state={"step": 5})
+    meta_path = path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    edited = json.loads(json.dumps(meta).replace('"step": 5', '"step": 1'))
+    assert edited != meta
+    meta_path.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match=r"meta\.json: metadata SHA-256 mismatch"):
+        load_checkpoint(path)
+    old = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    meta_path.write_text(json.dumps({**old, "format_version": 1}))
+    assert load_checkpoint(path)[1]["step"] == 5
+    meta_path.write_text(json.dumps(old))  # version 2 without its digest
+    with pytest.raises(CheckpointError, match="metadata SHA-256 mismatch"):
+        load_checkpoint(path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 
 import torch
 
@@ -15,6 +17,21 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    """A progress bar on stderr over ``total`` images; yields its ``update(n)`` (None when
+    disabled), the callback the evaluation loops take."""
+    if not enabled or total <= 0:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0,
+              file=sys.stderr) as bar:
+        yield bar.update
 
 
 def setup_runtime(args: argparse.Namespace) -> torch.device:

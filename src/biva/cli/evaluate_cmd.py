@@ -11,7 +11,13 @@ from ..evaluation import evaluate_bounds, evaluation_split
 from ..evaluation.loading import load_trained
 from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
-from .common import add_runtime_options, nonnegative_int, positive_int, setup_runtime
+from .common import (
+    add_runtime_options,
+    nonnegative_int,
+    positive_int,
+    progress_bar,
+    setup_runtime,
+)
 
 
 def add_parser(sub) -> None:
@@ -53,11 +59,12 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
                  prior_layers: int = 0, checkpoint: str = "best", n_examples: int | None = None,
                  batch_size: int | None = None, max_batch: int | None = None, device="cpu",
                  data_root: str | None = None, per_example: bool = False, amp: str = "none",
-                 channels_last: bool = True) -> dict:
+                 channels_last: bool = True, progress: bool = False) -> dict:
     """Evaluate a run's model on a split; returns the result dict (see evaluate_bounds).
 
     ``k``, ``n_examples``, ``batch_size`` and ``max_batch`` left as None come from the run's
-    ``eval`` config section. ``amp="bf16"`` runs the bounds under bf16 autocast.
+    ``eval`` config section. ``amp="bf16"`` runs the bounds under bf16 autocast;
+    ``progress`` draws a bar on stderr.
     """
     import torch
 
@@ -77,10 +84,12 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
     classes = getattr(model, "num_classes", 0) if cfg.data.labels_per_class > 0 else 0
     if classes:  # semi-supervised: every pass sums over the classes, C rows per sample
         max_batch = max(1, max_batch // classes)
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+    n = min(n_examples or len(data_split), len(data_split))
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16"), \
+            progress_bar(n, f"L_1 and L_{k} on {split}", progress) as update:
         res = evaluate_bounds(model, data_split, data.kind, cfg.model.bits, k=k,
                               batch_size=batch_size, max_batch=max_batch, n_examples=n_examples,
-                              prior_layers=prior_layers, device=device)
+                              prior_layers=prior_layers, device=device, progress=update)
     res["amp"] = amp
     if classes:
         from ..evaluation.classification import evaluate_classification
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                        checkpoint=args.checkpoint, n_examples=args.n_examples,
                        batch_size=args.batch_size, max_batch=args.max_batch, device=device,
                        data_root=args.data_root, per_example=args.per_example, amp=args.amp,
-                       channels_last=args.channels_last)
+                       channels_last=args.channels_last, progress=not args.no_progress)
     prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
     out = args.out or args.run_dir / f"eval_{args.split}_k{res['k']}{prior}.json"
     atomic_write_json(out, res)

@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # Training stops at a step boundary with a checkpoint (TrainingInterrupted says so);
+        # the exit status is the shell's 128 + signal number (130 SIGINT, 143 SIGTERM).
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
+        return 128 + getattr(err, "signum", 2)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         # Bad input: one clear line naming the problem, no traceback.
         print(f"biva {args.command}: error: {err}", file=sys.stderr)

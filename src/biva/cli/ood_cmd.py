@@ -30,7 +30,7 @@ from ..evaluation.ood_scores import SCORE_HELP, BoundSweep, parse_scores, score_
 from ..evaluation.ood_sets import SYNTHETIC, synthetic_set
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .common import add_runtime_options, parse_int_list, setup_runtime
+from .common import add_runtime_options, parse_int_list, progress_bar, setup_runtime
 
 _PATH_DATASETS = ("folder", "npz")
 
@@ -90,6 +90,9 @@ def add_parser(sub) -> None:
                    help="seed of the latent samples and binarization (default: the run's)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/ood)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none",
+                   help="bf16 autocast for the network (the log-weights stay float32); about "
+                   "1.5-2x faster on CPUs with AVX-512 BF16 and on GPUs")
     add_runtime_options(p)
     p.set_defaults(func=run)
 
@@ -212,16 +215,26 @@ def _sets(args, in_name, ood_names, run_data, cfg, seed):
             continue
         path = next(paths) if name in _PATH_DATASETS else None
         data = load_like_run(name, path, run_data, root=cfg.data.root, seed=seed)
+        if name in _PATH_DATASETS and args.ood_split == "test":
+            total = len(data.train) + len(data.valid) + len(data.test)
+            print(f"note: {path}: scoring its held-out test part ({len(data.test)} of {total} "
+                  f"images, a seeded random sample; its valid part, {len(data.valid)}, chooses "
+                  "k); --ood-split all scores every image", file=sys.stderr)
         valid = evaluation_split(data, "valid", seed) if args.ood_split == "test" else None
         sets.append((_label(name, path, taken), name, _eval_images(data, args.ood_split, seed),
                      valid))
     return sets
 
 
-def _sweep(model, split, kind, bits, ks, scores, args, n, seed) -> BoundSweep:
+def _sweep(model, split, kind, bits, ks, scores, args, n, seed, desc) -> BoundSweep:
     torch.manual_seed(seed)   # each set's scores do not depend on which sets came before
-    return sweep_split(model, split, kind, bits, ks, scores=scores, n_samples=args.n_samples,
-                       batch_size=args.batch_size, max_batch=args.max_batch, n_examples=n)
+    device = next(model.parameters()).device
+    total = min(n or len(split), len(split))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"), \
+            progress_bar(total, desc, not args.no_progress) as update:
+        return sweep_split(model, split, kind, bits, ks, scores=scores,
+                           n_samples=args.n_samples, batch_size=args.batch_size,
+                           max_batch=args.max_batch, n_examples=n, progress=update)
 
 
 def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
@@ -252,10 +265,10 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
     for label, _name, split, valid in sets:
         t = time.perf_counter()
         sweeps[label] = _sweep(model, split, kind, bits, all_ks, scores_wanted, args,
-                               args.n_examples, seed)
+                               args.n_examples, seed, f"{label} (test)")
         if args.n_valid > 0 and valid is not None:
             valid_sweeps[label] = _sweep(model, valid, kind, bits, all_ks, scores_wanted, args,
-                                         args.n_valid, seed + 1)
+                                         args.n_valid, seed + 1, f"{label} (valid)")
         n = sweeps[label].bounds[("sample", 0)].numel()
         n_valid = (valid_sweeps[label].bounds[("sample", 0)].numel()
                    if label in valid_sweeps else 0)

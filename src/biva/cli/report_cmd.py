@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     out = write_report(args.run_dir, args.out, checkpoint=args.checkpoint, device=device,
                        data_root=args.data_root, n_examples=args.n_examples, ess_k=args.ess_k,
                        n_images=args.images, temperatures=parse_temperatures(args.temperature),
-                       seed=args.seed)
+                       seed=args.seed, verbose=not args.no_progress)
     print(f"written: {out}")
     print(f"written: {args.run_dir / 'diagnostics.json'}")
     return 0

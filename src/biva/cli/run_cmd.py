@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     device = trainer.device
     res = evaluate_run(run_dir, split="test", k=args.k, n_examples=args.eval_examples,
                        device=device, batch_size=trainer.cfg.eval.batch_size,
-                       max_batch=trainer.cfg.eval.max_batch)
+                       max_batch=trainer.cfg.eval.max_batch,
+                       progress=trainer.cfg.train.progress)
     results = run_dir / f"eval_test_k{res['k']}.json"
     atomic_write_json(results, res)
     model, cfg, _ = load_trained(run_dir, "best", device)

@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,13 +211,23 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  checkpoint: str = "best", device: str | torch.device = "cpu",
                  data_root: str | None = None, n_examples: int = 1000, ess_k: int = 100,
                  ess_examples: int = 32, n_images: int = 8,
-                 temperatures: Sequence[float] = (1.0, 0.85, 0.7, 0.5), seed: int = 0) -> Path:
+                 temperatures: Sequence[float] = (1.0, 0.85, 0.7, 0.5), seed: int = 0,
+                 verbose: bool = False) -> Path:
     """Write RUN_DIR/report.html (or ``out``) and RUN_DIR/diagnostics.json; returns the HTML.
 
     Uses the EMA weights of ``checkpoint``; diagnostics on the first ``n_examples`` validation
     examples, images from the first test examples. PNGs also land in RUN_DIR/figures/report.
+    ``verbose`` prints each stage, with its time, to stderr.
     """
+    t0 = time.perf_counter()
+
+    def stage(text: str) -> None:
+        if verbose:
+            print(f"report [{time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr,
+                  flush=True)
+
     run_dir = Path(run_dir)
+    stage("loading the model and data")
     model, cfg, state = load_trained(run_dir, checkpoint, device)
     if data_root:
         cfg.data.root = data_root
@@ -227,6 +238,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     records = read_jsonl(metrics_path) if metrics_path.is_file() else []
 
     valid = evaluation_split(data, "valid", seed=cfg.train.seed)
+    stage(f"diagnostics on {min(n_examples, len(valid))} validation images (ELBO, KL per "
+          f"group, active units, ESS of {ess_k} weights on {ess_examples})")
     diag = diagnose(model, valid, kind, bits, metrics=records, n_examples=n_examples,
                     ess_examples=ess_examples, ess_k=ess_k, device=device)
     diag = {"run_dir": str(run_dir), "checkpoint": state["checkpoint"],
@@ -234,6 +247,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     atomic_write_json(run_dir / "diagnostics.json", diag)
 
     test = evaluation_split(data, "test", seed=cfg.train.seed)
+    stage("figures: samples, partial generations, reconstructions, interpolations")
     n_img = min(2 * n_images, len(test))
     x = to_model_input(test.images[:n_img], kind, bits).to(device)
     figs = run_dir / "figures" / "report"
@@ -315,6 +329,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
+    stage(f"written {out}")
     return out
 
 

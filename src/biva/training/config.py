@@ -84,6 +84,7 @@ class TrainConfig:
     skip_window: int = 200
     skip_min_history: int = 20
     max_consecutive_skips: int = 20
+    max_bad_steps: int = 200         # stop (non-zero exit) after this many skipped/forced in a row
     seed: int = 0
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: Literal["auto", "none", "bf16"] = "auto"   # auto: bf16 where native (precision.py)
@@ -133,6 +134,9 @@ class TrainConfig:
         if not 1 <= self.skip_min_history <= self.skip_window:
             raise ConfigError(f"train.skip_min_history: expected 1..skip_window "
                               f"({self.skip_window}), found {self.skip_min_history}")
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"train.max_bad_steps: expected an int >= 1, found "
+                              f"{self.max_bad_steps}")
         if self.max_consecutive_skips < 1:
             raise ConfigError(f"train.max_consecutive_skips: expected an int >= 1, found "
                               f"{self.max_consecutive_skips}")

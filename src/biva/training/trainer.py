@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import statistics
+import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -38,11 +41,13 @@ from ..utils.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from ..utils.config_io import save_config, to_dict
 from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
 from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from ..utils.run_lock import lock_run_dir, unlock_run_dir
 from .config import RunConfig, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
@@ -80,6 +85,38 @@ def write_split_lists(data: DatasetSplits, path: Path) -> Path | None:
     atomic_write_json(path, {"dataset": data.name, **{f"n_{s}": len(v) for s, v in
                                                        splits.items()}, **splits})
     return path
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training at a step boundary, after writing a checkpoint."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint written; "
+                         f"continue with `biva train --resume {run_dir}`")
+
+
+class TrainingStalled(RuntimeError):
+    """Too many updates in a row were skipped (non-finite or exploding): the run diverged."""
+
+
+def _check_training_state(tensors: dict, state: dict, path: Path) -> None:
+    """A checkpoint the trainer can resume from: the groups and state keys it reads, typed."""
+    from ..utils.checkpoint import CheckpointError
+
+    where = path / "meta.json"
+    missing = [g for g in ("model", "ema", "optimizer") if g not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (no tensor groups {missing}); "
+                              "best/ holds evaluation weights only")
+    for key in ("step", "skipped"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{where}: state.{key}: expected an int >= 0, found "
+                                  f"{value!r}")
+    for key in ("optimizer", "rng"):
+        if key not in state:
+            raise CheckpointError(f"{where}: state.{key} is missing")
 
 
 class Trainer:
@@ -135,8 +172,15 @@ class Trainer:
         self.grad_norms: deque[float] = deque(maxlen=tc.skip_window)
         self.best_valid = -math.inf
         self.ema: EMA | None = None
+        self.bad_streak = 0     # skipped or forced updates in a row (train.max_bad_steps)
+        self._signal: int | None = None
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # One writer per run directory; a killed writer's lock is gone with its process,
+            # and only then are its half-written checkpoint directories garbage.
+            lock_run_dir(self.run_dir)
+            for stale in remove_stale_temporaries(self.run_dir):
+                print(f"removed {stale.name}, a checkpoint a killed run left half-written")
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if not resume and latest_checkpoint(self.run_dir) is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it with "
@@ -205,6 +249,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         tensors, state = load_checkpoint(path, map_location=self.device)
+        _check_training_state(tensors, state, path)
         self.model.load_state_dict(tensors["model"])
         self.ema = EMA(self.model, self.cfg.train.ema_decay, warmup=self.cfg.train.ema_warmup)
         self.ema.load_state_dict(tensors["ema"])
@@ -217,6 +262,7 @@ class Trainer:
         self.step = state["step"]
         self.skipped = state["skipped"]
         self.consecutive_skips = state.get("consecutive_skips", 0)
+        self.bad_streak = state.get("bad_streak", 0)
         self.grad_norms.extend(state.get("grad_norms", []))
         self.best_valid = state.get("best_valid", -math.inf) or -math.inf
         if self.rank == 0:
@@ -240,6 +286,7 @@ class Trainer:
         rng_tensors, rng_meta = capture_rng_state()
         state = {"step": self.step, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "ema_updates": self.ema.updates,
+                 "bad_streak": self.bad_streak,
                  "grad_norms": list(self.grad_norms),
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
                  "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
@@ -320,6 +367,8 @@ class Trainer:
         if skip and not nonfinite and self.consecutive_skips >= tc.max_consecutive_skips:
             # Guard against skipping forever: after a run of skips, take the (clipped) update.
             skip = False
+        forced = not skip and (nonfinite or norm > self.skip_threshold)
+        self.bad_streak = self.bad_streak + 1 if skip or forced else 0
         if skip:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
@@ -357,8 +406,16 @@ class Trainer:
         t0, images_seen, last = time.perf_counter(), 0, {}
         started = time.perf_counter()
         stream = self._batches()
+        if self.rank == 0:
+            lock_run_dir(self.run_dir)
+        restore_handlers = self._catch_stop_signals()
         try:
             while self.step < tc.steps:
+                if any_rank(self._signal is not None, self.device) if self.distributed \
+                        else self._signal is not None:
+                    self.save()
+                    raise TrainingInterrupted(self._signal or signal.SIGTERM, self.step,
+                                              self.run_dir)
                 if tc.max_minutes > 0 and any_rank(
                         time.perf_counter() - started > 60 * tc.max_minutes, self.device):
                     if self.rank == 0:
@@ -387,16 +444,56 @@ class Trainer:
                     if progress is not None and "valid_bpd" in last:
                         self.progress_info["valid_bpd"] = f"{last['valid_bpd']:.3f}"
                         progress.set_postfix(self.progress_info, refresh=False)
+                if self.bad_streak >= tc.max_bad_steps:
+                    raise TrainingStalled(self._stall_message())
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
-                    self.save()
+                    # A stretch of skipped updates may be a divergence: keep the checkpoints
+                    # from before it rather than rotate them out for the stalled state.
+                    if self.bad_streak < tc.max_consecutive_skips or self.step == tc.steps:
+                        self.save()
                 if self.stop_after is not None and self.step >= self.stop_after:
                     break
         finally:
+            restore_handlers()
             if progress is not None:
                 progress.close()
             if writer is not None:
                 writer.close()
+            if self.rank == 0:
+                unlock_run_dir(self.run_dir)
         return last
+
+    def _catch_stop_signals(self):
+        """Turn SIGINT/SIGTERM into a stop at the next step boundary (with a checkpoint); a
+        second signal acts at once. Returns the function that restores the old handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+            if self.rank == 0:
+                print(f"\n{signal.Signals(signum).name}: stopping after this step with a "
+                      "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+        for s in previous:
+            signal.signal(s, on_signal)
+
+        def restore():
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return restore
+
+    def _stall_message(self) -> str:
+        tc = self.cfg.train
+        latest = latest_checkpoint(self.run_dir)
+        kept = (f"the last checkpoint before it is {latest}" if latest is not None
+                else "no checkpoint was written")
+        return (f"training stalled: {self.bad_streak} updates in a row were skipped or forced "
+                f"(non-finite or exploding gradients) up to step {self.step}; the run has "
+                f"diverged. {kept}. Lower train.lr (now {tc.lr:g}) or train.grad_clip (now "
+                f"{tc.grad_clip:g}) and resume or restart")
 
     def _validate(self, writer) -> dict:
         """:meth:`evaluate` on rank 0 alone: every rank holds the same EMA weights."""
@@ -407,7 +504,8 @@ class Trainer:
         mean = average_across_ranks(mean, self.device)  # each rank saw its own slice of the batches
         groups = self.model.group_names
         kl_groups = mean.pop("kl_groups").tolist()
-        rec = {"kind": "train", "step": self.step, "epoch": epoch,
+        # n_steps: the steps this record averages (fewer than log_every right after a resume).
+        rec = {"kind": "train", "step": self.step, "epoch": epoch, "n_steps": len(window),
                **{k: float(v) for k, v in mean.items()},
                "skipped_total": self.skipped, "images_per_s": images_per_s, "amp": self.amp,
                "skip_threshold": self.skip_threshold,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -112,14 +114,55 @@ def atomic_write_text(path: StrPath, text: str, *, encoding: str = "utf-8") -> N
     atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_write_json(
-    path: StrPath, obj: Any, *, indent: int | None = 2, sort_keys: bool = True
-) -> None:
-    """Atomically write ``obj`` as strict JSON (NaN/inf rejected) followed by a newline.
+def to_plain(value: Any, where: str, nonfinite: list[str] | None = None) -> Any:
+    """``value`` as plain JSON types: 0-d tensors and NumPy scalars become numbers, larger ones
+    nested lists; non-finite floats become "NaN" / "Infinity" / "-Infinity" (their paths
+    appended to ``nonfinite``), so the result is strict JSON that any parser accepts."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if nonfinite is not None:
+            nonfinite.append(where)
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: key {k!r} is not a string")
+            out[k] = to_plain(v, f"{where}.{k}", nonfinite)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v, f"{where}[{i}]", nonfinite) for i, v in enumerate(value)]
+    # Duck-typed so that torch is not needed here: tensors and NumPy scalars/arrays.
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
+        return to_plain(value.item(), where, nonfinite)
+    if callable(getattr(value, "tolist", None)):
+        return to_plain(value.tolist(), where, nonfinite)
+    raise TypeError(f"{where}: cannot write a {type(value).__name__} as JSON")
 
-    Serialization happens first, so an unserializable ``obj`` leaves ``path`` untouched.
+
+def atomic_write_json(
+    path: StrPath, obj: Any, *, indent: int | None = 2, sort_keys: bool = False
+) -> None:
+    """Atomically write ``obj`` as strict JSON followed by a newline; keys in insertion order
+    unless ``sort_keys``.
+
+    Non-finite floats (a bound over one example has no standard error) are written as the
+    strings "NaN" / "Infinity" / "-Infinity", as in the JSON Lines logs, with a warning that
+    names them. Serialization happens first, so an unserializable ``obj`` leaves ``path``
+    untouched.
     """
-    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False,
+    nonfinite: list[str] = []
+    plain = to_plain(obj, Path(path).name, nonfinite)
+    if nonfinite:
+        shown = ", ".join(nonfinite[:5]) + (f" and {len(nonfinite) - 5} more"
+                                            if len(nonfinite) > 5 else "")
+        warnings.warn(f"{path}: non-finite values written as strings: {shown}", stacklevel=2)
+    text = json.dumps(plain, indent=indent, sort_keys=sort_keys, allow_nan=False,
                       ensure_ascii=False)
     atomic_write_text(path, text + "\n")
 

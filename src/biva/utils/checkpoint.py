@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 FORMAT_NAME = "biva-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: meta.json covered by meta_sha256; version 1 (without) still loads
+_READABLE_VERSIONS = (1, 2)
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -226,6 +227,7 @@ def save_checkpoint(
             "groups": groups,
             "state": encoded_state,
         }
+        meta["meta_sha256"] = _meta_digest(meta)
         text = json.dumps(meta, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         (tmp / META_FILE).write_text(text, encoding="utf-8")
 
@@ -255,6 +257,14 @@ def _check_safetensors_bytes(data: bytes, file: Path) -> None:
     raise CheckpointError(f"{file}: not a safetensors file")
 
 
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of what a checkpoint says besides its tensors (groups, state, the tensors'
+    digest), canonically serialized: a hand-edited step or config no longer loads."""
+    covered = {k: meta.get(k) for k in ("format_version", "tensors_sha256", "groups", "state")}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _read_meta(meta_path: Path) -> dict[str, Any]:
     try:
         raw = meta_path.read_bytes()
@@ -268,9 +278,9 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path}: not a biva checkpoint (no format {FORMAT_NAME!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if version not in _READABLE_VERSIONS or isinstance(version, bool):
         raise CheckpointError(f"{meta_path}: unknown checkpoint format version {version!r} "
-                              f"(this version of biva reads version {FORMAT_VERSION})")
+                              f"(this version of biva reads versions {_READABLE_VERSIONS})")
     groups = meta.get("groups")
     if not (isinstance(groups, dict) and all(
             isinstance(v, list) and all(isinstance(k, str) for k in v) for v in groups.values())):
@@ -280,6 +290,10 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path}: malformed 'tensors_sha256'")
     if "state" not in meta:
         raise CheckpointError(f"{meta_path}: missing 'state'")
+    # Version 1 checkpoints, written before the metadata digest existed, carry none.
+    if version >= 2 and meta.get("meta_sha256") != _meta_digest(meta):
+        raise CheckpointError(f"{meta_path}: metadata SHA-256 mismatch: the file was edited "
+                              "or is corrupt (its step, state or tensor list changed)")
     return meta
 
 
@@ -393,6 +407,27 @@ def _prune_dir(root: Path, keep_last: int, protect: Iterable[StrPath]) -> list[P
         shutil.rmtree(doomed)
         removed.append(ckpt)
     return removed
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.(tmp|del)-[0-9a-f]{8}")
+
+
+def remove_stale_temporaries(run_dir: StrPath) -> list[Path]:
+    """Delete half-written (``.step_N.tmp-*``) and half-deleted (``.step_N.del-*``) checkpoint
+    directories that a killed writer left in ``run_dir/checkpoints``; returns them.
+
+    Call only while holding the run directory's lock: a live writer's temporaries look the same.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    stale = [e for e in root.iterdir() if _TEMPORARY.fullmatch(e.name) and not e.is_symlink()]
+    for entry in stale:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return stale
 
 
 def prune_checkpoints(

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import math
 import os
 import re
 import reprlib
@@ -250,6 +251,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise _mismatch(path, tp, value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # .nan / .inf parse as floats but no field means anything by them.
+                raise _err(path, f"expected a finite number, found {value!r}")
             return float(value)
         raise _mismatch(path, tp, value)
     if tp is str:

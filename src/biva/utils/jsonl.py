@@ -20,44 +20,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, to_plain
 
 StrPath = str | os.PathLike[str]
 
 __all__ = ["JsonlError", "append_jsonl", "read_jsonl", "truncate_jsonl_after_step"]
 
-_ENCODE_NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _DECODE_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 class JsonlError(ValueError):
     """A corrupt line in a JSON Lines file; the message names the file and line number."""
-
-
-def _plain(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "NaN" if math.isnan(value) else _ENCODE_NONFINITE[value]
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where}: key {k!r} is not a string")
-            out[k] = _plain(v, f"{where}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    # Duck-typed so that torch is not needed here: tensors and NumPy scalars/arrays.
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-    if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
-        return _plain(value.item(), where)
-    if callable(getattr(value, "tolist", None)):
-        return _plain(value.tolist(), where)
-    raise TypeError(f"{where}: cannot write a {type(value).__name__} to a JSON Lines log")
 
 
 def _repair_tail(f: Any) -> None:
@@ -99,7 +72,7 @@ def append_jsonl(path: StrPath, record: Mapping[str, Any]) -> None:
     """
     if not isinstance(record, Mapping):
         raise TypeError(f"record must be a mapping, got {type(record).__name__}")
-    line = json.dumps(_plain(record, "record"), allow_nan=False, ensure_ascii=False,
+    line = json.dumps(to_plain(record, "record"), allow_nan=False, ensure_ascii=False,
                       separators=(",", ":"))
     data = (line + "\n").encode("utf-8")
     path = Path(path)

@@ -1,0 +1,67 @@
+"""One writer per run directory: an exclusive ``flock`` on ``RUN_DIR/.lock``.
+
+The kernel drops the lock when its process exits, however it exits (kill -9 included), so a
+lock left by a dead process never blocks a resume; only a live writer does. The file records
+the holder (pid, host, start time) for the refusal message. Within one process the lock is
+shared (a notebook may hold a Trainer and resume another on the same directory). Where
+``fcntl`` is missing (Windows) no lock is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_FILE = ".lock"
+_held: dict[Path, int] = {}   # resolved run dir -> open file descriptor holding the lock
+
+
+class RunDirLocked(RuntimeError):
+    """Another live process is writing to this run directory."""
+
+
+def lock_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Take the run directory's writer lock (idempotent in one process).
+
+    Raises :class:`RunDirLocked` naming the holder when another process has it.
+    """
+    root = Path(run_dir).resolve()
+    if fcntl is None or root in _held:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _describe(path)
+        os.close(fd)
+        raise RunDirLocked(f"{root} is in use by another biva process ({holder}); wait for it to "
+                           "finish or stop it, or pick another run directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    _held[root] = fd
+
+
+def unlock_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Release this process's lock on ``run_dir`` (no-op when not held)."""
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _describe(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+        return f"pid {info['pid']} on host {info['host']}, since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder unknown: {path} is unreadable"
