@@ -279,3 +279,32 @@ def test_bad_arguments(tmp_path):
         load_dataset("folder")
     with pytest.raises(ValueError, match="image_size"):
         load_dataset("digits", image_size=4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (9000, r"train labels must be the class indices 0\.\.C-1 .* relabel them 0\.\.10"),
+    (-1, r"train labels must be class indices >= 0; found negative values \[-1\]"),
+])
+def test_stray_npz_labels_are_refused_naming_the_file(tmp_path, bad, match):
+    """One label 9000 among digits once sized a 9001-class model (18 GB, then killed); a
+    negative one made the data 'unlabelled'."""
+    from biva.data import load_dataset
+
+    y = np.arange(100) % 10
+    y[7] = bad
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((100, 1, 8, 8), np.uint8), labels=y)
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset("npz", path=path)
+    assert str(path) in str(info.value)
+
+
+def test_test_labels_outside_the_training_classes_are_refused(tmp_path):
+    from biva.data import load_dataset
+
+    np.savez(tmp_path / "train.npz", images=np.zeros((20, 1, 8, 8), np.uint8),
+             labels=np.arange(20) % 4)
+    np.savez(tmp_path / "test.npz", images=np.zeros((5, 1, 8, 8), np.uint8),
+             labels=np.array([0, 1, 2, 3, 7]))
+    with pytest.raises(DatasetError, match=r"test labels \[7\] are not among the 4 classes"):
+        load_dataset("npz", path=tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -242,6 +243,26 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     torch.testing.assert_close(torch.from_numpy(np.load(run / "predictions_new.npz")["probs"]),
                                probs)
     torch.testing.assert_close(probs.sum(1), torch.ones(5))
+
+    # Bad inputs: one line naming the problem and exit 2, never an error rate from garbage.
+    floats = np.random.default_rng(0).random((5, 8, 8))
+    nan = floats.copy()
+    nan[2, 3, 3] = np.nan
+    bad_inputs = {
+        "nan": ({"images": nan}, r"1 non-finite values \(NaN or inf\), the first in image 2"),
+        "complex": ({"images": floats.astype(np.complex64)}, r"expected real numbers .* "
+                                                             r"complex64"),
+        "strings": ({"images": np.full((5, 8, 8), "a")}, r"expected real numbers .* <U1"),
+        "labels_str": ({"images": grey, "labels": np.array(list("abcde"))},
+                       r"'labels': expected integer class labels, found dtype <U1"),
+        "labels_range": ({"images": grey, "labels": np.array([0, 1, 2, 3, 12])},
+                         r"labels must be 0\.\.9 \(the model's classes\); found \[12\]"),
+    }
+    for name, (arrays, message) in bad_inputs.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        capsys.readouterr()
+        assert main(["predict", str(run), "--npz", str(tmp_path / f"{name}.npz")]) == 2, name
+        assert re.search(message, capsys.readouterr().err), name
 
     assert main(["sample", str(run), "-n", "4", "--per-class", "3"]) == 0
     assert (run / "figures" / "samples_by_class.png").stat().st_size > 0

@@ -622,3 +622,44 @@ def test_malformed_checkpoint_state_names_the_file_and_key(tmp_path, data, edit,
     save_checkpoint(path, tensors=tensors, state=state)
     with pytest.raises(CheckpointError, match=rf"step_000000004/meta\.json: {field}"):
         Trainer.resume(run, data=data)
+
+
+def test_a_model_too_big_for_the_machine_is_refused_before_allocating(tmp_path, data):
+    """model.filters=[4096] on the digits is ~7.6e9 parameters: refused up front from a pass on
+    the meta device, naming the fields, instead of allocating until the allocator fails."""
+    with pytest.raises(MemoryError, match=r"model\.filters=\[4096\].*GiB free"):
+        Trainer(tiny_config("model.filters=[4096]"), tmp_path / "run", data=data)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_disk_full_is_one_line_naming_the_directory_and_keeps_checkpoints(tmp_path, data,
+                                                                        monkeypatch, capsys):
+    """A fault-injecting writer (a real full disk needs a small mount, which tests may not
+    create): ENOSPC while writing the step-8 checkpoint. The step-4 checkpoint survives, the
+    error names the run directory and the space a checkpoint needs, and the CLI prints one
+    line and exits 2."""
+    import errno
+
+    import biva.training.trainer as trainer_module
+    from biva.training.trainer import DiskFull
+
+    real_save = trainer_module.save_checkpoint
+
+    def full_after_step_4(path, **kw):
+        if path.name == "step_000000008":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, **kw)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", full_after_step_4)
+    run = tmp_path / "run"
+    with pytest.raises(DiskFull, match=rf"no space left on the device of {run} writing "
+                                       rf".*step_000000008.*a checkpoint needs about \d+ MiB"):
+        Trainer(tiny_config(), run, data=data).fit()
+    assert _latest_step(run) == 4
+    argv = ["train", "--resume", str(run)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left" in err[0] and "Traceback" not in err[0]
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    assert main(argv) == 0 and _latest_step(run) == STEPS

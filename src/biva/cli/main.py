@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         # the exit status is the shell's 128 + signal number (130 SIGINT, 143 SIGTERM).
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, MemoryError) as err:
         # Bad input: one clear line naming the problem, no traceback.
         print(f"biva {args.command}: error: {err}", file=sys.stderr)
         return 2

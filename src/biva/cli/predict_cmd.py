@@ -62,7 +62,24 @@ def _read_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise ValueError(f"{path}: no image array; expected one of {list(_IMAGE_KEYS)}, found "
                          f"{sorted(arrays)}")
     lkey = next((k for k in _LABEL_KEYS if k in arrays), None)
-    return arrays[key], (None if lkey is None else arrays[lkey].astype(np.int64).reshape(-1))
+    if lkey is None:
+        return arrays[key], None
+    y = np.asarray(arrays[lkey]).reshape(-1)
+    integral = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all())
+    if not integral:
+        raise ValueError(f"{path}: array {lkey!r}: expected integer class labels, found dtype "
+                         f"{y.dtype}" + (f" ({y[:3].tolist()} ...)" if y.size else ""))
+    if len(y) != len(arrays[key]):
+        raise ValueError(f"{path}: {len(arrays[key])} images but {len(y)} labels in {lkey!r}")
+    return arrays[key], y.astype(np.int64)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, path: Path) -> None:
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(f"{path}: labels must be 0..{num_classes - 1} (the model's classes); "
+                         f"found {sorted(set(bad.tolist()))[:5]}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         x = images_to_model_input(images[:n], kind, cfg.model.bits,
                                   tuple(cfg.model.input_shape), args.seed)
         labels = None if labels_np is None else torch.from_numpy(labels_np[:n])
+        if labels is not None:
+            _check_labels(labels, model.num_classes, args.npz)
         names = None
         source = args.npz.stem
     probs = predict_proba(model, x, batch_size=args.batch_size, n_samples=args.samples,

@@ -446,10 +446,36 @@ def _raw_from_arrays(
     if class_names is not None:
         num_classes = len(class_names)
     elif labels and len(labels) == len(out) and all(y.size for y in labels):
-        if min(int(y.min()) for y in labels) >= 0:
-            num_classes = max(int(y.max()) for y in labels) + 1
+        num_classes = _class_count(out, source)
     return _Raw(out["train"], out.get("valid"), out.get("test"), native, num_classes,
                 class_names, sources or {})
+
+
+def _class_count(splits: dict[str, tuple[np.ndarray, np.ndarray | None]], source: Path) -> int:
+    """C for labels that must be the class indices 0..C-1, every class in the training split.
+
+    A stray label (9000 among digits, -1) would otherwise size a 9001-class model or silently
+    drop the labels.
+    """
+    for split, (_, y) in splits.items():
+        if y is not None and int(y.min()) < 0:
+            bad = np.unique(y[y < 0])[:5].tolist()
+            raise DatasetError(f"{source}: {split} labels must be class indices >= 0; found "
+                               f"negative values {bad}")
+    values = np.unique(splits["train"][1])
+    count = int(values[-1]) + 1
+    missing = sorted(set(range(count)) - set(values.tolist()))
+    if missing:
+        raise DatasetError(
+            f"{source}: train labels must be the class indices 0..C-1 with every class present; "
+            f"found {len(values)} distinct values up to {count - 1} (classes {missing[:5]} have "
+            f"no training example): relabel them 0..{len(values) - 1}")
+    for split, (_, y) in splits.items():
+        if y is not None and int(y.max()) >= count:
+            bad = np.unique(y[y >= count])[:5].tolist()
+            raise DatasetError(f"{source}: {split} labels {bad} are not among the {count} "
+                               "classes of the training labels")
+    return count
 
 
 def _load_from_folder_or_npz(ctx: _Ctx, where: Path, crop=None) -> _Raw:

@@ -167,7 +167,17 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
     get one seeded Bernoulli draw, the evaluation protocol of dynamically binarized data.
     8-bit models take uint8 0..255.
     """
-    x = torch.as_tensor(np.asarray(images))
+    arr = images.cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"images: expected real numbers (uint8 0..255, or floats in [0, 1] for "
+                         f"a binary model), found dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))
+        raise ValueError(f"images: {len(bad)} non-finite values (NaN or inf), the first in "
+                         f"image {int(bad[0, 0])}")
+    x = torch.as_tensor(arr)
     c, h, w = input_shape
     if x.dim() == 3:
         x = x.unsqueeze(1)

@@ -17,8 +17,10 @@ with bit-identical parameters on CPU.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -51,6 +53,7 @@ from ..utils.run_lock import lock_run_dir, unlock_run_dir
 from .config import RunConfig, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
+from .memory import check_step_fits, describe_fields
 from .precision import resolve_amp
 from .schedule import free_bits, kl_weight, learning_rate
 
@@ -94,6 +97,21 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.step, self.run_dir = signum, step, run_dir
         super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint written; "
                          f"continue with `biva train --resume {run_dir}`")
+
+
+class DiskFull(RuntimeError):
+    """The run directory's file system is full; the checkpoints written before are intact."""
+
+
+def _disk_full_message(run_dir: Path, err: OSError) -> str:
+    ckpts = list_checkpoints(run_dir)
+    need = sum(f.stat().st_size for f in ckpts[-1].iterdir()) if ckpts else 0
+    free = shutil.disk_usage(run_dir).free
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"no space left on the device of {run_dir}{where} ({os.strerror(err.errno)}): a "
+            f"checkpoint needs about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. "
+            f"The earlier checkpoints are intact: free space (or lower train.keep_last) and "
+            f"continue with `biva train --resume {run_dir}`")
 
 
 class TrainingStalled(RuntimeError):
@@ -157,6 +175,9 @@ class Trainer:
             raise ValueError(f"train.batch_size={tc.batch_size} exceeds the "
                              f"{len(self.data.train)} training examples")
 
+        # Refuse, naming the fields, a model that cannot fit before allocating any of it.
+        check_step_fits(self._build_model, tuple(cfg.model.input_shape),
+                        tc.batch_size // self.world, self.device, describe_fields(cfg))
         seed_everything(tc.seed)
         self.model = self._build_model().to(self.device)
         # Set before the EMA copy is made, which inherits them.
@@ -396,63 +417,26 @@ class Trainer:
         return tc.skip_factor * statistics.median(self.grad_norms)
 
     def fit(self) -> dict:
-        """Train until ``train.steps``; returns the last logged record."""
-        tc = self.cfg.train
+        """Train until ``train.steps``; returns the last logged record.
+
+        Stops early (with a checkpoint) at ``train.max_minutes``, ``stop_after``, or a
+        SIGINT/SIGTERM (raising :class:`TrainingInterrupted`); raises :class:`TrainingStalled`
+        on a divergence and :class:`DiskFull` when the run directory's disk fills up.
+        """
         writer = self._tensorboard()
         progress = self._progress()
         if self.rank == 0:
             print(f"samples at each validation: {self.run_dir / 'figures' / 'samples_latest.png'}")
-        window: list[dict[str, torch.Tensor]] = []
-        t0, images_seen, last = time.perf_counter(), 0, {}
         started = time.perf_counter()
-        stream = self._batches()
         if self.rank == 0:
             lock_run_dir(self.run_dir)
         restore_handlers = self._catch_stop_signals()
         try:
-            while self.step < tc.steps:
-                if any_rank(self._signal is not None, self.device) if self.distributed \
-                        else self._signal is not None:
-                    self.save()
-                    raise TrainingInterrupted(self._signal or signal.SIGTERM, self.step,
-                                              self.run_dir)
-                if tc.max_minutes > 0 and any_rank(
-                        time.perf_counter() - started > 60 * tc.max_minutes, self.device):
-                    if self.rank == 0:
-                        print(f"time budget of {tc.max_minutes} min reached at step {self.step}")
-                    # The extra evaluation must not shift the training RNG stream, or the
-                    # resumed run would differ from an uninterrupted one.
-                    rng = capture_rng_state()
-                    last = {**last, **self._validate(writer)}
-                    restore_rng_state(*rng)
-                    self.save()
-                    break
-                epoch, images = next(stream)
-                stats = self.train_step(self._batch(images))
-                self.step += 1
-                window.append(stats)
-                images_seen += images.shape[0] * self.world
-                if progress is not None:
-                    self._advance(progress, time.perf_counter() - started)
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    elapsed = time.perf_counter() - t0
-                    last = self._log(window, epoch, images_seen / max(elapsed, 1e-9), writer,
-                                     progress)
-                    window, t0, images_seen = [], time.perf_counter(), 0
-                if self.step % tc.eval_every == 0 or self.step == tc.steps:
-                    last = {**last, **self._validate(writer)}
-                    if progress is not None and "valid_bpd" in last:
-                        self.progress_info["valid_bpd"] = f"{last['valid_bpd']:.3f}"
-                        progress.set_postfix(self.progress_info, refresh=False)
-                if self.bad_streak >= tc.max_bad_steps:
-                    raise TrainingStalled(self._stall_message())
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
-                    # A stretch of skipped updates may be a divergence: keep the checkpoints
-                    # from before it rather than rotate them out for the stalled state.
-                    if self.bad_streak < tc.max_consecutive_skips or self.step == tc.steps:
-                        self.save()
-                if self.stop_after is not None and self.step >= self.stop_after:
-                    break
+            return self._loop(progress, writer, started)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(_disk_full_message(self.run_dir, err)) from err
+            raise
         finally:
             restore_handlers()
             if progress is not None:
@@ -461,6 +445,56 @@ class Trainer:
                 writer.close()
             if self.rank == 0:
                 unlock_run_dir(self.run_dir)
+
+    def _loop(self, progress, writer, started: float) -> dict:
+        """The training loop of :meth:`fit`: steps, logs, validations, checkpoints, stops."""
+        tc = self.cfg.train
+        window: list[dict[str, torch.Tensor]] = []
+        t0, images_seen, last = time.perf_counter(), 0, {}
+        stream = self._batches()
+        while self.step < tc.steps:
+            if any_rank(self._signal is not None, self.device) if self.distributed \
+                    else self._signal is not None:
+                self.save()
+                raise TrainingInterrupted(self._signal or signal.SIGTERM, self.step,
+                                          self.run_dir)
+            if tc.max_minutes > 0 and any_rank(
+                    time.perf_counter() - started > 60 * tc.max_minutes, self.device):
+                if self.rank == 0:
+                    print(f"time budget of {tc.max_minutes} min reached at step {self.step}")
+                # The extra evaluation must not shift the training RNG stream, or the
+                # resumed run would differ from an uninterrupted one.
+                rng = capture_rng_state()
+                last = {**last, **self._validate(writer)}
+                restore_rng_state(*rng)
+                self.save()
+                break
+            epoch, images = next(stream)
+            stats = self.train_step(self._batch(images))
+            self.step += 1
+            window.append(stats)
+            images_seen += images.shape[0] * self.world
+            if progress is not None:
+                self._advance(progress, time.perf_counter() - started)
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                elapsed = time.perf_counter() - t0
+                last = self._log(window, epoch, images_seen / max(elapsed, 1e-9), writer,
+                                 progress)
+                window, t0, images_seen = [], time.perf_counter(), 0
+            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                last = {**last, **self._validate(writer)}
+                if progress is not None and "valid_bpd" in last:
+                    self.progress_info["valid_bpd"] = f"{last['valid_bpd']:.3f}"
+                    progress.set_postfix(self.progress_info, refresh=False)
+            if self.bad_streak >= tc.max_bad_steps:
+                raise TrainingStalled(self._stall_message())
+            if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                # A stretch of skipped updates may be a divergence: keep the checkpoints
+                # from before it rather than rotate them out for the stalled state.
+                if self.bad_streak < tc.max_consecutive_skips or self.step == tc.steps:
+                    self.save()
+            if self.stop_after is not None and self.step >= self.stop_after:
+                break
         return last
 
     def _catch_stop_signals(self):
