@@ -219,10 +219,11 @@ def test_log_px_of_each_row_scores_its_own_image(trained, images):
 
 # ------------------------------------------------------------------- semi-supervised
 
-@pytest.fixture(scope="module")
-def semi_supervised():
+@pytest.fixture(scope="module", params=["balanced", "paper"])
+def semi_supervised(request):
+    """Trained on unlabelled toy images; "paper" adds y to q(z_L | x, y) (eq. 15)."""
     torch.manual_seed(2)
-    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0)
+    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=request.param)
     data = toy_data(512, seed=3)
     model.initialize(data[:128])
     opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
@@ -253,7 +254,8 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
         g_logits, = torch.autograd.grad(out.loss, out.logits, retain_graph=True)
         # By hand: the same U with L(x, y) held fixed, differentiated w.r.t. the logits.
         lq = torch.log_softmax(out.logits.float(), 1)
-        u = -(lq.exp() * (out.class_bounds.detach() - lq)).sum(1).mean()
+        w_u = model.loss_weights[1]   # 1, or N_u / N under the "paper" objective
+        u = -w_u * (lq.exp() * (out.class_bounds.detach() - lq)).sum(1).mean()
         want, = torch.autograd.grad(u, out.logits, retain_graph=True)
         assert want.abs().max() > 1e-4
         torch.testing.assert_close(g_logits, want, rtol=1e-4, atol=1e-6)

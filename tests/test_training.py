@@ -454,7 +454,11 @@ def test_ema_on_a_small_module():
     ("train.skip_threshold=0", "train.skip_threshold"),
     ("train.skip_factor=0.5", "train.skip_factor"),
     ("train.skip_min_history=500", "train.skip_min_history"),
-    ("train.threads=-3", "train.threads"), ("train.amp=fp8", "train.amp")])
+    ("train.threads=-3", "train.threads"), ("train.amp=fp8", "train.amp"),
+    ("train.max_bad_steps=0", "train.max_bad_steps"),
+    # .nan / .inf parse as YAML floats: refused when read, not when config.json is written.
+    ("train.lr=.nan", "train.lr"), ("train.grad_clip=.inf", "train.grad_clip"),
+    ("train.free_bits=-.inf", "train.free_bits")])
 def test_recipe_values_that_would_lose_a_run_or_train_backwards_are_refused(override, field):
     from biva.config import ConfigError
 

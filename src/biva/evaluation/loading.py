@@ -37,7 +37,7 @@ def _build_run_model(cfg: RunConfig) -> HierarchicalVAE:
     if cfg.data.labels_per_class > 0 and not cfg.data.num_classes:
         raise ValueError("semi-supervised run without data.num_classes in its config.json")
     return build_model(cfg.model, cfg.data.num_classes if cfg.data.labels_per_class > 0
-                       else None)
+                       else None, objective=cfg.train.ssl_objective)
 
 
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"

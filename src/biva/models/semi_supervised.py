@@ -41,6 +41,12 @@ from ..nn.weightnorm import WNLinear, data_dependent_init
 from .hierarchy import HierarchicalVAE, HierarchyOutput
 
 UNLABELLED = -1
+# "balanced": mean F over the labelled rows + mean U over the unlabelled rows, y only in the
+#   generative model and the TD path (the usual M2 port).
+# "paper": eqs. 15-20 as written: y also in q(z_L | x, y), and the loss the data-set sum of
+#   eq. 20 per example: (N_l * mean F + N_u * mean U) / (N_l + N_u).
+# "supervised": the classifier alone on the labelled rows (cross-entropy), a baseline.
+OBJECTIVES = ("balanced", "paper", "supervised")
 
 
 def default_alpha(n_total: int, n_labelled: int) -> float:
@@ -134,12 +140,20 @@ class SemiSupervisedBIVA(HierarchicalVAE):
     takes optional classes ``y``.
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, alpha: float = 1.0):
+    def __init__(self, config: ModelConfig, num_classes: int, alpha: float = 1.0,
+                 objective: str = "balanced", n_labelled: int = 1, n_unlabelled: int = 1):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         super().__init__(config)
         self.num_classes = int(num_classes)
         self.alpha = float(alpha)
+        self.objective = objective
+        # Weights of the labelled and unlabelled means in the loss (eq. 20 for "paper").
+        n = n_labelled + n_unlabelled
+        self.loss_weights = ((n_labelled / n, n_unlabelled / n) if objective == "paper"
+                             else (1.0, 1.0))
         self.classifier = ClassifierHierarchy(config, num_classes, self.stochastic_bu)
         r = config.spatial_sizes()
         Fs = (0,) + config.per_layer("filters")
@@ -151,6 +165,11 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             # unlabelled data from being pushed towards uniform while y has no effect yet.
             self.y_embed.append(nn.Parameter(0.1 * torch.randn(num_classes, Fs[i + 1],
                                                                side, side)))
+        # Eq. 15: q(z_L | x, y), y added to the features of the top posterior's head.
+        self.top_y_embed = None
+        if objective == "paper":
+            side = r[-1] if dense else 1
+            self.top_y_embed = nn.Parameter(0.1 * torch.randn(num_classes, Fs[-1], side, side))
         self._pending_labels: Tensor | None = None
         self.last_stats: dict[str, Tensor] = {}
 
@@ -187,8 +206,11 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                 alpha: float | None = None) -> SemiSupervisedOutput:
         """x (B, C, H, W), labels (B,) int (-1: unlabelled; None: all) -> N = n_samples * B rows.
 
-        ``loss`` = mean over labelled rows of F (eq. 18) + mean over unlabelled rows of U
-        (eq. 19), the KL terms with free bits and ``kl_weight`` as in the unsupervised model.
+        ``loss`` = w_l * mean over labelled rows of F (eq. 18) + w_u * mean over unlabelled
+        rows of U (eq. 19), the KL terms with free bits and ``kl_weight`` as in the
+        unsupervised model; (w_l, w_u) = ``loss_weights`` (1, 1, or N_l/N, N_u/N for the
+        "paper" objective). The "supervised" objective's loss is the labelled rows' mean
+        cross-entropy alone.
         """
         if labels is None:
             labels = self._pending_labels
@@ -215,9 +237,14 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             rows = torch.cat([li, ui.repeat(C)])
             cls = torch.cat([lab[li], torch.arange(C, device=x.device).repeat_interleave(n_u)])
         same = n_u == 0 and n_l == N   # all labelled, in order: no gather needed
+        bu_rows = bu if same else _gather_rows(bu, rows)
+        if self.top_y_embed is not None:
+            # q(z_L | x, y): the BU features are y-free and shared; only the head sees y.
+            features = bu_rows[0][-1] + self.top_y_embed.index_select(0, cls)
+            bu_rows = (*bu_rows[:3], self.top_head(features)[0])
         td = super().forward(xs if same else xs.index_select(0, rows),
                              prior_layers=prior_layers, td_context=self.class_context(cls),
-                             bottom_up=bu if same else _gather_rows(bu, rows))
+                             bottom_up=bu_rows)
         log_py = -math.log(C)
         bound_eval = td.log_weight + log_py
         kl_train = td.kl.clamp_min(free_bits) if free_bits > 0 else td.kl
@@ -225,11 +252,12 @@ class SemiSupervisedBIVA(HierarchicalVAE):
 
         loss = bound_eval.new_zeros(())
         ce = log_q.new_zeros(N)
+        w_l, w_u = self.loss_weights
         if n_l:
             ce_l = -log_q[li, lab[li]]
             ce = ce.index_copy(0, li, ce_l)
             weight = self.alpha if alpha is None else alpha
-            loss = loss + (-bound_train[:n_l] + weight * ce_l).mean()
+            loss = loss + w_l * (-bound_train[:n_l] + weight * ce_l).mean()
         parts = {"log_weight": bound_eval[:n_l], "bound": bound_eval[:n_l],
                  "log_px": td.log_px[:n_l], "kl": td.kl[:n_l], "x_params": td.x_params[:n_l]}
         class_bounds = bound_eval.new_zeros((0, C))
@@ -238,7 +266,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             q = lq.exp()
             Lc = bound_eval[n_l:].view(C, n_u).t()            # (N_u, C): L(x, y)
             Lc_train = bound_train[n_l:].view(C, n_u).t()
-            loss = loss - (q * (Lc_train - lq)).sum(1).mean()
+            loss = loss - w_u * (q * (Lc_train - lq)).sum(1).mean()
             kl_u = td.kl[n_l:].view(C, n_u, -1)
             best = lq.argmax(1)
             xp_u = td.x_params[n_l:].view(C, n_u, *td.x_params.shape[1:])
@@ -248,6 +276,9 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                    "x_params": xp_u[best, torch.arange(n_u, device=x.device)]}
             class_bounds = Lc
             parts = {k: self._merge(N, li, v, ui, unl[k]) for k, v in parts.items()}
+        if self.objective == "supervised":
+            # The baseline: the same classifier on the labels alone; the bounds stay reported.
+            loss = ce[li].mean() if n_l else logits.sum() * 0.0
         if self._pending_labels is not None:
             self.last_stats = self._batch_stats(lab, li, ui, log_q, parts["bound"])
         return SemiSupervisedOutput(
@@ -301,6 +332,10 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                 y = x.new_full((x.shape[0], self.num_classes), 1.0 / self.num_classes)
             else:
                 y = labels.to(device=x.device, dtype=torch.long)
+            if self.top_y_embed is not None:
+                emb = (self.top_y_embed.index_select(0, y) if y.dim() == 1 else
+                       torch.einsum("nc,cfhw->nfhw", y, self.top_y_embed))
+                bu = (*bu[:3], self.top_head(bu[0][-1] + emb)[0])
             HierarchicalVAE.forward(self, x, td_context=self.class_context(y), bottom_up=bu)
 
         data_dependent_init(self, run)
@@ -356,8 +391,8 @@ class SemiSupervisedBIVA(HierarchicalVAE):
 
 
 def build_model(config: ModelConfig, num_classes: int | None = None,
-                alpha: float = 1.0) -> HierarchicalVAE:
+                alpha: float = 1.0, objective: str = "balanced") -> HierarchicalVAE:
     """:class:`SemiSupervisedBIVA` when ``num_classes`` is given, else :class:`HierarchicalVAE`."""
     if num_classes:
-        return SemiSupervisedBIVA(config, num_classes, alpha=alpha)
+        return SemiSupervisedBIVA(config, num_classes, alpha=alpha, objective=objective)
     return HierarchicalVAE(config)

@@ -101,6 +101,9 @@ class TrainConfig:
     max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
     progress: bool = True
     alpha: float | None = None       # semi-supervised CE weight; None: 0.1 * N_train / N_labelled
+    # semi-supervised objective: "balanced" (mean F + mean U), "paper" (eqs. 15-20: y in
+    # q(z_L|x,y), data-set-sum weights), "supervised" (the classifier on the labels alone)
+    ssl_objective: Literal["balanced", "paper", "supervised"] = "balanced"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
@@ -121,6 +124,9 @@ class TrainConfig:
             raise ConfigError(f"train.adam_betas: expected 2 values, found {self.adam_betas}")
         if self.free_bits < 0:
             raise ConfigError(f"train.free_bits: expected >= 0, found {self.free_bits}")
+        if self.ssl_objective not in ("balanced", "paper", "supervised"):
+            raise ConfigError(f"train.ssl_objective: expected 'balanced', 'paper' or "
+                              f"'supervised', found {self.ssl_objective!r}")
         if self.alpha is not None and self.alpha < 0:
             raise ConfigError(f"train.alpha: expected None or >= 0, found {self.alpha}")
         if not self.grad_clip > 0:

@@ -4,14 +4,18 @@
 (:func:`biva.data.balanced_label_split`); the rest of the training split is unlabelled and its
 labels are dropped. Each step concatenates ``data.labelled_batch_size`` labelled rows (the
 labelled set cycled in its own seeded order) with ``train.batch_size`` unlabelled rows and
-minimizes eq. 20 (mean F over the labelled rows + mean U over the unlabelled rows), alpha =
-``train.alpha`` or 0.1 * N_train / N_labelled (Maaløe et al. 2016). Both streams are pure
+minimizes eq. 20, alpha = ``train.alpha`` or 0.1 * N_train / N_labelled (Maaløe et al. 2016).
+``train.ssl_objective`` picks the recipe: "balanced" (mean F over the labelled rows + mean U
+over the unlabelled rows), "paper" (eqs. 15-20 as written: y in q(z_L | x, y), the data-set sum
+of eq. 20 as per-example weights N_l / N and N_u / N) or "supervised" (the classifier on the
+labelled rows alone, a baseline that never sees an unlabelled image). Both streams are pure
 functions of (seed, step), so resuming stays exact. Validation: classification error and bounds
 on the validation split (EMA weights); ``checkpoints/best`` holds the lowest validation error.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import replace
@@ -30,6 +34,7 @@ from ..utils.checkpoint import save_checkpoint
 from ..utils.config_io import load_config_file, to_dict
 from ..utils.jsonl import append_jsonl
 from .config import RunConfig, resolve_config
+from .ema import EMA
 from .trainer import Trainer, load_run_data
 
 
@@ -103,7 +108,20 @@ class SemiSupervisedTrainer(Trainer):
                 "train_indices": self.labelled_indices.tolist()})
 
     def _build_model(self) -> SemiSupervisedBIVA:
-        return SemiSupervisedBIVA(self.cfg.model, self.cfg.data.num_classes, alpha=self.alpha)
+        return SemiSupervisedBIVA(self.cfg.model, self.cfg.data.num_classes, alpha=self.alpha,
+                                  objective=self.cfg.train.ssl_objective,
+                                  n_labelled=len(self.labelled),
+                                  n_unlabelled=len(self.unlabelled_indices))
+
+    def _initialize(self) -> None:
+        if self.cfg.train.ssl_objective != "supervised":
+            return super()._initialize()
+        # The supervised baseline's data-dependent init sees the labelled images only.
+        tc = self.cfg.train
+        images, _ = next(epoch_batches(self.labelled, len(self.labelled), epoch=0,
+                                       seed=tc.seed + 1, dynamic_binarize=self.dynamic))
+        self.model.initialize(self._batch(images))
+        self.ema = EMA(self.model, tc.ema_decay, warmup=tc.ema_warmup)
 
     # ------------------------------------------------------------------ data
     def labelled_batches(self, step: int):
@@ -120,6 +138,16 @@ class SemiSupervisedTrainer(Trainer):
     def _batches(self):
         labelled = self.labelled_batches(self.step)
         per_rank = self.labelled_batch_size // self.world
+        if self.cfg.train.ssl_objective == "supervised":
+            # The supervised baseline never sees an unlabelled image.
+            per_epoch = len(self.labelled) // self.labelled_batch_size
+            for step in itertools.count(self.step):
+                x_l, y_l = next(labelled)
+                if self.distributed:
+                    x_l = x_l[self.rank * per_rank:(self.rank + 1) * per_rank]
+                    y_l = y_l[self.rank * per_rank:(self.rank + 1) * per_rank]
+                self._next_labels = y_l
+                yield step // per_epoch, x_l
         for epoch, images in super()._batches():
             x_l, y_l = next(labelled)
             if self.distributed:

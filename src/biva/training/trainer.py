@@ -522,8 +522,8 @@ class Trainer:
     def _stall_message(self) -> str:
         tc = self.cfg.train
         latest = latest_checkpoint(self.run_dir)
-        kept = (f"the last checkpoint before it is {latest}" if latest is not None
-                else "no checkpoint was written")
+        kept = (f"The last checkpoint before it is {latest}" if latest is not None
+                else "No checkpoint was written")
         return (f"training stalled: {self.bad_streak} updates in a row were skipped or forced "
                 f"(non-finite or exploding gradients) up to step {self.step}; the run has "
                 f"diverged. {kept}. Lower train.lr (now {tc.lr:g}) or train.grad_clip (now "
