@@ -301,3 +301,20 @@ def test_metrics_with_intervals_by_hand():
         lo, hi = m[f"{name}_ci"]
         assert lo <= m[name] <= hi
     assert ood_metrics_ci(s_in, s_out, n_boot=0).get("auroc_ci") is None
+
+
+def test_fit_to_shape_turns_grey_digits_into_colour_images_of_the_model_size():
+    """--fit-shape: a 28x28 grey image becomes 32x32 with three equal channels; a constant
+    image stays that constant (area resize, no padding); colour -> grey uses the luma."""
+    from biva.data import ImageSplit
+    from biva.evaluation.ood_sets import fit_to_shape
+
+    grey = torch.full((2, 1, 28, 28), 77, dtype=torch.uint8)
+    grey[1, 0, :, 14:] = 200
+    out = fit_to_shape(ImageSplit(grey), (3, 32, 32)).images
+    assert out.shape == (2, 3, 32, 32) and out.dtype == torch.uint8
+    assert (out[0] == 77).all()
+    assert torch.equal(out[1, 0], out[1, 2]) and out[1, 0, 0, 0] == 77 and out[1, 0, 0, 31] == 200
+    rgb = torch.zeros((1, 3, 4, 4), dtype=torch.uint8)
+    rgb[:, 1] = 100
+    assert (fit_to_shape(ImageSplit(rgb), (1, 4, 4)).images == round(0.587 * 100)).all()

@@ -27,7 +27,7 @@ from ..evaluation.ood import (
 )
 from ..evaluation.ood_detector import OODDetector
 from ..evaluation.ood_scores import SCORE_HELP, BoundSweep, parse_scores, score_ks, sweep_split
-from ..evaluation.ood_sets import SYNTHETIC, synthetic_set
+from ..evaluation.ood_sets import SYNTHETIC, fit_to_shape, synthetic_set
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .common import add_runtime_options, parse_int_list, progress_bar, setup_runtime
@@ -69,6 +69,9 @@ def add_parser(sub) -> None:
                    help="files/folders of the folder/npz entries of --ood-data, in order")
     p.add_argument("--ood-split", choices=["test", "all"], default="test",
                    help="which part of each OOD dataset to score")
+    p.add_argument("--fit-shape", action="store_true",
+                   help="bring 8-bit OOD images of another shape to the model's (grey <-> "
+                   "colour, area resize), e.g. MNIST digits against a model of 32x32 photos")
     p.add_argument("--k", default=None,
                    help="comma-separated k of L^{>k}, e.g. 0,2,4 (default: 0..L-1)")
     p.add_argument("--score", default="elbo,lk,llr",
@@ -149,7 +152,8 @@ def _check_shape(name: str, split: ImageSplit, shape: tuple[int, ...], run_data:
     got = tuple(int(s) for s in split.images.shape[1:])
     if got != tuple(shape):
         raise ValueError(f"{name}: images of shape {got} (C, H, W) cannot be scored by a model "
-                         f"of input shape {tuple(shape)} (trained on {run_data})")
+                         f"of input shape {tuple(shape)} (trained on {run_data}); --fit-shape "
+                         "converts 8-bit images (grey <-> colour, resize)")
 
 
 def _resolve_sets(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -221,8 +225,12 @@ def _sets(args, in_name, ood_names, run_data, cfg, seed):
                   f"images, a seeded random sample; its valid part, {len(data.valid)}, chooses "
                   "k); --ood-split all scores every image", file=sys.stderr)
         valid = evaluation_split(data, "valid", seed) if args.ood_split == "test" else None
-        sets.append((_label(name, path, taken), name, _eval_images(data, args.ood_split, seed),
-                     valid))
+        test = _eval_images(data, args.ood_split, seed)
+        if args.fit_shape and data.kind == "8bit":
+            shape = tuple(cfg.model.input_shape)
+            test = fit_to_shape(test, shape)
+            valid = None if valid is None else fit_to_shape(valid, shape)
+        sets.append((_label(name, path, taken), name, test, valid))
     return sets
 
 
