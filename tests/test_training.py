@@ -76,7 +76,7 @@ def assert_identical(a: dict, b: dict, groups=("model", "ema", "optimizer")) -> 
 
 def metric_records(run: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock fields."""
-    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s")}
+    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s", "cpu_s")}
             for r in read_jsonl(run / "metrics.jsonl")]
 
 
@@ -608,6 +608,9 @@ def test_resumed_first_record_counts_its_steps(tmp_path, data):
     assert by_step[4]["n_steps"] == 4  # log_every = 4
     assert by_step[8]["n_steps"] == 3  # steps 6, 7, 8 after the resume at 5
     assert by_step[12]["n_steps"] == 4
+    # CPU time is carried over the resume: it never goes back.
+    cpu = [r["cpu_s"] for r in read_jsonl(run / "metrics.jsonl")]
+    assert cpu[0] > 0 and cpu == sorted(cpu)
 
 
 @pytest.mark.parametrize("edit,field", [({"step": "abc"}, r"state\.step: expected an int"),

@@ -46,3 +46,24 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_valid_vs_cpu(runs: dict[str, str | Path], out: str | Path, key: str = "valid_bpd",
+                      ylabel: str = "held-out bits/dim (L_1, EMA)") -> Path:
+    """Validation ``key`` against the CPU minutes each run had spent (``cpu_s`` of its
+    records), one line per run (label -> run dir); returns the PNG."""
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for label, run_dir in runs.items():
+        valid = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl")
+                 if r.get("kind") == "valid" and "cpu_s" in r and key in r]
+        ax.plot([r["cpu_s"] / 60 for r in valid], [r[key] for r in valid], "o-", ms=3,
+                label=label)
+    ax.set_xlabel("CPU minutes (all threads of the training process)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

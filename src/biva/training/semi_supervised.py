@@ -182,7 +182,7 @@ class SemiSupervisedTrainer(Trainer):
                "valid_elbo": res["L_1"], "valid_elbo_U": res["elbo_U"],
                "valid_bpd": float(bits_per_dim(res["L_1"], dims)),
                "valid_log_px": res["log_px"], "valid_kl_groups": res["kl_groups"],
-               "time": time.time()}
+               "time": time.time(), "cpu_s": self.cpu_seconds}
         self._valid_record = rec
         # best_valid holds -error, so the base class's "higher is better" bookkeeping and
         # checkpoint state work unchanged.

@@ -194,6 +194,8 @@ class Trainer:
         self.best_valid = -math.inf
         self.ema: EMA | None = None
         self.bad_streak = 0     # skipped or forced updates in a row (train.max_bad_steps)
+        # Process CPU seconds spent on this run (all threads; carried over resumes).
+        self.cpu_offset, self.cpu_start = 0.0, time.process_time()
         self._signal: int | None = None
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +286,7 @@ class Trainer:
         self.skipped = state["skipped"]
         self.consecutive_skips = state.get("consecutive_skips", 0)
         self.bad_streak = state.get("bad_streak", 0)
+        self.cpu_offset = float(state.get("cpu_s", 0.0))
         self.grad_norms.extend(state.get("grad_norms", []))
         self.best_valid = state.get("best_valid", -math.inf) or -math.inf
         if self.rank == 0:
@@ -307,7 +310,7 @@ class Trainer:
         rng_tensors, rng_meta = capture_rng_state()
         state = {"step": self.step, "skipped": self.skipped,
                  "consecutive_skips": self.consecutive_skips, "ema_updates": self.ema.updates,
-                 "bad_streak": self.bad_streak,
+                 "bad_streak": self.bad_streak, "cpu_s": self.cpu_seconds,
                  "grad_norms": list(self.grad_norms),
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
                  "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
@@ -403,6 +406,11 @@ class Trainer:
                 "log_px": out.log_px.detach().mean(), "kl": kl.sum(1).mean(),
                 "kl_groups": kl.mean(0), "grad_norm": grad_norm.detach(),
                 "skipped": torch.tensor(float(skip)), "lr": torch.tensor(lr)}
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds (all threads of this process) spent on the run, over its resumes."""
+        return self.cpu_offset + time.process_time() - self.cpu_start
 
     @property
     def skip_threshold(self) -> float:
@@ -545,7 +553,8 @@ class Trainer:
                "skip_threshold": self.skip_threshold,
                "free_bits": free_bits(self.cfg.train, self.step - 1),
                "kl_weight": kl_weight(self.cfg.train, self.step - 1),
-               "kl_groups": dict(zip(groups, kl_groups, strict=True)), "time": time.time()}
+               "kl_groups": dict(zip(groups, kl_groups, strict=True)), "time": time.time(),
+               "cpu_s": self.cpu_seconds}
         if self.rank == 0:
             append_jsonl(self.metrics_path, rec)
             if writer is not None:
@@ -575,7 +584,8 @@ class Trainer:
         dims = math.prod(self.cfg.model.input_shape)
         rec = {"kind": "valid", "step": self.step, "valid_elbo": elbo,
                "valid_bpd": float(bits_per_dim(elbo, dims)), "valid_log_px": stats["log_px"],
-               "valid_kl_groups": stats["kl_groups"], "time": time.time()}
+               "valid_kl_groups": stats["kl_groups"], "time": time.time(),
+               "cpu_s": self.cpu_seconds}
         if elbo > self.best_valid:
             self.best_valid = elbo
             self._save_best(elbo)
