@@ -90,6 +90,7 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
         return resume_trainer(args.resume, stop_after=args.stop_after), args.resume
     data = None
     if args.data is not None:
+        print(f"reading the images of {args.data} ...", flush=True)
         cfg, data, lines = config_for_data(args.data, args.config, shortcut_overrides(args),
                                            args.image_size)
         print("\n".join(lines))
