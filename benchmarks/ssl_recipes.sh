@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Semi-supervised MNIST with 100 labels: recipes at equal CPU time (one thread each, two at a
+# Semi-supervised MNIST with 100 labels: recipes at equal CPU time (train.max_cpu_minutes; one
+# thread each, two at a
 # time), from mnist_100_labels_cpu with a smaller hierarchy (L = 3, 16 filters, one block a
 # stage: ~4x the unlabelled images a second). Then the test error of each best checkpoint.
 # Usage: bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
@@ -26,7 +27,7 @@ one() {
   else
     # shellcheck disable=SC2086
     biva train --config mnist_100_labels_cpu --data-root "$root" --run-dir "$out/$name" \
-      --threads 1 --no-progress "${small[@]}" $extra --set "train.max_minutes=$minutes" \
+      --threads 1 --no-progress "${small[@]}" $extra --set "train.max_cpu_minutes=$minutes" \
       --set train.eval_every=250 --set train.checkpoint_every=250 \
       > "$out/$name.log" 2>&1 || echo "$name failed: see $out/$name.log" >&2
   fi

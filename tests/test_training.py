@@ -140,10 +140,13 @@ def test_stop_after_then_resume_equals_uninterrupted(tmp_path, data, reference_r
     assert records == metric_records(reference_run)
 
 
-def test_time_budget_stop_then_resume_equals_uninterrupted(tmp_path, data, reference_run):
+@pytest.mark.parametrize("budget", ["train.max_minutes", "train.max_cpu_minutes"])
+def test_time_budget_stop_then_resume_equals_uninterrupted(tmp_path, data, reference_run,
+                                                           budget):
     run = tmp_path / "run"
-    # A budget of ~60 microseconds: the run stops (evaluating and saving) within a step or two.
-    stopped = Trainer(tiny_config("train.max_minutes=0.000001"), run, data=data)
+    # A budget of ~60 microseconds (wall or CPU): the run stops (evaluating and saving) within
+    # a step or two.
+    stopped = Trainer(tiny_config(f"{budget}=0.000001"), run, data=data)
     stopped.fit()
     assert stopped.step < STEPS and _latest_step(run) == stopped.step
     assert read_jsonl(run / "metrics.jsonl")[-1] == {**read_jsonl(run / "metrics.jsonl")[-1],

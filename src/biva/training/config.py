@@ -99,6 +99,8 @@ class TrainConfig:
     keep_last: int = 2
     init_batch: int = 256            # examples for the data-dependent weight-norm init
     max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
+    max_cpu_minutes: float = 0.0     # > 0: the same after this much CPU time of the run (over
+                                     # resumes): equal-budget comparisons on a shared machine
     progress: bool = True
     alpha: float | None = None       # semi-supervised CE weight; None: 0.1 * N_train / N_labelled
     # semi-supervised objective: "balanced" (mean F + mean U), "paper" (eqs. 15-20: y in
@@ -140,6 +142,10 @@ class TrainConfig:
         if not 1 <= self.skip_min_history <= self.skip_window:
             raise ConfigError(f"train.skip_min_history: expected 1..skip_window "
                               f"({self.skip_window}), found {self.skip_min_history}")
+        for name in ("max_minutes", "max_cpu_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"train.{name}: expected minutes >= 0 (0: no budget), found "
+                                  f"{getattr(self, name)}")
         if self.max_bad_steps < 1:
             raise ConfigError(f"train.max_bad_steps: expected an int >= 1, found "
                               f"{self.max_bad_steps}")

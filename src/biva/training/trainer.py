@@ -466,10 +466,14 @@ class Trainer:
                 self.save()
                 raise TrainingInterrupted(self._signal or signal.SIGTERM, self.step,
                                           self.run_dir)
-            if tc.max_minutes > 0 and any_rank(
-                    time.perf_counter() - started > 60 * tc.max_minutes, self.device):
+            over_wall = tc.max_minutes > 0 and time.perf_counter() - started > 60 * tc.max_minutes
+            over_cpu = tc.max_cpu_minutes > 0 and self.cpu_seconds > 60 * tc.max_cpu_minutes
+            if (tc.max_minutes > 0 or tc.max_cpu_minutes > 0) and any_rank(over_wall or over_cpu,
+                                                                          self.device):
                 if self.rank == 0:
-                    print(f"time budget of {tc.max_minutes} min reached at step {self.step}")
+                    budget = (f"CPU budget of {tc.max_cpu_minutes} min" if over_cpu
+                              else f"time budget of {tc.max_minutes} min")
+                    print(f"{budget} reached at step {self.step}")
                 # The extra evaluation must not shift the training RNG stream, or the
                 # resumed run would differ from an uninterrupted one.
                 rng = capture_rng_state()
