@@ -46,6 +46,20 @@ def _natural64(**kw) -> ModelConfig:
     return replace(base, **kw)
 
 
+def _natural_cpu(side: int, **kw) -> ModelConfig:
+    # Sized for bits/dim per CPU-minute by short pilots on 32x32 photos (README, "Your own
+    # images"): L = 6 conv latents of 16 channels with 3x3 latent kernels, 32 filters, one
+    # block a stage, 5 logistic components. 32x32: latents at 16, 16, 16, 8, 8, 4; 64x64 halves
+    # twice in stage 1 (7x7 kernel) and once more by the top: 16, 16, 8, 8, 4, 4.
+    strides = (2, 1, 1, 2, 1, 2) if side == 32 else (4, 1, 2, 1, 2, 1)
+    first = 5 if side == 32 else 7
+    base = ModelConfig(
+        input_shape=(3, side, side), likelihood="discretized_logistic", latents=(16,) * 6,
+        latent_type="conv", latent_kernel=3, filters=(32,), kernels=(first,) + (3,) * 5,
+        strides=strides, blocks=1, dropout_q=0.2, dropout_p=0.0, n_mix=5)
+    return replace(base, **kw)
+
+
 def _digits(**kw) -> ModelConfig:
     # scikit-learn's 8x8 digits: a small BIVA that trains in minutes on 2 CPU cores.
     base = ModelConfig(
@@ -61,8 +75,9 @@ PRESETS = {
     "binary-cpu": lambda: _binary(filters=(32,), blocks=2, dropout_q=0.2, dropout_p=0.2,
                                   description="CPU-sized binary-image BIVA, L=6"),
     "natural32": lambda: _natural32(description="Appendix C 32x32 BIVA, L=15"),
-    "natural32-cpu": lambda: _natural32(filters=(32,), blocks=1,
-                                        description="CPU-sized 32x32 BIVA, L=15"),
+    # Photos on a CPU (natural32_cpu / natural64_cpu configs, `biva train --data PATH`).
+    "natural32-cpu": lambda: _natural_cpu(32, description="CPU-sized 32x32 BIVA, L=6"),
+    "natural64-cpu": lambda: _natural_cpu(64, description="CPU-sized 64x64 BIVA, L=6"),
     "natural64": lambda: _natural64(description="Appendix C 64x64 BIVA, L=20"),
     "digits": lambda: _digits(description="Small BIVA for 8x8 digits"),
 }
