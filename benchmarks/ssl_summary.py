@@ -1,0 +1,55 @@
+"""Table and curves of semi-supervised runs: validation error against CPU minutes (PNG), best
+validation error, and the test error of the best checkpoint (from `biva evaluate`).
+
+Usage: python benchmarks/ssl_summary.py OUT_DIR   (writes OUT_DIR/summary.md/json and
+valid_error_vs_cpu.png; each run dir holds eval_test_k1.json)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from biva.evaluation.plots import plot_valid_vs_cpu
+from biva.utils.jsonl import read_jsonl
+
+
+def summarize(run: Path) -> dict | None:
+    """One row for a semi-supervised run directory; None when it has no validation yet."""
+    records = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    valid = [r for r in records if r.get("kind") == "valid"]
+    train = [r for r in records if r.get("kind") == "train"]
+    if not valid:
+        return None
+    best = min(valid, key=lambda r: r["valid_error"])
+    row = {"recipe": run.name, "steps": train[-1]["step"] if train else 0,
+           "cpu_minutes": round(max(r["cpu_s"] for r in records) / 60, 1),
+           "best_valid_error": best["valid_error"], "best_step": best["step"],
+           "last_valid_error": valid[-1]["valid_error"]}
+    test = run / "eval_test_k1.json"
+    if test.is_file():
+        cls = json.loads(test.read_text())["classification"]
+        row.update(test_error=cls["error"], test_examples=cls["n_examples"])
+    return row
+
+
+def main(out: Path) -> None:
+    runs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file())
+    rows = [r for d in runs if (r := summarize(d))]
+    lines = ["| recipe | CPU min | steps | best valid error (step) | last valid error | "
+             "test error (10,000) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        test = f"{100 * r['test_error']:.2f}%" if "test_error" in r else "-"
+        lines.append(f"| {r['recipe']} | {r['cpu_minutes']} | {r['steps']} | "
+                     f"{100 * r['best_valid_error']:.1f}% ({r['best_step']}) | "
+                     f"{100 * r['last_valid_error']:.1f}% | {test} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_valid_vs_cpu({d.name: d for d in runs}, out / "valid_error_vs_cpu.png",
+                      key="valid_error", ylabel="validation error (1,000 images, EMA)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
