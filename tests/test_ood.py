@@ -318,3 +318,21 @@ def test_fit_to_shape_turns_grey_digits_into_colour_images_of_the_model_size():
     rgb = torch.zeros((1, 3, 4, 4), dtype=torch.uint8)
     rgb[:, 1] = 100
     assert (fit_to_shape(ImageSplit(rgb), (1, 4, 4)).images == round(0.587 * 100)).all()
+
+
+def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path, capsys):
+    """One image per set: no bootstrap spread, degenerate histograms; still exit 0, strict
+    JSON, and no warning (a NaN density or a non-JSON float used to crash or warn)."""
+    import json
+    import warnings
+
+    from biva.cli.main import main
+
+    out = tmp_path / "ood"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["ood", str(tiny_run[0]), "--ood-data", "uniform", "--n-examples", "1",
+                     "--n-valid", "1", "--no-progress", "--out", str(out)]) == 0
+    for name in ("metrics.json", "table.json", "detector.json"):
+        json.loads((out / name).read_text())
+    capsys.readouterr()

@@ -237,7 +237,9 @@ def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | 
             v = scores[name][k].double().numpy()
             values[name] = v if nats else np.asarray(bits_per_dim(v, dims))
         pooled = np.concatenate(list(values.values()))
-        lo, hi = np.percentile(pooled, [0.5, 99.5])
+        # Trim the 0.5% tails only when there are enough values to have tails.
+        lo, hi = (np.percentile(pooled, [0.5, 99.5]) if pooled.size >= 200
+                  else (pooled.min(), pooled.max()))
         if hi <= lo:
             lo, hi = lo - 1.0, hi + 1.0
         grid = np.linspace(lo, hi, 400)
@@ -245,8 +247,9 @@ def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | 
         for name in names:
             v = values[name]
             label = f"{name} (in)" if name == in_name else name
-            ax.hist(v, bins=bins, range=(lo, hi), density=True, alpha=0.35, color=colors[name],
-                    label=label)
+            if ((v >= lo) & (v <= hi)).any():  # a density of no values is 0 / 0
+                ax.hist(v, bins=bins, range=(lo, hi), density=True, alpha=0.35,
+                        color=colors[name], label=label)
             ax.plot(grid, gaussian_kde(v, grid), color=colors[name], lw=1.5)
         ax.set_title(f"k = {k}")
         bound = (rf"$\mathcal{{L}}^{{>{k}}}$" if quantity is None
