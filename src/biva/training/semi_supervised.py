@@ -136,26 +136,26 @@ class SemiSupervisedTrainer(Trainer):
             epoch, start = epoch + 1, 0
 
     def _batches(self):
+        """(epoch, rows): labelled rows first (their classes in ``_next_labels``, read by
+        :meth:`train_step`), then the unlabelled batch; the supervised baseline's rows are
+        labelled only, so it never sees an unlabelled image."""
         labelled = self.labelled_batches(self.step)
         per_rank = self.labelled_batch_size // self.world
-        if self.cfg.train.ssl_objective == "supervised":
-            # The supervised baseline never sees an unlabelled image.
-            per_epoch = len(self.labelled) // self.labelled_batch_size
-            for step in itertools.count(self.step):
-                x_l, y_l = next(labelled)
-                if self.distributed:
-                    x_l = x_l[self.rank * per_rank:(self.rank + 1) * per_rank]
-                    y_l = y_l[self.rank * per_rank:(self.rank + 1) * per_rank]
-                self._next_labels = y_l
-                yield step // per_epoch, x_l
-        for epoch, images in super()._batches():
+
+        def next_labelled():
             x_l, y_l = next(labelled)
-            if self.distributed:
+            if self.distributed:  # this rank's share
                 x_l = x_l[self.rank * per_rank:(self.rank + 1) * per_rank]
                 y_l = y_l[self.rank * per_rank:(self.rank + 1) * per_rank]
-            # Labelled rows first; train_step marks them with their classes.
             self._next_labels = y_l
-            yield epoch, torch.cat([x_l, images])
+            return x_l
+
+        if self.cfg.train.ssl_objective == "supervised":
+            per_epoch = len(self.labelled) // self.labelled_batch_size
+            for step in itertools.count(self.step):
+                yield step // per_epoch, next_labelled()
+        for epoch, images in super()._batches():
+            yield epoch, torch.cat([next_labelled(), images])
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One update on a batch whose first rows are the labelled batch; adds class stats."""
