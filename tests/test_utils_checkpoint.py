@@ -422,3 +422,17 @@ def test_edited_metadata_is_refused_and_version_1_still_loads(tmp_path: Path) ->
     meta_path.write_text(json.dumps(old))  # version 2 without its digest
     with pytest.raises(CheckpointError, match="metadata SHA-256 mismatch"):
         load_checkpoint(path)
+
+
+def test_malformed_state_node_names_the_file(tmp_path: Path) -> None:
+    """A malformed encoded node (here in a digest-free version-1 checkpoint) names meta.json."""
+    from biva.utils.checkpoint import _STATE_TAG
+
+    path = save_checkpoint(tmp_path / "c", tensors={"model": {"w": torch.ones(2)}},
+                           state={"step": 5})
+    meta = json.loads((path / "meta.json").read_text())
+    meta.pop("meta_sha256")
+    meta.update(format_version=1, state={"x": {_STATE_TAG: "float", "value": "sideways"}})
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"c/meta\.json: malformed 'float' node"):
+        load_checkpoint(path)

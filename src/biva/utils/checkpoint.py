@@ -345,7 +345,10 @@ def load_checkpoint(
             k: flat[f"{group}/{k}"] if device.type == "cpu" else flat[f"{group}/{k}"].to(device)
             for k in keys
         }
-    state = _decode(meta["state"], _STATE_TAG, None)
+    try:
+        state = _decode(meta["state"], _STATE_TAG, None)
+    except CheckpointError as e:  # the decoder's messages do not know the file
+        raise CheckpointError(f"{path / META_FILE}: {e}") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path / META_FILE}: 'state' is not a mapping")
     return groups, state
