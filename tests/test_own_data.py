@@ -41,12 +41,18 @@ def _folder(root: Path, mode: str, n_per_class: int = 12, size: int = 32) -> Pat
 
 @pytest.mark.parametrize("mode,channels", [("L", 1), ("RGB", 3), ("RGBA", 3)])
 def test_folder_infers_shape_and_likelihood(tmp_path, mode, channels):
-    """Grey -> 1 channel, RGB -> 3, RGBA -> 3 (alpha dropped); 8-bit -> discretized logistic."""
-    cfg, data, lines = config_for_data(_folder(tmp_path / "imgs", mode))
+    """Grey -> 1 channel, RGB -> 3, RGBA -> 3 (alpha dropped); 8-bit -> discretized logistic;
+    and the CPU config trains a step on it (a likelihood that cannot take 1 channel fails)."""
+    cfg, data, lines = config_for_data(_folder(tmp_path / "imgs", mode), overrides=[
+        "train.steps=1", "train.batch_size=8", "train.eval_every=1", "train.progress=false",
+        "train.threads=1"])
     assert tuple(cfg.model.input_shape) == (channels, 32, 32) == data.shape
     assert cfg.model.likelihood == "discretized_logistic"
     assert cfg.name == "natural32_cpu" and cfg.data.name == "folder"
     assert any("3 classes" in line for line in lines)
+    trainer = Trainer(cfg, tmp_path / "run", data=data)
+    trainer.fit()
+    assert trainer.step == 1 and math.isfinite(trainer.best_valid)
 
 
 def test_bilevel_folder_gets_a_bernoulli_likelihood(tmp_path):
