@@ -34,7 +34,6 @@ from ..utils.checkpoint import save_checkpoint
 from ..utils.config_io import load_config_file, to_dict
 from ..utils.jsonl import append_jsonl
 from .config import RunConfig, resolve_config
-from .ema import EMA
 from .trainer import Trainer, load_run_data
 
 
@@ -113,15 +112,11 @@ class SemiSupervisedTrainer(Trainer):
                                   n_labelled=len(self.labelled),
                                   n_unlabelled=len(self.unlabelled_indices))
 
-    def _initialize(self) -> None:
-        if self.cfg.train.ssl_objective != "supervised":
-            return super()._initialize()
+    def _init_split(self):
         # The supervised baseline's data-dependent init sees the labelled images only.
-        tc = self.cfg.train
-        images, _ = next(epoch_batches(self.labelled, len(self.labelled), epoch=0,
-                                       seed=tc.seed + 1, dynamic_binarize=self.dynamic))
-        self.model.initialize(self._batch(images))
-        self.ema = EMA(self.model, tc.ema_decay, warmup=tc.ema_warmup)
+        if self.cfg.train.ssl_objective == "supervised":
+            return self.labelled
+        return super()._init_split()
 
     # ------------------------------------------------------------------ data
     def labelled_batches(self, step: int):

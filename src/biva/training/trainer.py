@@ -39,6 +39,7 @@ from ..nn.blocks import use_channels_last, use_grad_checkpointing
 from ..objectives import bits_per_dim
 from ..utils.atomic import atomic_write_json
 from ..utils.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -120,8 +121,6 @@ class TrainingStalled(RuntimeError):
 
 def _check_training_state(tensors: dict, state: dict, path: Path) -> None:
     """A checkpoint the trainer can resume from: the groups and state keys it reads, typed."""
-    from ..utils.checkpoint import CheckpointError
-
     where = path / "meta.json"
     missing = [g for g in ("model", "ema", "optimizer") if g not in tensors]
     if missing:
@@ -261,10 +260,15 @@ class Trainer:
     def _batch(self, images: torch.Tensor) -> torch.Tensor:
         return to_model_input(images, self.data.kind, self.cfg.model.bits).to(self.device)
 
+    def _init_split(self):
+        """The images the data-dependent init draws its batch from."""
+        return self.data.train
+
     def _initialize(self) -> None:
         tc = self.cfg.train
-        n = min(tc.init_batch, len(self.data.train))
-        images, _ = next(epoch_batches(self.data.train, n, epoch=0, seed=tc.seed + 1,
+        split = self._init_split()
+        n = min(tc.init_batch, len(split))
+        images, _ = next(epoch_batches(split, n, epoch=0, seed=tc.seed + 1,
                                        dynamic_binarize=self.dynamic))
         self.model.initialize(self._batch(images))
         # The EMA starts from the initialized weights (after, never before, the init).
@@ -385,13 +389,14 @@ class Trainer:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         nonfinite_flag, norm = flags.tolist()
         nonfinite = nonfinite_flag > 0
-        skip = nonfinite or norm > self.skip_threshold
+        exploding = norm > self.skip_threshold   # before this norm joins the history
+        skip = nonfinite or exploding
         if not nonfinite:
             self.grad_norms.append(norm)
         if skip and not nonfinite and self.consecutive_skips >= tc.max_consecutive_skips:
             # Guard against skipping forever: after a run of skips, take the (clipped) update.
             skip = False
-        forced = not skip and (nonfinite or norm > self.skip_threshold)
+        forced = not skip and exploding
         self.bad_streak = self.bad_streak + 1 if skip or forced else 0
         if skip:
             self.optimizer.zero_grad(set_to_none=True)
