@@ -31,3 +31,11 @@ def tiny_run(tmp_path_factory) -> Path:
         args += ["--set", s]
     assert main(args) == 0
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut (``MUTANT_UNDER_TEST`` set), run the tests marked slow last: with ``-x``
+    a mutant then stops at the first fast test that fails, and only survivors pay for the
+    brute-force checks. Normal runs keep the file order."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

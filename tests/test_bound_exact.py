@@ -124,6 +124,7 @@ def iw_log_px(model, x: torch.Tensor, k: int, **kw) -> tuple[torch.Tensor, torch
     return log_mean_exp(torch.cat(lw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
                                                                           variant):
@@ -140,6 +141,7 @@ def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(traine
             f"{exact.tolist()} (tolerance {tol.tolist()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, variant):
     """The test above is only sharp if q differs from p and every layer matters."""
@@ -236,6 +238,7 @@ def semi_supervised(request):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_semi_supervised_weight_is_unbiased_for_the_brute_force_marginal(semi_supervised,
                                                                          images):
     """logsumexp_y L(x, y) estimates p(x) = sum_y p(y) p(x | y); brute force with y ~ p(y)."""
@@ -270,6 +273,7 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
 
 # ------------------------------------------------------------------- anomaly scores
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["biva", "lvae"])
 def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, variant):
     """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""

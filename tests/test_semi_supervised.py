@@ -141,6 +141,7 @@ def test_class_conditional_samples_differ_by_class():
     assert torch.equal(model.sample(1, generator=gen(), y=7), same_noise[1])
 
 
+@pytest.mark.slow
 def test_classifier_learns_digits_when_every_label_is_known(digits):
     torch.manual_seed(0)
     cfg = preset("digits", filters=(16,), blocks=1)
