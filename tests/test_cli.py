@@ -256,8 +256,33 @@ def test_train_refuses_a_run_dir_with_checkpoints(run_copy, capsys):
 
 
 def test_resume_refuses_options_it_would_ignore(run_copy, capsys):
+    config = (run_copy / "config.json").read_bytes()
+    assert_clear_error(capsys, ["train", "--resume", str(run_copy), "--seed", "3",
+                                "--amp", "none"], "--resume", "--seed", "--amp")
+    # --set may only grow the budget; any other field names itself and the allowed ones.
     assert_clear_error(capsys, ["train", "--resume", str(run_copy), "--steps", "100",
-                                "--set", "train.lr=1"], "--resume", "--steps", "--set")
+                                "--set", "train.lr=1"], "config.json", "'train.lr'",
+                       "train.max_cpu_minutes")
+    assert_clear_error(capsys, ["train", "--resume", str(run_copy), "--set",
+                                "train.steps=1"], "train.finetune_steps")
+    assert (run_copy / "config.json").read_bytes() == config
+
+
+def test_resume_trains_a_finished_run_further_with_a_larger_budget(run_copy, capsys):
+    """A finished run (step STEPS) resumed with --steps / train.max_cpu_minutes continues from
+    its last checkpoint, and its config.json records the new budget."""
+    capsys.readouterr()
+    assert cli(["train", "--resume", str(run_copy), "--steps", str(STEPS + 4), "--set",
+                "train.max_cpu_minutes=30"]) == 0
+    out = capsys.readouterr().out
+    assert f"train.steps: {STEPS} -> {STEPS + 4}" in out
+    assert "train.max_cpu_minutes: 0.0 -> 30.0" in out
+    saved = json.loads((run_copy / "config.json").read_text())["train"]
+    assert saved["steps"] == STEPS + 4 and saved["max_cpu_minutes"] == 30.0
+    steps = [r["step"] for r in strict_json_lines(run_copy / "metrics.jsonl")
+             if r.get("kind") == "train"]
+    assert steps == sorted(steps) and steps[-1] == STEPS + 4
+    assert list_checkpoints(run_copy)[-1].name == f"step_{STEPS + 4:09d}"
 
 
 @pytest.mark.parametrize("argv", [

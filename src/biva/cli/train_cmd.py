@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
         "train", help="train a model (or resume a run)",
         description="Train a model from a shipped config name or a YAML/JSON file. Any field "
         "can be overridden with --set section.field=value, e.g. --set train.steps=2000 "
-        "--set model.filters=[32]. Resume an interrupted run with --resume RUN_DIR.",
+        "--set model.filters=[32]. Resume an interrupted run with --resume RUN_DIR; a finished "
+        "one trains further with --resume RUN_DIR --set train.max_cpu_minutes=120 (only "
+        "train.steps, train.max_minutes and train.max_cpu_minutes may change on resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_train_options(p)
     p.set_defaults(func=run)
@@ -76,9 +78,9 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
 
     if args.resume is not None:
         # The resumed run keeps its saved config: options that would change it are refused
-        # rather than silently ignored.
+        # rather than silently ignored. Only the budget may grow (--steps, --set train.steps=,
+        # train.max_minutes=, train.max_cpu_minutes=), e.g. to train a finished run further.
         ignored = [flag for flag, given in (
-            ("--set", args.overrides), ("--steps", args.steps is not None),
             ("--seed", args.seed is not None), ("--amp", args.amp is not None),
             ("--data", args.data is not None), ("--config", args.config is not None),
             ("--run-dir", args.run_dir is not None and args.run_dir != args.resume))
@@ -87,7 +89,11 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
             raise ValueError(f"--resume continues {args.resume} with its saved config "
                              f"({args.resume / 'config.json'}); it cannot be combined with "
                              f"{', '.join(ignored)}")
-        return resume_trainer(args.resume, stop_after=args.stop_after), args.resume
+        budget = list(args.overrides)
+        if args.steps is not None:
+            budget.append(f"train.steps={args.steps}")
+        return (resume_trainer(args.resume, budget=budget, stop_after=args.stop_after),
+                args.resume)
     data = None
     if args.data is not None:
         print(f"reading the images of {args.data} ...", flush=True)

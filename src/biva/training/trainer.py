@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ from ..utils.config_io import save_config, to_dict
 from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
 from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from ..utils.run_lock import lock_run_dir, unlock_run_dir
-from .config import RunConfig, resolve_config
+from .config import RunConfig, extend_budget, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
 from .memory import check_step_fits, describe_fields
@@ -229,14 +230,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs) -> Trainer:
-        """Continue the run in ``run_dir`` from its latest checkpoint (or from scratch)."""
+    def resume(cls, run_dir: str | Path, budget: Sequence[str] = (), **kwargs) -> Trainer:
+        """Continue the run in ``run_dir`` from its latest checkpoint (or from scratch).
+
+        ``budget``: ``KEY=VALUE`` overrides of the budget fields only (``BUDGET_FIELDS``), to
+        train a finished run further; they are saved to its config.json."""
         from ..utils.config_io import load_config_file
 
         path = Path(run_dir) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; is {run_dir} a biva run directory?")
-        return cls(resolve_config(load_config_file(path)), run_dir, resume=True, **kwargs)
+        raw = load_config_file(path)
+        if budget:
+            raw = extend_budget(raw, budget, path)
+        return cls(resolve_config(raw), run_dir, resume=True, **kwargs)
 
     @property
     def metrics_path(self) -> Path:
