@@ -6,6 +6,7 @@ from safetensors.torch import load, save
 
 from biva import HierarchicalVAE, ModelConfig, preset
 from biva.nn import WNConv2d, data_dependent_init, std_from_raw
+from biva.nn.blocks import GatedResBlock
 
 VARIANTS = ["vae", "lvae", "lvae+", "biva"]
 
@@ -73,11 +74,26 @@ def test_variants_differ_exactly_where_the_paper_says():
     assert td_skips(m["lvae+"]) == td_skips(m["biva"]) == (L - 1) * 2   # stages 0..L-2, M=2
     # Top-down inference (shared TD parameters + merge) in all but the VAE.
     assert len(m["vae"].merges) == 0 and len(m["lvae"].merges) == L - 1
-    # The VAE's BU stages see only z_{i-1}: no skips from the stage below.
+    # The VAE's BU stages see only z_{i-1}: no skips from the stage below; the others take
+    # the blocks of stage i - 1 as skips in stages 2..L (eq. 5/8).
     assert all(b.aux is None for s in m["vae"].bu_stages for b in s.blocks)
+    for v in ("lvae", "lvae+", "biva"):
+        bu_skips = [b.aux is not None for s in m[v].bu_stages for b in s.blocks]
+        assert bu_skips == [False] * 2 + [True] * (L - 1) * 2, v
     # LVAE+ is LVAE plus the TD path; BIVA is LVAE+ plus the BU latents.
     n = {v: sum(p.numel() for p in model.parameters()) for v, model in m.items()}
     assert n["lvae"] < n["lvae+"] < n["biva"]
+
+
+def test_a_block_refuses_a_skip_it_has_no_input_for_and_the_reverse():
+    """A skip connection is never dropped silently (a stage built without it would ignore it)."""
+    x, c = torch.randn(2, 4, 6, 6), torch.randn(2, 3, 6, 6)
+    plain, with_aux = GatedResBlock(4, 4, 6, 6), GatedResBlock(4, 4, 6, 6, aux_ch=3)
+    assert plain(x).shape == with_aux(x, c).shape == x.shape
+    with pytest.raises(ValueError, match="no auxiliary input; one was given"):
+        plain(x, c)
+    with pytest.raises(ValueError, match="an auxiliary input; none was given"):
+        with_aux(x)
 
 
 def test_std_can_go_below_one_but_not_below_the_floor():

@@ -126,9 +126,12 @@ class GatedResBlock(nn.Module):
             # input arrive as NCHW and are converted once here.
             x = to_channels_last(x)
         h = self.conv1(self.act(x))
+        if (self.aux is None) != (aux is None):
+            # Never drop a skip connection silently (nor run without one it was built for).
+            raise ValueError("this block was built with no auxiliary input; one was given"
+                             if self.aux is None else
+                             "this block was built with an auxiliary input; none was given")
         if self.aux is not None:
-            if aux is None:
-                raise ValueError("this block was built with an auxiliary input; none was given")
             if self.channels_last:
                 aux = to_channels_last(aux)
             h = h + self.aux(self.act(aux))
