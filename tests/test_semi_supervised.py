@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from biva import HierarchicalVAE, preset
 from biva.cli.main import main
 from biva.data import fixed_binarization, load_dataset, to_model_input
-from biva.evaluation.classification import predict, predict_proba
+from biva.evaluation.classification import (
+    evaluate_classification,
+    generative_posterior,
+    generative_summary,
+    predict,
+    predict_proba,
+)
 from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
 from biva.nn.gaussian import DiagonalGaussian
 from biva.training import load_run_config, load_run_data
@@ -165,6 +171,23 @@ def test_classifier_learns_digits_when_every_label_is_known(digits):
     acc = float((probs.argmax(1) == test.labels).float().mean())
     print(f"CE {np.mean(ces[:10]):.3f} -> {np.mean(ces[-10:]):.3f}, test accuracy {acc:.3f}")
     assert acc > 0.5, acc    # chance is 0.1
+    # The generative model learned the classes too: p(y | x) ∝ exp L(x, y) names them (the
+    # rows of class_bounds must line up with the images and the classes for this to hold).
+    gen = evaluate_classification(model, test, "binary", 1)["generative_k1"]
+    assert gen["error"] < 0.6 and gen["agreement_with_q"] > 0.4, gen   # chance: 0.9, 0.1
+
+
+def test_generative_posterior_and_summary_by_hand():
+    """p(y|x) ∝ mean_k exp L_k(x, y): K = 2 draws of 3 classes with mean weights (2, 1, 2)."""
+    cb = torch.tensor([[[0.0, 0.0, math.log(2)]], [[math.log(3), 0.0, math.log(2)]]])
+    log_p = generative_posterior(cb)
+    torch.testing.assert_close(log_p.exp(), torch.tensor([[0.4, 0.2, 0.4]], dtype=torch.float64))
+    # Two images: one the generative model is sure of (class 1), one it is not (uniform).
+    log_p = torch.log(torch.tensor([[0.0, 1.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
+    q = torch.tensor([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1]])
+    s = generative_summary(log_p, q, torch.tensor([1, 2]))
+    assert s["error"] == 0.5 and s["agreement_with_q"] == 1.0   # argmax of a tie: class 0
+    assert s["class_information_nats"] == pytest.approx(math.log(3) / 2)
 
 
 def test_label_split_through_the_trainer_is_balanced_seeded_and_disjoint(tmp_path, digits):

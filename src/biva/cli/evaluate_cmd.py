@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -122,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"written: {path}")
         print(f"{args.split} error: {100 * cls['error']:.2f}% ({cls['n_examples']} examples); "
               f"ELBO (eq. 19) {cls['elbo_U']:.3f} nats")
+        if "generative_k1" in cls:
+            g = cls["generative_k1"]
+            print(f"the generative model's own classes, p(y|x) ∝ exp L_1(x, y): error "
+                  f"{100 * g['error']:.2f}%, {g['class_information_nats']:.2f} of "
+                  f"{math.log(len(cls['classes'])):.2f} nats about y, same class as q(y|x) "
+                  f"for {100 * g['agreement_with_q']:.1f}%")
     summary = {key: v for key, v in res.items() if key.startswith("L_")}
     if args.units == "nats":
         summary = {key: v for key, v in summary.items() if not key.endswith("bpd")}

@@ -51,6 +51,26 @@ def classification_summary(probs: Tensor, labels: Tensor,
             "per_class_accuracy": per_class.tolist(), "confusion": cm.tolist()}
 
 
+def generative_posterior(class_bounds: Tensor) -> Tensor:
+    """The generative model's own class posterior: class_bounds (K, B, C) of L(x, y) for K draws
+    (nats) -> (B, C) log p(y | x) = log softmax_y (log mean_k exp L_k(x, y)), p(y) uniform."""
+    return torch.log_softmax(torch.logsumexp(class_bounds.double(), 0), dim=1)
+
+
+def generative_summary(log_p_gen: Tensor, probs_q: Tensor, labels: Tensor) -> dict:
+    """How much the generative model knows about y, from its posterior (B, C) (log) and q(y|x).
+
+    ``error``: argmax_y p(y | x) against the labels; ``class_information_nats``: the mean of
+    log C - H(p(y | x)) (0: the model ignores y, log C: it names one class per image);
+    ``agreement_with_q``: the fraction where p(y | x) and q(y | x) pick the same class."""
+    C = log_p_gen.shape[1]
+    pick = log_p_gen.argmax(1).cpu()
+    entropy = torch.special.entr(log_p_gen.exp()).sum(1)   # 0 log 0 = 0
+    return {"error": float((pick != labels.cpu()).double().mean()),
+            "class_information_nats": float((math.log(C) - entropy).mean()),
+            "agreement_with_q": float((pick == probs_q.argmax(1).cpu()).double().mean())}
+
+
 @torch.no_grad()
 def predict_proba(model, x: Tensor, *, batch_size: int = 100, n_samples: int = 1,
                   seed: int | None = 0) -> Tensor:
@@ -84,12 +104,14 @@ def evaluate_classification(model, split: ImageSplit, kind: str, bits: int, *,
 
     Bounds, nats per example: ``elbo_U`` = -U (eq. 19) and ``L_1`` = E log sum_y p(x,y,z)/q(z|x,y),
     both with y marginalized exactly; ``log_px`` and ``kl_groups`` are q(y|x)-weighted.
+    ``generative_k1``: :func:`generative_summary` of p(y | x) ∝ exp L_1(x, y), the classes the
+    generative model itself assigns (what the unlabelled term pulls q(y | x) towards).
     Predictions average ``n_samples`` draws of z^BU.
     """
     if split.labels is None:
         raise ValueError("this split has no labels: cannot measure a classification error")
     device = model.out_conv.v.device
-    probs, labels, u_bound, l1, log_px, kl = [], [], [], [], [], []
+    probs, labels, u_bound, l1, log_px, kl, gen = [], [], [], [], [], [], []
     with _seeded_eval(model, seed):
         for x, y in _split_batches(split, kind, bits, batch_size, device, n_examples):
             if with_bounds:
@@ -98,6 +120,7 @@ def evaluate_classification(model, split: ImageSplit, kind: str, bits: int, *,
                 l1.append(out.log_weight.double().cpu())
                 log_px.append(out.log_px.double().cpu())
                 kl.append(out.kl.double().cpu())
+                gen.append(generative_posterior(out.class_bounds[None]).cpu())
                 p = torch.softmax(out.logits.float(), 1).cpu()
                 if n_samples > 1:  # the forward pass gave one draw; add n_samples - 1 more
                     p = (p + (n_samples - 1) * model.classify(x, n_samples - 1).cpu()) / n_samples
@@ -107,6 +130,9 @@ def evaluate_classification(model, split: ImageSplit, kind: str, bits: int, *,
             labels.append(y)
     res = classification_summary(torch.cat(probs), torch.cat(labels), class_names)
     if with_bounds:
+        # From the same single draw per class (K = 1), so it costs nothing extra.
+        res["generative_k1"] = generative_summary(torch.cat(gen), torch.cat(probs),
+                                                  torch.cat(labels))
         res["elbo_U"] = float(torch.cat(u_bound).mean())
         res["L_1"] = float(torch.cat(l1).mean())
         res["log_px"] = float(torch.cat(log_px).mean())
