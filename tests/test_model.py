@@ -17,19 +17,41 @@ def tiny_conv(variant: str) -> ModelConfig:
                        strides=(2, 1, 2), blocks=2, dropout_q=0.1, dropout_p=0.1, n_mix=2)
 
 
+def mixed_conv(variant: str) -> ModelConfig:
+    """Every stage different: filters, kernels, strides and (latent_kernel 0) latent kernels."""
+    return ModelConfig(variant=variant, input_shape=(3, 8, 8), likelihood="discretized_logistic",
+                       latents=(6, 4, 2), latent_type="conv", filters=(4, 6, 8),
+                       kernels=(3, 5, 3), strides=(2, 1, 2), latent_kernel=0, blocks=2,
+                       dropout_q=0.1, dropout_p=0.1, n_mix=2)
+
+
 def rgb_batch(b=4):
     return torch.randint(0, 256, (b, 3, 8, 8)).float() / 127.5 - 1
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("kind", ["dense", "conv", "mixed"])
 def test_shapes_and_gradients_reach_every_parameter(variant, kind):
+    """"mixed": a stage that takes the channels, kernel or size of its neighbour fails here."""
     torch.manual_seed(0)
     if kind == "dense":
         model, x = HierarchicalVAE(preset("digits", variant=variant)), torch.bernoulli(
             torch.full((4, 1, 8, 8), 0.4))
     else:
-        model, x = HierarchicalVAE(tiny_conv(variant)), rgb_batch()
+        model = HierarchicalVAE((tiny_conv if kind == "conv" else mixed_conv)(variant))
+        x = rgb_batch()
+    if kind == "mixed":  # latent_kernel 0: every latent conv spans its own layer's map
+        r = model.config.spatial_sizes()   # [8, 4, 4, 2]
+
+        def kernels(modules):
+            return [m.proj.v.shape[-1] for m in modules]
+
+        assert kernels(model.td_embed) == r[1:]
+        assert kernels([model.top_head]) == r[-1:]
+        assert kernels(model.prior_heads) == r[1:-1]
+        assert kernels(model.td_heads) == (r[1:-1] if variant != "vae" else [])
+        assert kernels(model.bu_heads) == kernels(model.bu_embed) == (
+            r[1:-1] if variant in ("vae", "biva") else [])
     model.initialize(x)
     out = model(x)
     groups = 2 * model.n_layers - 1 if variant == "biva" else model.n_layers
