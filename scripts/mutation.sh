@@ -7,6 +7,7 @@
 # call runs only the mutants without a result. Prints the per-file counts and the survivors.
 #   bash scripts/mutation.sh [SCRATCH_DIR [MUTANT_GLOB...]]    (default: /tmp/biva-mutation)
 #   e.g. bash scripts/mutation.sh /tmp/m 'biva.models.hierarchy*'   (one file first)
+# After adding tests for survivors: RETEST_SURVIVORS=1 bash scripts/mutation.sh /tmp/m
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,5 +20,8 @@ fi
 git -C "$SCRATCH" fetch -q "$(pwd)" HEAD && git -C "$SCRATCH" checkout -q FETCH_HEAD
 ln -sfn "$(pwd)/.venv" "$SCRATCH/.venv"
 cd "$SCRATCH"
+if [ "${RETEST_SURVIVORS:-0}" = 1 ] && [ -d mutants ]; then
+  .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants --reset-survivors
+fi
 OMP_NUM_THREADS=1 .venv/bin/mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "$@" || true
 .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants

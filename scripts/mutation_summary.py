@@ -2,6 +2,9 @@
 
 Usage: python scripts/mutation_summary.py MUTANTS_DIR   (prints a Markdown table, then the
 surviving mutant names)
+       python scripts/mutation_summary.py MUTANTS_DIR --reset-survivors
+           (forget the survivors' verdicts, so that the next `mutmut run` tests them again
+           against new tests)
 """
 
 from __future__ import annotations
@@ -38,5 +41,23 @@ def main(root: str) -> None:
         print(" ", s)
 
 
+def reset_survivors(root: str) -> int:
+    """Set every survivor's verdict back to "not run" in the .meta files; returns the count."""
+    n = 0
+    for meta in sorted(Path(root).rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        hits = [k for k, v in codes.items() if v == 0]
+        for k in hits:
+            codes[k] = None
+        if hits:
+            meta.write_text(json.dumps(data))
+            n += len(hits)
+    return n
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if "--reset-survivors" in sys.argv[2:]:
+        print(f"{reset_survivors(sys.argv[1])} survivors will be tested again")
+    else:
+        main(sys.argv[1])
