@@ -31,6 +31,11 @@ def summarize(run: Path) -> dict | None:
     if test.is_file():
         cls = json.loads(test.read_text())["classification"]
         row.update(test_error=cls["error"], test_examples=cls["n_examples"])
+        gen = cls.get("generative_k1")
+        if gen:  # the generative model's own classes, p(y|x) ∝ exp L_1(x, y)
+            row.update(generative_error=gen["error"],
+                       class_information_nats=gen["class_information_nats"],
+                       agreement_with_q=gen["agreement_with_q"])
     return row
 
 
@@ -38,12 +43,16 @@ def main(out: Path) -> None:
     runs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file())
     rows = [r for d in runs if (r := summarize(d))]
     lines = ["| recipe | CPU min | steps | best valid error (step) | last valid error | "
-             "test error (10,000) |", "|---|---|---|---|---|---|"]
+             "test error (10,000) | generative model's error | nats about y (at most log C) | "
+             "same class as q |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         test = f"{100 * r['test_error']:.2f}%" if "test_error" in r else "-"
+        gen = (f"{100 * r['generative_error']:.2f}% | {r['class_information_nats']:.2f} | "
+               f"{100 * r['agreement_with_q']:.1f}%" if "generative_error" in r
+               else "- | - | -")
         lines.append(f"| {r['recipe']} | {r['cpu_minutes']} | {r['steps']} | "
                      f"{100 * r['best_valid_error']:.1f}% ({r['best_step']}) | "
-                     f"{100 * r['last_valid_error']:.1f}% | {test} |")
+                     f"{100 * r['last_valid_error']:.1f}% | {test} | {gen} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot_valid_vs_cpu({d.name: d for d in runs}, out / "valid_error_vs_cpu.png",
