@@ -210,3 +210,34 @@ def test_decode_gives_the_mean_by_default_a_draw_on_request_and_names_bad_modes(
     assert abs(float(draw.mean() - torch.sigmoid(params).mean())) < 0.05
     with pytest.raises(ValueError, match="mode must be 'mean' or 'sample', got 'median'"):
         model.decode(params, "median")
+
+
+@pytest.mark.parametrize("likelihood,fields,expected", [
+    ("discretized_logistic", {"n_mix": 3, "bits": 5}, {"n_mix": 3, "bits": 5}),
+    ("gaussian", {"likelihood_std": 0.25}, {"fixed_std": 0.25}),
+    ("categorical", {"num_classes": 7}, {"num_classes": 7}),
+])
+def test_the_likelihood_is_built_with_the_configs_settings(likelihood, fields, expected):
+    """Defaults (10 components, 8 bits, 256 classes, learned std) would also give a valid
+    model, so only these attributes show a setting that did not reach the likelihood."""
+    cfg = ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood=likelihood,
+                      latents=(4, 2), latent_type="conv", filters=(8,), kernels=(3,),
+                      strides=(2, 2), blocks=1, **fields)
+    model = HierarchicalVAE(cfg)
+    for name, value in expected.items():
+        assert getattr(model.likelihood, name) == value, name
+    assert model.out_conv.v.shape[0] == model.likelihood.param_channels(3)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_latent_heads_stay_float32_under_bf16_autocast(variant):
+    """The bound's latent log-densities are never computed from bf16-rounded (mu, sigma)."""
+    torch.manual_seed(0)
+    model = HierarchicalVAE(tiny_conv(variant))
+    x = rgb_batch()
+    model.initialize(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    for name, q in out.posteriors.items():
+        assert q.mu.dtype == q.sigma.dtype == torch.float32, name
+        assert out.latents[name].dtype == torch.float32, name
