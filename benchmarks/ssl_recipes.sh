@@ -2,7 +2,7 @@
 # Semi-supervised MNIST with 100 labels: recipes at equal CPU time (train.max_cpu_minutes; one
 # thread each, two at a time), from mnist_100_labels_cpu with a smaller hierarchy (L = 3, 16
 # filters, one block a stage: ~4x the unlabelled images a second). Then the test error of each
-# best checkpoint.
+# best checkpoint. Run again with a larger MINUTES to train the same runs further.
 # Usage: bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
 #   recipes: balanced paper supervised m2
 set -euo pipefail
@@ -23,7 +23,10 @@ one() {
   local name=$1 extra
   extra=$(recipe "$name")
   if [ -f "$out/$name/config.json" ]; then
-    biva train --resume "$out/$name" --no-progress > "$out/$name.log" 2>&1 || true
+    # An existing run continues up to the new budget (a larger MINUTES extends it; the step
+    # cap grows with it so that the CPU budget is what stops the run).
+    biva train --resume "$out/$name" --no-progress --set "train.max_cpu_minutes=$minutes" \
+      --set "train.steps=$((minutes * 1000))" >> "$out/$name.log" 2>&1 || true
   else
     # shellcheck disable=SC2086
     biva train --config mnist_100_labels_cpu --data-root "$root" --run-dir "$out/$name" \
