@@ -241,3 +241,45 @@ def test_latent_heads_stay_float32_under_bf16_autocast(variant):
     for name, q in out.posteriors.items():
         assert q.mu.dtype == q.sigma.dtype == torch.float32, name
         assert out.latents[name].dtype == torch.float32, name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loss_without_free_bits_is_the_negative_elbo_even_where_a_kl_sample_is_negative(variant):
+    """Free bits 0 means no clamp at all: a one-sample KL term (log q - log p of the draw) can
+    be negative, and the loss must keep it. Also checks the named output's bookkeeping."""
+    torch.manual_seed(0)
+    model = HierarchicalVAE(tiny_conv(variant)).eval()
+    x = rgb_batch(8)
+    model.initialize(x)
+    torch.manual_seed(1)
+    out = model(x, n_samples=4)
+    assert (out.kl < 0).any(), "no negative KL sample: the check below could not fail"
+    torch.testing.assert_close(out.loss, -(out.log_px - out.kl.sum(1)).mean())
+    torch.testing.assert_close(out.loss, -out.log_weight.mean())
+    assert out.group_names == model.group_names and out.n_samples == 4
+    assert [model.group_layer(g) for g in model.group_names] == [
+        int(g[1:].split("_")[0]) for g in model.group_names]
+    assert model.group_layer("z3_td") == 3 and model.group_layer("z12") == 12
+
+
+def test_a_top_log_prior_replaces_the_standard_normal_in_the_bound():
+    """forward(top_log_prior=f): log p(z_L) is f(z_L) (the 2-D density experiments' prior)."""
+    from biva.nn.gaussian import standard_normal_log_prob
+
+    torch.manual_seed(0)
+    model = HierarchicalVAE(tiny_conv("biva")).eval()
+    x = rgb_batch()
+    model.initialize(x)
+    seen = []
+
+    def shifted(z):
+        seen.append(z.shape)
+        return standard_normal_log_prob(z) - 1.5
+
+    torch.manual_seed(1)
+    plain = model(x, n_samples=2)
+    torch.manual_seed(1)
+    other = model(x, n_samples=2, top_log_prior=shifted)
+    assert seen == [plain.latents[f"z{model.n_layers}"].shape]
+    torch.testing.assert_close(other.log_weight, plain.log_weight - 1.5)
+    torch.testing.assert_close(other.kl[:, -1], plain.kl[:, -1] + 1.5)
