@@ -283,3 +283,21 @@ def test_a_top_log_prior_replaces_the_standard_normal_in_the_bound():
     assert seen == [plain.latents[f"z{model.n_layers}"].shape]
     torch.testing.assert_close(other.log_weight, plain.log_weight - 1.5)
     torch.testing.assert_close(other.kl[:, -1], plain.kl[:, -1] + 1.5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_every_latent_starts_near_its_prior_after_the_data_dependent_init(kind):
+    """The latent heads are initialized at scale 0.1: right after ``initialize`` every q and
+    p has means of spread ~0.1 and sigmas ~1, so no group starts with a large KL."""
+    torch.manual_seed(0)
+    if kind == "dense":
+        model = HierarchicalVAE(preset("digits", variant="biva"))
+        x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.4))
+    else:
+        model, x = HierarchicalVAE(tiny_conv("biva")), rgb_batch(64)
+    model.initialize(x)
+    with torch.no_grad():
+        out = model.eval()(x)
+    for name, q in out.posteriors.items():
+        assert 0.01 < float(q.mu.std()) < 0.3, (name, float(q.mu.std()))
+        assert (q.sigma - 1).abs().max() < 0.5, name
