@@ -192,3 +192,15 @@ def test_categorical_over_several_channels_without_padding():
     draw = lik.sample(params)
     assert draw.shape == (3, 2, 3, 3) and draw.dtype == torch.float32
     assert lik.param_channels(2) == 10
+
+
+def test_build_likelihood_defaults_are_the_model_configs():
+    """A likelihood built by name alone is the one a default ModelConfig builds."""
+    from biva import ModelConfig
+    from biva.likelihoods import build_likelihood
+
+    cfg = ModelConfig()
+    logistic = build_likelihood("discretized_logistic")
+    assert (logistic.n_mix, logistic.bits) == (cfg.n_mix, cfg.bits)
+    assert build_likelihood("categorical").num_classes == cfg.num_classes
+    assert build_likelihood("gaussian").fixed_std == cfg.likelihood_std
