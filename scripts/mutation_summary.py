@@ -42,12 +42,13 @@ def main(root: str) -> None:
 
 
 def reset_survivors(root: str) -> int:
-    """Set every survivor's verdict back to "not run" in the .meta files; returns the count."""
+    """Set the verdict of every survivor (and "no test" mutant) back to "not run" in the .meta
+    files; returns the count."""
     n = 0
     for meta in sorted(Path(root).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        hits = [k for k, v in codes.items() if v == 0]
+        hits = [k for k, v in codes.items() if v in (0, 33)]
         for k in hits:
             codes[k] = None
         if hits:
@@ -58,6 +59,7 @@ def reset_survivors(root: str) -> int:
 
 if __name__ == "__main__":
     if "--reset-survivors" in sys.argv[2:]:
-        print(f"{reset_survivors(sys.argv[1])} survivors will be tested again")
+        print(f"{reset_survivors(sys.argv[1])} survivors and untested mutants will be tested "
+              "again")
     else:
         main(sys.argv[1])
