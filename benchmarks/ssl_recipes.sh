@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Semi-supervised MNIST with 100 labels: recipes at equal CPU time (train.max_cpu_minutes; one
-# thread each, two at a time), from mnist_100_labels_cpu with a smaller hierarchy (L = 3, 16
-# filters, one block a stage: ~4x the unlabelled images a second). Then the test error of each
-# best checkpoint. Run again with a larger MINUTES to train the same runs further.
+# thread each, two at a time), from mnist_100_labels_cpu (L = 3, 16 filters, one block a stage;
+# the overrides below pin that hierarchy, which the config has shipped since these runs). Then
+# the test error of each best checkpoint. Run again with a larger MINUTES to train the same
+# runs further.
 # Usage: bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
 #   recipes: balanced paper supervised m2
 set -euo pipefail

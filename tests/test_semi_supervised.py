@@ -296,7 +296,7 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
 def test_shipped_semi_supervised_configs():
     for name, preset_filters, dataset in [("mnist_100_labels", 64, "mnist"),
                                           ("fashion_mnist_100_labels", 64, "fashion_mnist"),
-                                          ("mnist_100_labels_cpu", 32, "mnist")]:
+                                          ("mnist_100_labels_cpu", 16, "mnist")]:
         cfg = load_run_config(name)
         assert cfg.data.labels_per_class == 10 and cfg.data.name == dataset
         assert cfg.data.binarization == "dynamic" and cfg.model.filters == (preset_filters,)
