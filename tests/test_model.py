@@ -105,6 +105,10 @@ def test_variants_differ_exactly_where_the_paper_says():
     # LVAE+ is LVAE plus the TD path; BIVA is LVAE+ plus the BU latents.
     n = {v: sum(p.numel() for p in model.parameters()) for v, model in m.items()}
     assert n["lvae"] < n["lvae+"] < n["biva"]
+    # Dropout where the config puts it: q's merge blocks use dropout_q.
+    cfg = preset("binary-cpu", variant="biva", dropout_q=0.3, dropout_p=0.1)
+    merges = HierarchicalVAE(cfg).merges
+    assert [b.dropout.p for b in merges] == [0.3] * (L - 1)
 
 
 def test_a_block_refuses_a_skip_it_has_no_input_for_and_the_reverse():
