@@ -254,4 +254,3 @@ def extend_budget(raw: dict, overrides: list[str], source: Path | str) -> dict:
         if getattr(before, name) != getattr(after, name):
             print(f"{source}: {key}: {getattr(before, name)} -> {getattr(after, name)}")
     return new
-
