@@ -237,20 +237,19 @@ def load_run_config(name_or_path: str | None = None, overrides: list[str] | None
 BUDGET_FIELDS = ("train.steps", "train.max_minutes", "train.max_cpu_minutes")
 
 
-def extend_budget(raw: dict, overrides: list[str], source: Path | str) -> dict:
-    """``raw`` (a run's config.json) with budget overrides applied; refuses any other field.
-
-    Prints each change (e.g. ``train.max_cpu_minutes: 20.0 -> 120.0``)."""
+def extend_budget(raw: dict, overrides: list[str], source: Path | str) -> RunConfig:
+    """The resolved config of ``raw`` (a run's config.json) with budget overrides applied;
+    refuses any other field. Prints each change (e.g. ``train.max_cpu_minutes: 20.0 -> 120.0``)."""
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key not in BUDGET_FIELDS:
             raise ConfigError(f"{source}: a resumed run keeps its config; only the budget "
                               f"({', '.join(BUDGET_FIELDS)}) can change, not {key!r}")
-    new = apply_overrides(raw, overrides)
     # Validated (e.g. finetune_steps <= steps) before anything is written.
-    before, after = resolve_config(raw).train, resolve_config(new).train
+    cfg = resolve_config(apply_overrides(raw, overrides))
+    before = resolve_config(raw).train
     for key in BUDGET_FIELDS:
         name = key.split(".")[1]
-        if getattr(before, name) != getattr(after, name):
-            print(f"{source}: {key}: {getattr(before, name)} -> {getattr(after, name)}")
-    return new
+        if getattr(before, name) != getattr(cfg.train, name):
+            print(f"{source}: {key}: {getattr(before, name)} -> {getattr(cfg.train, name)}")
+    return cfg

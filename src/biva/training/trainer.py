@@ -241,9 +241,8 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; is {run_dir} a biva run directory?")
         raw = load_config_file(path)
-        if budget:
-            raw = extend_budget(raw, budget, path)
-        return cls(resolve_config(raw), run_dir, resume=True, **kwargs)
+        cfg = extend_budget(raw, list(budget), path) if budget else resolve_config(raw)
+        return cls(cfg, run_dir, resume=True, **kwargs)
 
     @property
     def metrics_path(self) -> Path:
