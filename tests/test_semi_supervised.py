@@ -314,14 +314,20 @@ def test_batch_statistics_match_hand_computations(digits):
     x = to_model_input(fixed_binarization(digits.train, 0).images[:8], "binary")
     model.initialize(x)
     model.eval()
-    y = torch.tensor([3, 1, 4, 1, -1, -1, -1, -1])
+    unl_y = torch.full((4,), -1)
+    torch.manual_seed(0)
+    first = model(x, labels=torch.cat([torch.zeros(4, dtype=torch.long), unl_y]))
+    guess = first.logits[:4].argmax(1)    # q(y|x, z^BU) does not see the labels
+    # Two labels right and two wrong: the train error is 1/2, which a per-batch argmax (or an
+    # untrained model that gets all four wrong) would not give.
+    y = torch.cat([guess[:2], (guess[2:] + 1) % 10, unl_y])
     torch.manual_seed(0)
     with model.given_labels(y):
         out = model(x)
     stats = model.last_stats
     log_q = F.log_softmax(out.logits.float(), 1)
     lab, unl = torch.arange(4), torch.arange(4, 8)
-    assert float(stats["n_labelled"]) == 4.0
+    assert float(stats["n_labelled"]) == 4.0 and float(stats["train_error"]) == 0.5
     torch.testing.assert_close(stats["ce"], -log_q[lab, y[:4]].mean())
     torch.testing.assert_close(stats["train_error"],
                                (log_q[lab].argmax(1) != y[:4]).float().mean())
@@ -482,3 +488,72 @@ def test_supervised_baseline_never_sees_unlabelled_images(tmp_path):
     balanced = SemiSupervisedTrainer(tiny_config(steps=1), tmp_path / "b", data=poisoned)
     _, x = next(balanced._batches())
     assert (x.flatten(1) == 1).all(1).any()
+
+
+def test_loaded_run_has_the_trained_objective_alpha_and_weights(tmp_path):
+    """load_trained rebuilds the model that was trained: its objective, alpha and the paper
+    objective's weights N_l / N, N_u / N (not the constructor's defaults 1, 1/2, 1/2)."""
+    from biva.evaluation.loading import load_trained
+
+    run = tmp_path / "run"
+    sets = [a for s in [*TINY, "train.ssl_objective=paper", "train.alpha=4.5"]
+            for a in ("--set", s)]
+    assert main(["train", "--config", "digits", *sets, "--steps", "1", "--run-dir",
+                 str(run)]) == 0
+    split = json.loads((run / "labelled.json").read_text())
+    n_l, n_u = split["n_labelled"], split["n_unlabelled"]
+    assert n_l == 30 and n_u > 10 * n_l
+    model, _, _ = load_trained(run)
+    assert (model.objective, model.alpha) == ("paper", 4.5)
+    assert model.loss_weights == pytest.approx((n_l / (n_l + n_u), n_u / (n_l + n_u)))
+    (run / "labelled.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"labelled\.json: not valid JSON"):
+        load_trained(run)
+
+
+def test_build_model_passes_its_settings_on():
+    from biva.models.semi_supervised import build_model
+
+    cfg = preset("digits", filters=(8,), blocks=1)
+    plain = build_model(cfg)
+    assert type(plain) is HierarchicalVAE and plain.config == cfg
+    model = build_model(cfg, 10, alpha=2.5, objective="paper", n_labelled=3, n_unlabelled=9)
+    assert isinstance(model, SemiSupervisedBIVA) and model.num_classes == 10
+    assert (model.alpha, model.objective, model.loss_weights) == (2.5, "paper", (0.25, 0.75))
+    default = build_model(cfg, 10)
+    assert (default.alpha, default.objective) == (1.0, "balanced")
+    with pytest.raises(ValueError, match="without num_classes"):
+        build_model(cfg, None, alpha=2.0)
+
+
+def test_loss_helper_passes_free_bits_kl_weight_and_alpha_on(digits):
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:10], "binary")
+    model.initialize(x)
+    model.eval()
+    y = torch.tensor([0, 1, 2, 3])
+    labels = torch.cat([y, torch.full((6,), -1)])
+    settings = {"free_bits": 3.0, "kl_weight": 0.3, "alpha": 40.0}
+    torch.manual_seed(0)
+    a = model.loss(x[:4], y, x[4:], **settings)
+    torch.manual_seed(0)
+    torch.testing.assert_close(a.loss, model(x, labels=labels, **settings).loss)
+    for key in settings:   # each setting changes the loss, so dropping one would show
+        torch.manual_seed(0)
+        other = model.loss(x[:4], y, x[4:], **{k: v for k, v in settings.items() if k != key})
+        assert not torch.allclose(other.loss, a.loss), key
+
+
+def test_sampled_classes_come_from_the_generator():
+    """y ~ p(y) is drawn from the caller's generator first, then the latents from the same one:
+    the same seed gives the same classes and images, whatever the global RNG does."""
+    model = tiny_model()
+    model.initialize(torch.bernoulli(torch.rand(32, 1, 8, 8)))
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    torch.manual_seed(0)
+    a = model.sample(12, generator=gen())
+    torch.manual_seed(1)
+    g = gen()
+    y = torch.randint(10, (12,), generator=g)
+    assert len(set(y.tolist())) > 3
+    torch.testing.assert_close(model.sample(12, generator=g, y=y), a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,14 +31,25 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     return latest
 
 
-def _build_run_model(cfg: RunConfig) -> HierarchicalVAE:
-    # Semi-supervised runs (data.labels_per_class > 0) store their class count in the config.
+def _build_run_model(cfg: RunConfig, run_dir: Path) -> HierarchicalVAE:
+    # Semi-supervised runs (data.labels_per_class > 0) store their class count in the config,
+    # and alpha and the split sizes (the paper objective's weights) in labelled.json.
     from ..models.semi_supervised import build_model
 
-    if cfg.data.labels_per_class > 0 and not cfg.data.num_classes:
+    if cfg.data.labels_per_class <= 0:
+        return build_model(cfg.model)
+    if not cfg.data.num_classes:
         raise ValueError("semi-supervised run without data.num_classes in its config.json")
-    return build_model(cfg.model, cfg.data.num_classes if cfg.data.labels_per_class > 0
-                       else None, objective=cfg.train.ssl_objective)
+    split = {}
+    path = run_dir / "labelled.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+        split = {k: saved[k] for k in ("alpha", "n_labelled", "n_unlabelled") if k in saved}
+    return build_model(cfg.model, cfg.data.num_classes, objective=cfg.train.ssl_objective,
+                       **split)
 
 
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
@@ -54,7 +66,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     path = find_checkpoint(run_dir, which)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
-    model = _build_run_model(cfg).to(device)
+    model = _build_run_model(cfg, run_dir).to(device)
     model.load_state_dict(weights)
     model.eval()
     state = {**state, "checkpoint": str(path)}

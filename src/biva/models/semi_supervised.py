@@ -390,9 +390,11 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         return self.sample(len(y), temperature, generator, mode, y=y)
 
 
-def build_model(config: ModelConfig, num_classes: int | None = None,
-                alpha: float = 1.0, objective: str = "balanced") -> HierarchicalVAE:
-    """:class:`SemiSupervisedBIVA` when ``num_classes`` is given, else :class:`HierarchicalVAE`."""
+def build_model(config: ModelConfig, num_classes: int | None = None, **ssl) -> HierarchicalVAE:
+    """:class:`SemiSupervisedBIVA` when ``num_classes`` is given (``ssl``: its alpha, objective,
+    n_labelled, n_unlabelled), else :class:`HierarchicalVAE`."""
     if num_classes:
-        return SemiSupervisedBIVA(config, num_classes, alpha=alpha, objective=objective)
+        return SemiSupervisedBIVA(config, num_classes, **ssl)
+    if ssl:
+        raise ValueError(f"{sorted(ssl)}: semi-supervised settings without num_classes")
     return HierarchicalVAE(config)
