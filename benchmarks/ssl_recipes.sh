@@ -5,7 +5,8 @@
 # the test error of each best checkpoint. Run again with a larger MINUTES to train the same
 # runs further.
 # Usage: bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
-#   recipes: balanced paper supervised m2
+#   recipes: balanced paper supervised m2, and BIVA balanced variants: alphaA (train.alpha=A,
+#   e.g. alpha5.5), unlabelledU (U unlabelled rows a step), labelledL (L labelled rows a step)
 set -euo pipefail
 out=$1; root=$2; minutes=$3; shift 3
 mkdir -p "$out"
@@ -17,6 +18,9 @@ recipe() {
     paper)      echo "--set train.ssl_objective=paper" ;;
     supervised) echo "--set train.ssl_objective=supervised" ;;
     m2)         echo "--set train.ssl_objective=balanced --set model.variant=vae" ;;
+    alpha*)     echo "--set train.ssl_objective=balanced --set train.alpha=${1#alpha}" ;;
+    unlabelled*) echo "--set train.ssl_objective=balanced --set train.batch_size=${1#unlabelled}" ;;
+    labelled*)  echo "--set train.ssl_objective=balanced --set data.labelled_batch_size=${1#labelled}" ;;
     *) echo "unknown recipe $1" >&2; exit 2 ;;
   esac
 }
