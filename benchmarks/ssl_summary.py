@@ -1,22 +1,26 @@
 """Table and curves of semi-supervised runs: validation error against CPU minutes (PNG), best
 validation error, and the test error of the best checkpoint (from `biva evaluate`).
 
-Usage: python benchmarks/ssl_summary.py OUT_DIR   (writes OUT_DIR/summary.md/json and
-valid_error_vs_cpu.png; each run dir holds eval_test_k1.json)
+Usage: python benchmarks/ssl_summary.py OUT_DIR [--at 20,60,120]   (writes OUT_DIR/summary.md/json
+and valid_error_vs_cpu.png; each run dir holds eval_test_k1.json). ``--at``: also the best
+validation error each run reached within that many CPU-minutes (equal budgets for runs that
+trained for different times).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from biva.evaluation.plots import plot_valid_vs_cpu
 from biva.utils.jsonl import read_jsonl
 
 
-def summarize(run: Path) -> dict | None:
-    """One row for a semi-supervised run directory; None when it has no validation yet."""
+def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
+    """One row for a semi-supervised run directory; None when it has no validation yet.
+    ``at``: CPU-minute budgets for the ``valid_at`` column (best validation error within each;
+    None when the run has not trained that long)."""
     records = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     valid = [r for r in records if r.get("kind") == "valid"]
     train = [r for r in records if r.get("kind") == "train"]
@@ -27,6 +31,11 @@ def summarize(run: Path) -> dict | None:
            "cpu_minutes": round(max(r["cpu_s"] for r in records) / 60, 1),
            "best_valid_error": best["valid_error"], "best_step": best["step"],
            "last_valid_error": valid[-1]["valid_error"]}
+    if at:
+        row["valid_at"] = {f"{t:g}": (min(r["valid_error"] for r in valid
+                                          if r["cpu_s"] <= 60 * t)
+                                      if row["cpu_minutes"] >= t - 0.5 else None)
+                           for t in at}
     test = run / "eval_test_k1.json"
     if test.is_file():
         cls = json.loads(test.read_text())["classification"]
@@ -39,20 +48,23 @@ def summarize(run: Path) -> dict | None:
     return row
 
 
-def main(out: Path) -> None:
+def main(out: Path, at: tuple[float, ...] = ()) -> None:
     runs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file())
-    rows = [r for d in runs if (r := summarize(d))]
-    lines = ["| recipe | CPU min | steps | best valid error (step) | last valid error | "
-             "test error (10,000) | generative model's error | nats about y (at most log C) | "
-             "same class as q |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [r for d in runs if (r := summarize(d, at))]
+    at_head = "".join(f" best valid error within {t:g} CPU-min |" for t in at)
+    lines = ["| recipe | CPU min | steps | best valid error (step) | last valid error |" + at_head
+             + " test error (10,000) | generative model's error | nats about y (at most log C) "
+             "| same class as q |", "|---" * (9 + len(at)) + "|"]
     for r in rows:
         test = f"{100 * r['test_error']:.2f}%" if "test_error" in r else "-"
         gen = (f"{100 * r['generative_error']:.2f}% | {r['class_information_nats']:.2f} | "
                f"{100 * r['agreement_with_q']:.1f}%" if "generative_error" in r
                else "- | - | -")
+        within = "".join(f" {100 * v:.1f}% |" if v is not None else " - |"
+                         for v in r.get("valid_at", {}).values())
         lines.append(f"| {r['recipe']} | {r['cpu_minutes']} | {r['steps']} | "
                      f"{100 * r['best_valid_error']:.1f}% ({r['best_step']}) | "
-                     f"{100 * r['last_valid_error']:.1f}% | {test} | {gen} |")
+                     f"{100 * r['last_valid_error']:.1f}% |{within} {test} | {gen} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     plot_valid_vs_cpu({d.name: d for d in runs}, out / "valid_error_vs_cpu.png",
@@ -61,4 +73,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="directory of semi-supervised run directories")
+    parser.add_argument("--at", default="", help="comma-separated CPU-minute budgets")
+    args = parser.parse_args()
+    main(args.out, tuple(float(t) for t in args.at.split(",") if t))
