@@ -8,6 +8,9 @@
 #   bash scripts/mutation.sh [SCRATCH_DIR [MUTANT_GLOB...]]    (default: /tmp/biva-mutation)
 #   e.g. bash scripts/mutation.sh /tmp/m 'biva.models.hierarchy*'   (one file first)
 # After adding tests for survivors: RETEST_SURVIVORS=1 bash scripts/mutation.sh /tmp/m
+# A quick first pass can leave out the slowest tests (their names, comma-separated), which
+# survivors then pay for in a full retest:
+#   MUTATION_DESELECT=test_classifier_learns_digits_when_every_label_is_known bash scripts/...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

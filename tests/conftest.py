@@ -36,6 +36,13 @@ def tiny_run(tmp_path_factory) -> Path:
 def pytest_collection_modifyitems(config, items):
     """Under mutmut (``MUTANT_UNDER_TEST`` set), run the tests marked slow last: with ``-x``
     a mutant then stops at the first fast test that fails, and only survivors pay for the
-    brute-force checks. Normal runs keep the file order."""
+    brute-force checks. ``MUTATION_DESELECT`` (comma-separated test names) leaves tests out of
+    a quick first pass, whose survivors are then re-tested with everything. Normal runs keep
+    the file order and every test."""
     if os.environ.get("MUTANT_UNDER_TEST"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+        names = [n for n in os.environ.get("MUTATION_DESELECT", "").split(",") if n]
+        if names:
+            dropped = [i for i in items if i.originalname in names]
+            items[:] = [i for i in items if i.originalname not in names]
+            config.hook.pytest_deselected(items=dropped)
