@@ -538,6 +538,10 @@ def test_loss_helper_passes_free_bits_kl_weight_and_alpha_on(digits):
     a = model.loss(x[:4], y, x[4:], **settings)
     torch.manual_seed(0)
     torch.testing.assert_close(a.loss, model(x, labels=labels, **settings).loss)
+    torch.manual_seed(0)
+    narrow = model(x, labels=labels.to(torch.int32), **settings)   # any integer dtype
+    assert narrow.labels.dtype == torch.long
+    torch.testing.assert_close(narrow.loss, a.loss)
     for key in settings:   # each setting changes the loss, so dropping one would show
         torch.manual_seed(0)
         other = model.loss(x[:4], y, x[4:], **{k: v for k, v in settings.items() if k != key})
