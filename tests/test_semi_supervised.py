@@ -119,6 +119,13 @@ def test_unlabelled_bound_is_the_exact_sum_over_classes(monkeypatch, digits, var
     torch.testing.assert_close(mixed.bound[6:], u[6:], rtol=1e-5, atol=1e-4)
     expected = (-L_l + 3.0 * ce).mean() - u[6:].mean()
     torch.testing.assert_close(mixed.loss, expected, rtol=1e-5, atol=1e-4)
+    # Exactly one unlabelled row, in the middle: still summed over all 10 classes.
+    y1 = torch.tensor([3, 1, 4, 1, 5, -1, 2, 6, 5, 3, 5, 8])
+    one = model(x, labels=y1)
+    lab1 = torch.nonzero(y1 >= 0).flatten()
+    torch.testing.assert_close(one.bound[lab1], L[lab1, y1[lab1]], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(one.bound[5], u[5], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(one.class_bounds, L[5:6], rtol=1e-5, atol=1e-4)
 
 
 def test_td_context_is_additive_and_none_keeps_the_plain_model(digits):
