@@ -568,3 +568,21 @@ def test_sampled_classes_come_from_the_generator():
     y = torch.randint(10, (12,), generator=g)
     assert len(set(y.tolist())) > 3
     torch.testing.assert_close(model.sample(12, generator=g, y=y), a)
+
+
+def test_supervised_objective_loss_is_the_labelled_cross_entropy(digits):
+    """"supervised": loss = mean over labelled rows of -log q(y|x), nothing from the bound or
+    the unlabelled rows; a batch without labels gives a zero loss that still backpropagates."""
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:8], "binary")
+    torch.manual_seed(0)
+    cfg = preset("digits", filters=(8,), blocks=1, dropout_q=0.0, dropout_p=0.0)
+    model = SemiSupervisedBIVA(cfg, 10, alpha=3.0, objective="supervised")
+    model.initialize(x)
+    y = torch.tensor([3, 1, 4, 1, -1, -1, -1, -1])
+    torch.manual_seed(1)
+    out = model(x, labels=y)
+    want = -F.log_softmax(out.logits.float(), 1)[torch.arange(4), y[:4]].mean()
+    torch.testing.assert_close(out.loss, want)
+    assert float(out.loss.detach()) > 0.1
+    none = model(x, labels=torch.full((8,), -1))
+    assert float(none.loss.detach()) == 0.0 and none.loss.requires_grad
