@@ -225,7 +225,8 @@ def test_log_px_of_each_row_scores_its_own_image(trained, images):
 def semi_supervised(request):
     """Trained on unlabelled toy images; "paper" adds y to q(z_L | x, y) (eq. 15)."""
     torch.manual_seed(2)
-    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=request.param)
+    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=request.param,
+                               n_labelled=1, n_unlabelled=511)
     data = toy_data(512, seed=3)
     model.initialize(data[:128])
     opt = torch.optim.Adamax(model.parameters(), lr=3e-3)

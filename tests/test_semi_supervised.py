@@ -441,7 +441,8 @@ def test_paper_objective_conditions_the_top_posterior_on_y(digits):
     for objective, differs in [("paper", True), ("balanced", False)]:
         torch.manual_seed(0)
         cfg = preset("digits", filters=(8,), blocks=1, dropout_q=0.0, dropout_p=0.0)
-        model = SemiSupervisedBIVA(cfg, 10, objective=objective).eval()
+        model = SemiSupervisedBIVA(cfg, 10, objective=objective, n_labelled=4,
+                                   n_unlabelled=40).eval()
         model.initialize(x)
         tops = []
         for c in (0, 7):
@@ -516,6 +517,9 @@ def test_loaded_run_has_the_trained_objective_alpha_and_weights(tmp_path):
     (run / "labelled.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"labelled\.json: not valid JSON"):
         load_trained(run)
+    (run / "labelled.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labelled\.json: no such file; .* 'paper'"):
+        load_trained(run)
 
 
 def test_build_model_passes_its_settings_on():
@@ -586,3 +590,28 @@ def test_supervised_objective_loss_is_the_labelled_cross_entropy(digits):
     assert float(out.loss.detach()) > 0.1
     none = model(x, labels=torch.full((8,), -1))
     assert float(none.loss.detach()) == 0.0 and none.loss.requires_grad
+
+
+def test_constructor_limits_and_the_classifier_sees_sampled_z_bu():
+    """Two classes are allowed, one is not; "paper" needs the split sizes. BIVA's classifier
+    reads the sampled z^BU (eqs. 12-14), as does the VAE's (its bottom-up latents); LVAE's
+    (no z^BU) reads the deterministic BU features only."""
+    cfg = preset("digits", filters=(8,), blocks=1, dropout_q=0.0, dropout_p=0.0)
+    assert SemiSupervisedBIVA(cfg, 2).num_classes == 2
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        SemiSupervisedBIVA(cfg, 1)
+    for sizes in [{}, {"n_labelled": 10}, {"n_labelled": 0, "n_unlabelled": 5}]:
+        with pytest.raises(ValueError, match="expected n_labelled and n_unlabelled >= 1"):
+            SemiSupervisedBIVA(cfg, 10, objective="paper", **sizes)
+    x = torch.bernoulli(torch.rand(6, 1, 8, 8))
+    for variant, reads_z in [("biva", True), ("vae", True), ("lvae", False)]:
+        torch.manual_seed(0)
+        model = SemiSupervisedBIVA(preset("digits", variant=variant, filters=(8,), blocks=1,
+                                          dropout_q=0.0, dropout_p=0.0), 10).eval()
+        model.initialize(x)
+        with torch.no_grad():
+            last, q_bu, z_bu, q_top = model._bottom_up(x, 1)
+            a = model.classifier(x, (last, q_bu, z_bu, q_top))
+            moved = [z + 1.0 for z in z_bu]          # the same features, other z^BU draws
+            b = model.classifier(x, (last, q_bu, moved, q_top))
+        assert (not torch.allclose(a, b)) is reads_z, variant

@@ -141,7 +141,8 @@ class SemiSupervisedBIVA(HierarchicalVAE):
     """
 
     def __init__(self, config: ModelConfig, num_classes: int, alpha: float = 1.0,
-                 objective: str = "balanced", n_labelled: int = 1, n_unlabelled: int = 1):
+                 objective: str = "balanced", n_labelled: int | None = None,
+                 n_unlabelled: int | None = None):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if objective not in OBJECTIVES:
@@ -150,10 +151,16 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         self.num_classes = int(num_classes)
         self.alpha = float(alpha)
         self.objective = objective
-        # Weights of the labelled and unlabelled means in the loss (eq. 20 for "paper").
-        n = n_labelled + n_unlabelled
-        self.loss_weights = ((n_labelled / n, n_unlabelled / n) if objective == "paper"
-                             else (1.0, 1.0))
+        # Weights of the labelled and unlabelled means in the loss (eq. 20 for "paper": the
+        # data set's split sizes, which no default can stand for).
+        self.loss_weights = (1.0, 1.0)
+        if objective == "paper":
+            if not (n_labelled and n_unlabelled and n_labelled > 0 and n_unlabelled > 0):
+                raise ValueError(f"objective 'paper' weighs eq. 20 by the split sizes: expected "
+                                 f"n_labelled and n_unlabelled >= 1, found {n_labelled} and "
+                                 f"{n_unlabelled}")
+            n = n_labelled + n_unlabelled
+            self.loss_weights = (n_labelled / n, n_unlabelled / n)
         self.classifier = ClassifierHierarchy(config, num_classes, self.stochastic_bu)
         r = config.spatial_sizes()
         Fs = (0,) + config.per_layer("filters")
