@@ -615,3 +615,33 @@ def test_constructor_limits_and_the_classifier_sees_sampled_z_bu():
             moved = [z + 1.0 for z in z_bu]          # the same features, other z^BU draws
             b = model.classifier(x, (last, q_bu, moved, q_top))
         assert (not torch.allclose(a, b)) is reads_z, variant
+
+
+def test_classifier_has_the_bu_stages_shapes_on_a_mixed_hierarchy():
+    """Eqs. 12-14 on a hierarchy whose stages all differ (filters 4/6/8, kernels 3/5/3,
+    latent kernels = map sides): the classifier has L - 1 stages, stage i maps F_{i-1} -> F_i
+    channels with kernel K_i, embeds z^BU_i with a conv spanning its map, and a batch with
+    labelled and unlabelled rows trains a step."""
+    from biva.config import ModelConfig
+
+    cfg = ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood="discretized_logistic",
+                      latents=(6, 4, 2), latent_type="conv", filters=(4, 6, 8),
+                      kernels=(3, 5, 3), strides=(2, 1, 2), latent_kernel=0, blocks=1,
+                      n_mix=2)
+    torch.manual_seed(0)
+    model = SemiSupervisedBIVA(cfg, 4)
+    clf, r = model.classifier, cfg.spatial_sizes()
+    assert len(clf.stages) == 2 and len(clf.embeds) == 2
+    for i, (filters, kernel) in enumerate([(4, 3), (6, 5)], start=1):
+        convs = [m for m in clf.stages[i - 1].modules() if hasattr(m, "v") and m.v.dim() == 4]
+        assert convs[0].v.shape[1] == (3 if i == 1 else 4), i        # F_{i-1} (x: 3 channels)
+        assert {c.v.shape[0] for c in convs} <= {filters, 2 * filters}, i   # 2F: gates
+        assert filters in {c.v.shape[0] for c in convs}, i
+        assert kernel in {c.v.shape[-1] for c in convs}, i
+        assert clf.embeds[i - 1].proj.v.shape[-1] == r[i], i          # latent kernel 0
+    x = torch.randint(0, 256, (6, 3, 8, 8)).float() / 127.5 - 1
+    model.initialize(x)
+    out = model(x, labels=torch.tensor([0, 3, -1, -1, 2, -1]))
+    out.loss.backward()
+    assert out.logits.shape == (6, 4) and torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in clf.parameters())
