@@ -645,3 +645,17 @@ def test_classifier_has_the_bu_stages_shapes_on_a_mixed_hierarchy():
     out.loss.backward()
     assert out.logits.shape == (6, 4) and torch.isfinite(out.loss)
     assert all(p.grad is not None for p in clf.parameters())
+
+
+def test_classifier_starts_near_uniform_after_the_data_dependent_init(digits):
+    """The classifier's output layer starts at scale 0.1: after init q(y|x) is close to
+    uniform on every image (entropy > 0.95 log C; at scale 1 some rows fall to ~0.65 log C),
+    so no confident random guess is reinforced by the unlabelled term."""
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:64], "binary")
+    model.initialize(x)
+    model.eval()
+    torch.manual_seed(1)
+    p = model.classify(x)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
+    assert float(entropy.min()) > 0.95 * math.log(10)
