@@ -325,16 +325,16 @@ def test_batch_statistics_match_hand_computations(digits):
     torch.manual_seed(0)
     first = model(x, labels=torch.cat([torch.zeros(4, dtype=torch.long), unl_y]))
     guess = first.logits[:4].argmax(1)    # q(y|x, z^BU) does not see the labels
-    # Two labels right and two wrong: the train error is 1/2, which a per-batch argmax (or an
-    # untrained model that gets all four wrong) would not give.
-    y = torch.cat([guess[:2], (guess[2:] + 1) % 10, unl_y])
+    # One label right and three wrong: the train error is 3/4, which a per-batch argmax, a
+    # count of the right ones, or an untrained model that gets all four wrong would not give.
+    y = torch.cat([guess[:1], (guess[1:] + 1) % 10, unl_y])
     torch.manual_seed(0)
     with model.given_labels(y):
         out = model(x)
     stats = model.last_stats
     log_q = F.log_softmax(out.logits.float(), 1)
     lab, unl = torch.arange(4), torch.arange(4, 8)
-    assert float(stats["n_labelled"]) == 4.0 and float(stats["train_error"]) == 0.5
+    assert float(stats["n_labelled"]) == 4.0 and float(stats["train_error"]) == 0.75
     torch.testing.assert_close(stats["ce"], -log_q[lab, y[:4]].mean())
     torch.testing.assert_close(stats["train_error"],
                                (log_q[lab].argmax(1) != y[:4]).float().mean())
@@ -659,3 +659,19 @@ def test_classifier_starts_near_uniform_after_the_data_dependent_init(digits):
     p = model.classify(x)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
     assert float(entropy.min()) > 0.95 * math.log(10)
+
+
+def test_default_alpha_and_the_classes_sample_accepts():
+    """alpha = 0.1 N / N_l from one labelled example on; sample's y is one class or n classes,
+    each in 0..C-1, and anything else is refused with the range in the message."""
+    assert default_alpha(100, 1) == pytest.approx(10.0)
+    assert default_alpha(55000, 100) == pytest.approx(55.0)
+    with pytest.raises(ValueError, match="at least one labelled example, got 0"):
+        default_alpha(100, 0)
+    model = tiny_model()
+    model.initialize(torch.bernoulli(torch.rand(16, 1, 8, 8)))
+    assert model.sample(2, y=[0, 9]).shape == (2, 1, 8, 8)
+    assert model.sample(3, y=4).shape == (3, 1, 8, 8)
+    for bad in ([1, 2, 3], [0, 10], [-1, 0], [[1, 2]]):
+        with pytest.raises(ValueError, match=r"y: expected 2 classes in 0\.\.9"):
+            model.sample(2, y=bad)
