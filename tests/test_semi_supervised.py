@@ -645,6 +645,9 @@ def test_classifier_has_the_bu_stages_shapes_on_a_mixed_hierarchy():
     out.loss.backward()
     assert out.logits.shape == (6, 4) and torch.isfinite(out.loss)
     assert all(p.grad is not None for p in clf.parameters())
+    two = SemiSupervisedBIVA(preset("digits", latents=(4, 2), strides=(2, 2), filters=(8,),
+                                    blocks=1), 4)
+    assert len(two.classifier.stages) == 1           # L = 2: one stage, fed z^BU_1
 
 
 def test_classifier_starts_near_uniform_after_the_data_dependent_init(digits):
