@@ -55,6 +55,14 @@ def tiny_model(variant: str = "biva", seed: int = 0, **kw) -> SemiSupervisedBIVA
     return SemiSupervisedBIVA(cfg, 10, alpha=3.0)
 
 
+def initialized_model(digits, n: int) -> tuple[SemiSupervisedBIVA, torch.Tensor]:
+    """A tiny BIVA initialized on the first n digits (fixed binarization), in eval mode."""
+    model = tiny_model("biva")
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:n], "binary")
+    model.initialize(x)
+    return model.eval(), x
+
+
 # Natural-image flavour: RGB 8-bit data, discretized logistic mixture, convolutional latents.
 NATURAL = {"input_shape": (3, 8, 8), "likelihood": "discretized_logistic", "n_mix": 2,
            "latent_type": "conv", "latent_kernel": 1}
@@ -347,10 +355,7 @@ def test_batch_statistics_match_hand_computations(digits):
 
 def test_loss_helper_is_eq_20_on_the_concatenated_batch(digits):
     """model.loss(x_l, y_l, x_u) = model(cat(x_l, x_u), labels=cat(y_l, -1s)), same draws."""
-    model = tiny_model("biva")
-    x = to_model_input(fixed_binarization(digits.train, 0).images[:10], "binary")
-    model.initialize(x)
-    model.eval()
+    model, x = initialized_model(digits, 10)
     y = torch.tensor([0, 1, 2, 3])
     torch.manual_seed(0)
     a = model.loss(x[:4], y, x[4:])
@@ -538,10 +543,7 @@ def test_build_model_passes_its_settings_on():
 
 
 def test_loss_helper_passes_free_bits_kl_weight_and_alpha_on(digits):
-    model = tiny_model("biva")
-    x = to_model_input(fixed_binarization(digits.train, 0).images[:10], "binary")
-    model.initialize(x)
-    model.eval()
+    model, x = initialized_model(digits, 10)
     y = torch.tensor([0, 1, 2, 3])
     labels = torch.cat([y, torch.full((6,), -1)])
     settings = {"free_bits": 3.0, "kl_weight": 0.3, "alpha": 40.0}
