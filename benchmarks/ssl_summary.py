@@ -17,6 +17,11 @@ from biva.evaluation.plots import plot_valid_vs_cpu
 from biva.utils.jsonl import read_jsonl
 
 
+def best_within(valid: list[dict], minutes: float) -> float | None:
+    """The lowest validation error among the evaluations within ``minutes`` of CPU time."""
+    return min((r["valid_error"] for r in valid if r["cpu_s"] <= 60 * minutes), default=None)
+
+
 def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
     """One row for a semi-supervised run directory; None when it has no validation yet.
     ``at``: CPU-minute budgets for the ``valid_at`` column (best validation error within each;
@@ -32,10 +37,8 @@ def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
            "best_valid_error": best["valid_error"], "best_step": best["step"],
            "last_valid_error": valid[-1]["valid_error"]}
     if at:
-        row["valid_at"] = {f"{t:g}": (min(r["valid_error"] for r in valid
-                                          if r["cpu_s"] <= 60 * t)
-                                      if row["cpu_minutes"] >= t - 0.5 else None)
-                           for t in at}
+        row["valid_at"] = {f"{t:g}": best_within(valid, t) if row["cpu_minutes"] >= t - 0.5
+                           else None for t in at}
     test = run / "eval_test_k1.json"
     if test.is_file():
         cls = json.loads(test.read_text())["classification"]

@@ -42,15 +42,15 @@ def _build_run_model(cfg: RunConfig, run_dir: Path) -> HierarchicalVAE:
         raise ValueError("semi-supervised run without data.num_classes in its config.json")
     split = {}
     path = run_dir / "labelled.json"
-    if not path.is_file() and cfg.train.ssl_objective == "paper":
-        raise FileNotFoundError(f"{path}: no such file; a run of the 'paper' objective needs "
-                                f"its split sizes (n_labelled, n_unlabelled) from it")
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
         split = {k: saved[k] for k in ("alpha", "n_labelled", "n_unlabelled") if k in saved}
+    elif cfg.train.ssl_objective == "paper":
+        raise FileNotFoundError(f"{path}: no such file; a run of the 'paper' objective needs "
+                                f"its split sizes (n_labelled, n_unlabelled) from it")
     return build_model(cfg.model, cfg.data.num_classes, objective=cfg.train.ssl_objective,
                        **split)
 

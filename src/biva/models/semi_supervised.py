@@ -155,7 +155,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         # data set's split sizes, which no default can stand for).
         self.loss_weights = (1.0, 1.0)
         if objective == "paper":
-            if not (n_labelled and n_unlabelled and n_labelled > 0 and n_unlabelled > 0):
+            if (n_labelled or 0) < 1 or (n_unlabelled or 0) < 1:
                 raise ValueError(f"objective 'paper' weighs eq. 20 by the split sizes: expected "
                                  f"n_labelled and n_unlabelled >= 1, found {n_labelled} and "
                                  f"{n_unlabelled}")
