@@ -7,7 +7,8 @@
 # call runs only the mutants without a result. Prints the per-file counts and the survivors.
 #   bash scripts/mutation.sh [SCRATCH_DIR [MUTANT_GLOB...]]    (default: /tmp/biva-mutation)
 #   e.g. bash scripts/mutation.sh /tmp/m 'biva.models.hierarchy*'   (one file first)
-# After adding tests for survivors: RETEST_SURVIVORS=1 bash scripts/mutation.sh /tmp/m
+# After adding tests for survivors: RETEST_SURVIVORS=1 bash scripts/mutation.sh /tmp/m [GLOB...]
+# (with globs, only the matching survivors are tested again)
 # A quick first pass can leave out the slowest tests (their names, comma-separated), which
 # survivors then pay for in a full retest:
 #   MUTATION_DESELECT=test_classifier_learns_digits_when_every_label_is_known bash scripts/...
@@ -24,7 +25,7 @@ git -C "$SCRATCH" fetch -q "$(pwd)" HEAD && git -C "$SCRATCH" checkout -q FETCH_
 ln -sfn "$(pwd)/.venv" "$SCRATCH/.venv"
 cd "$SCRATCH"
 if [ "${RETEST_SURVIVORS:-0}" = 1 ] && [ -d mutants ]; then
-  .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants --reset-survivors
+  .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants --reset-survivors "$@"
 fi
 OMP_NUM_THREADS=1 .venv/bin/mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "$@" || true
 .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants

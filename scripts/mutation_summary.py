@@ -2,13 +2,14 @@
 
 Usage: python scripts/mutation_summary.py MUTANTS_DIR   (prints a Markdown table, then the
 surviving mutant names)
-       python scripts/mutation_summary.py MUTANTS_DIR --reset-survivors
-           (forget the survivors' verdicts, so that the next `mutmut run` tests them again
-           against new tests)
+       python scripts/mutation_summary.py MUTANTS_DIR --reset-survivors [GLOB...]
+           (forget the survivors' verdicts, those whose mutant names match a glob if any are
+           given, so that the next `mutmut run` tests them again against new tests)
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import sys
 from collections import Counter
@@ -41,14 +42,19 @@ def main(root: str) -> None:
         print(" ", s)
 
 
-def reset_survivors(root: str) -> int:
-    """Set the verdict of every survivor (and "no test" mutant) back to "not run" in the .meta
-    files; returns the count."""
+def reset_survivors(root: str, globs: list[str] | None = None) -> int:
+    """Set the verdict of every survivor (and "no test" mutant) whose name matches one of
+    `globs` (all when none) back to "not run" in the .meta files; returns the count."""
     n = 0
     for meta in sorted(Path(root).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         codes = data.get("exit_code_by_key", {})
-        hits = [k for k, v in codes.items() if NAMES.get(v) in ("survived", "no test")]
+        hits = [
+            k
+            for k, v in codes.items()
+            if NAMES.get(v) in ("survived", "no test")
+            and (not globs or any(fnmatch.fnmatch(k, g) for g in globs))
+        ]
         for k in hits:
             codes[k] = None
         if hits:
@@ -58,8 +64,8 @@ def reset_survivors(root: str) -> int:
 
 
 if __name__ == "__main__":
-    if "--reset-survivors" in sys.argv[2:]:
-        print(f"{reset_survivors(sys.argv[1])} survivors and untested mutants will be tested "
-              "again")
+    if sys.argv[2:3] == ["--reset-survivors"]:
+        n = reset_survivors(sys.argv[1], sys.argv[3:])
+        print(f"{n} survivors and untested mutants will be tested again")
     else:
         main(sys.argv[1])
