@@ -24,6 +24,12 @@ fi
 git -C "$SCRATCH" fetch -q "$(pwd)" HEAD && git -C "$SCRATCH" checkout -q FETCH_HEAD
 ln -sfn "$(pwd)/.venv" "$SCRATCH/.venv"
 cd "$SCRATCH"
+# mutmut copies data files (configs) into mutants/ only once; refresh them so that the clean
+# test run sees the checked-out ones.
+if [ -d mutants/src ]; then
+  (cd src && find . -type f ! -name '*.py' ! -path '*/__pycache__/*' \
+     -exec cp --parents {} ../mutants/src/ \;)
+fi
 if [ "${RETEST_SURVIVORS:-0}" = 1 ] && [ -d mutants ]; then
   .venv/bin/python "$OLDPWD/scripts/mutation_summary.py" mutants --reset-survivors "$@"
 fi
