@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from biva import HierarchicalVAE, LinearGaussianHierarchy, importance_weighted_bound, preset
-from biva.objectives import bits_per_dim, effective_sample_size, log_weights
+from biva.objectives import (
+    bits_per_dim,
+    effective_sample_size,
+    log_weights,
+    nats_from_bits_per_dim,
+)
 
 
 def test_exact_posterior_gives_log_px_with_every_sample():
@@ -94,6 +99,9 @@ def test_real_model_bounds_are_ordered_and_finite(variant):
 
 def test_bits_per_dim():
     assert bits_per_dim(-math.log(2) * 3072 * 3.0, 3072) == pytest.approx(3.0)
+    # The inverse: 1 bit/dim over 784 dims is a log-likelihood of -784 ln 2 nats.
+    assert nats_from_bits_per_dim(1.0, 784) == pytest.approx(-784 * math.log(2))
+    assert nats_from_bits_per_dim(bits_per_dim(-123.4, 64), 64) == pytest.approx(-123.4)
 
 
 def test_samples_per_pass_bounds_the_rows_of_one_pass():

@@ -57,6 +57,20 @@ def test_logistic_mixture_is_sharper_where_the_data_is():
     assert lik.log_prob(good, x) > lik.log_prob(bad, x)
 
 
+def test_gaussian_mean_and_samples_follow_its_parameters():
+    """mean() is mu; sample() draws N(mu, sigma^2) per dimension (moments over 20,000 draws),
+    learned or fixed sigma."""
+    mu, raw = torch.tensor([-0.5, 2.0]).view(1, 2, 1, 1), torch.tensor([0.3, -1.0])
+    params = torch.cat([mu, raw.view(1, 2, 1, 1)], 1)
+    for lik, p in [(Gaussian(), params), (Gaussian(fixed_std=0.3), mu)]:
+        sigma = lik.dist(p).sigma.view(2)
+        torch.testing.assert_close(lik.mean(p), mu)
+        torch.manual_seed(0)
+        draws = lik.sample(p.expand(20_000, -1, -1, -1)).view(-1, 2)
+        torch.testing.assert_close(draws.mean(0), mu.view(2), atol=0.05, rtol=0)
+        torch.testing.assert_close(draws.std(0), sigma, atol=0.02, rtol=0)
+
+
 def test_gaussian_log_prob_matches_torch_distributions():
     params = torch.randn(3, 4, 2, 2)
     x = torch.randn(3, 2, 2, 2)
@@ -135,6 +149,42 @@ def test_logistic_mixture_samples_follow_its_probabilities():
     torch.testing.assert_close(mean, torch.stack([r, gch, b]))
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_logistic_mixture_samples_follow_its_probabilities_on_one_and_two_channels(channels):
+    """As above for grayscale and two-channel data: sample() finds C from the parameter count,
+    and with C = 2 the second channel's mean is coupled to the first."""
+    lik = DiscretizedLogisticMixture(n_mix=3, bits=2)
+    c, n_coef = channels, channels * (channels - 1) // 2
+    g = torch.Generator().manual_seed(5)
+    logits = torch.tensor([1.5, -0.4, 0.3])
+    means = 0.5 * torch.randn(3 * c, generator=g)
+    coeffs = 1.5 * torch.randn(3 * n_coef, generator=g).sign()
+    params = torch.cat([logits, means, torch.full((3 * c,), -1.0), coeffs]).view(1, -1, 1, 1)
+    assert params.shape[1] == lik.param_channels(c)
+    values = _all_values(c, 2)
+    p = lik.log_prob(params.expand(len(values), -1, -1, -1), values).double().exp()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    n = 100_000
+    torch.manual_seed(0)
+    draws = lik.sample(params.expand(n, -1, -1, -1)).view(n, c)
+    index = ((draws + 1) / 2 * 3).round().long()
+    code = index[:, 0] * 4 + index[:, 1] if c == 2 else index[:, 0]
+    freq = torch.bincount(code, minlength=4**c).double() / n
+    assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3
+    assert lik.mean(params).shape == (1, c, 1, 1)
+
+
+def test_logistic_mixture_refuses_parameter_counts_of_no_channel_count():
+    """params must hold n_mix * (C + 1)(C + 2) / 2 maps for some C >= 1 (3, 6, 10, ... per
+    component); logits alone (C = 0) or a count between two channel counts are refused."""
+    lik = DiscretizedLogisticMixture(n_mix=10)
+    assert [lik._channels(torch.zeros(1, lik.param_channels(c), 1, 1)) for c in (1, 3, 20)] \
+        == [1, 3, 20]
+    for bad in (10, 105, 64):
+        with pytest.raises(ValueError, match=f"{bad} parameter channels fit no channel count"):
+            lik.sample(torch.zeros(1, bad, 2, 2))
+
+
 def test_logistic_mixture_tail_bins_use_density_times_bin_width():
     """Where the bin mass underflows float32 (< 1e-5), log p = log(pdf(centre) * 2h), with the
     logistic pdf exp(-t) / (s (1 + exp(-t))^2), t = (x - mu) / s, computed here in float64."""
@@ -192,6 +242,12 @@ def test_categorical_over_several_channels_without_padding():
     draw = lik.sample(params)
     assert draw.shape == (3, 2, 3, 3) and draw.dtype == torch.float32
     assert lik.param_channels(2) == 10
+    torch.testing.assert_close(lik.mean(params), logits.argmax(1).float())
+    # Padding in some positions of some rows: each row sums its own unpadded positions.
+    padded = Categorical(num_classes=5, ignore_index=0)
+    ce = F.cross_entropy(logits, x, reduction="none", ignore_index=0)
+    assert (x == 0).any() and (x != 0).any()
+    torch.testing.assert_close(padded.log_prob(params, x), -ce.flatten(1).sum(1))
 
 
 def test_build_likelihood_defaults_are_the_model_configs():

@@ -680,3 +680,32 @@ def test_default_alpha_and_the_classes_sample_accepts():
     for bad in ([1, 2, 3], [0, 10], [-1, 0], [[1, 2]]):
         with pytest.raises(ValueError, match=r"y: expected 2 classes in 0\.\.9"):
             model.sample(2, y=bad)
+
+
+@pytest.mark.parametrize("latent_type", ["conv", "dense"])
+def test_class_features_have_each_td_stages_shape_and_start_small(latent_type):
+    """y's features for TD stage i (and, for "paper", for the top posterior's head) have that
+    stage's channels F_i; a dense hierarchy gets one feature map per position (its map side),
+    a convolutional one a per-channel bias broadcast over the map. They start at scale 0.1, so
+    the class barely moves the initial bound. "paper" accepts one example per split."""
+    from biva.config import ModelConfig
+
+    cfg = ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood="discretized_logistic",
+                      latents=(6, 4, 2), latent_type=latent_type, filters=(4, 6, 8),
+                      kernels=(3, 5, 3), strides=(2, 1, 2), blocks=1, n_mix=2)
+    torch.manual_seed(0)
+    model = SemiSupervisedBIVA(cfg, 4, objective="paper", n_labelled=1, n_unlabelled=1)
+    assert model.loss_weights == (0.5, 0.5) and model.last_stats == {}
+    r = cfg.spatial_sizes()
+    for i, (e, f) in enumerate(zip(model.y_embed, (4, 6, 8), strict=True), start=1):
+        side = r[i] if latent_type == "dense" else 1
+        assert e.shape == (4, f, side, side), i
+    side = r[-1] if latent_type == "dense" else 1
+    assert model.top_y_embed.shape == (4, 8, side, side)
+    for e in [*model.y_embed, model.top_y_embed]:
+        assert 0.05 < float(e.detach().std()) < 0.2
+    x = torch.randint(0, 256, (4, 3, 8, 8)).float() / 127.5 - 1
+    model.initialize(x)
+    out = model(x, labels=torch.tensor([1, -1, 3, -1]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(e.grad is not None for e in model.y_embed)

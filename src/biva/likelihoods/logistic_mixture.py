@@ -124,9 +124,12 @@ class DiscretizedLogisticMixture(Likelihood):
         return self._draw(params, self._channels(params), greedy=True)
 
     def _channels(self, params: Tensor) -> int:
-        per = params.shape[1] // self.n_mix  # 1 + 2C + C(C-1)/2
-        for c in range(1, 17):
-            if 1 + 2 * c + c * (c - 1) // 2 == per:
-                return c
-        raise ValueError(f"{params.shape[1]} parameter channels fit no channel count for "
-                         f"{self.n_mix} mixture components")
+        """The data channel count C that params (B, n_mix * (C + 1)(C + 2) / 2, H, W) stand for."""
+        per = params.shape[1] // self.n_mix
+        c = (math.isqrt(8 * per + 1) - 3) // 2  # per component: 1 + 2C + C(C-1)/2 = (C+1)(C+2)/2
+        if c < 1 or self.param_channels(c) != params.shape[1]:
+            raise ValueError(f"{params.shape[1]} parameter channels fit no channel count for "
+                             f"{self.n_mix} mixture components (expected n_mix * (C + 1)(C + 2)"
+                             f" / 2 for C >= 1: {self.param_channels(1)}, "
+                             f"{self.param_channels(2)}, {self.param_channels(3)}, ...)")
+        return c
