@@ -99,7 +99,10 @@ def test_real_model_bounds_are_ordered_and_finite(variant):
 
 def test_bits_per_dim():
     assert bits_per_dim(-math.log(2) * 3072 * 3.0, 3072) == pytest.approx(3.0)
-    # The inverse: 1 bit/dim over 784 dims is a log-likelihood of -784 ln 2 nats.
+
+
+def test_nats_from_bits_per_dim_inverts_bits_per_dim():
+    """1 bit/dim over 784 dims is a log-likelihood of -784 ln 2 nats."""
     assert nats_from_bits_per_dim(1.0, 784) == pytest.approx(-784 * math.log(2))
     assert nats_from_bits_per_dim(bits_per_dim(-123.4, 64), 64) == pytest.approx(-123.4)
 

@@ -242,12 +242,20 @@ def test_categorical_over_several_channels_without_padding():
     draw = lik.sample(params)
     assert draw.shape == (3, 2, 3, 3) and draw.dtype == torch.float32
     assert lik.param_channels(2) == 10
-    torch.testing.assert_close(lik.mean(params), logits.argmax(1).float())
-    # Padding in some positions of some rows: each row sums its own unpadded positions.
+
+
+def test_categorical_over_several_channels_with_padding_and_its_mean():
+    """As above with padding (class 0) in some positions of some rows: each row sums its own
+    unpadded positions; mean() is the most likely class of each position and channel."""
     padded = Categorical(num_classes=5, ignore_index=0)
+    g = torch.Generator().manual_seed(4)
+    params = torch.randn(3, 10, 3, 3, generator=g)
+    x = torch.randint(0, 5, (3, 2, 3, 3), generator=g)
+    logits = params.view(3, 5, 2, 3, 3)
     ce = F.cross_entropy(logits, x, reduction="none", ignore_index=0)
     assert (x == 0).any() and (x != 0).any()
     torch.testing.assert_close(padded.log_prob(params, x), -ce.flatten(1).sum(1))
+    torch.testing.assert_close(padded.mean(params), logits.argmax(1).float())
 
 
 def test_build_likelihood_defaults_are_the_model_configs():
