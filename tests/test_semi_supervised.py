@@ -267,6 +267,13 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     res = json.loads((run / "eval_test_k2.json").read_text())
     assert 0 <= res["classification"]["error"] <= 1 and math.isfinite(res["L_2"])
     assert res["classification"]["elbo_U"] <= res["classification"]["L_1"] + 1e-6
+    # The error with q(y|x) averaged over 3 z^BU draws.
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "1", "--n-examples", "40", "--class-samples", "3",
+                 "--out", str(tmp_path / "three.json")]) == 0
+    assert "q(y|x) over 3 z^BU draws" in capsys.readouterr().out
+    three = json.loads((tmp_path / "three.json").read_text())["classification"]
+    assert three["n_samples"] == 3 and res["classification"]["n_samples"] == 1
 
     out = tmp_path / "pred.npz"
     assert main(["predict", str(run), "--data", "digits", "--n-examples", "30", "--out",

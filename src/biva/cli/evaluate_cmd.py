@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=positive_int, default=None,
                    help="rows (samples x examples) of one batched pass: bounds memory "
                    "(default: the run's eval.max_batch)")
+    p.add_argument("--class-samples", type=positive_int, default=1,
+                   help="semi-supervised runs: average q(y|x) over this many draws of z^BU "
+                   "for the test error")
     p.add_argument("--per-example", action="store_true", help="include per-example values")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: in run dir)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
@@ -60,12 +63,14 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
                  prior_layers: int = 0, checkpoint: str = "best", n_examples: int | None = None,
                  batch_size: int | None = None, max_batch: int | None = None, device="cpu",
                  data_root: str | None = None, per_example: bool = False, amp: str = "none",
-                 channels_last: bool = True, progress: bool = False) -> dict:
+                 channels_last: bool = True, progress: bool = False,
+                 class_samples: int = 1) -> dict:
     """Evaluate a run's model on a split; returns the result dict (see evaluate_bounds).
 
     ``k``, ``n_examples``, ``batch_size`` and ``max_batch`` left as None come from the run's
     ``eval`` config section. ``amp="bf16"`` runs the bounds under bf16 autocast;
-    ``progress`` draws a bar on stderr.
+    ``progress`` draws a bar on stderr. A semi-supervised run's predictions average q(y|x)
+    over ``class_samples`` draws of z^BU.
     """
     import torch
 
@@ -97,7 +102,8 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
 
         res["classification"] = evaluate_classification(
             model, data_split, data.kind, cfg.model.bits, batch_size=batch_size,
-            n_examples=n_examples, class_names=list(data.class_names or []) or None)
+            n_examples=n_examples, n_samples=class_samples,
+            class_names=list(data.class_names or []) or None)
     res.update({"split": split, "k": k, "dataset": data.name, "checkpoint": state["checkpoint"],
                 "step": state.get("step"), "seconds": time.perf_counter() - t0})
     if not per_example:
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
                        checkpoint=args.checkpoint, n_examples=args.n_examples,
                        batch_size=args.batch_size, max_batch=args.max_batch, device=device,
                        data_root=args.data_root, per_example=args.per_example, amp=args.amp,
-                       channels_last=args.channels_last, progress=not args.no_progress)
+                       channels_last=args.channels_last, progress=not args.no_progress,
+                       class_samples=args.class_samples)
     prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
     out = args.out or args.run_dir / f"eval_{args.split}_k{res['k']}{prior}.json"
     atomic_write_json(out, res)
@@ -121,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
         cls = res["classification"]
         for path in write_confusion(cls, args.run_dir, args.split):
             print(f"written: {path}")
-        print(f"{args.split} error: {100 * cls['error']:.2f}% ({cls['n_examples']} examples); "
-              f"ELBO (eq. 19) {cls['elbo_U']:.3f} nats")
+        draws = f", q(y|x) over {cls['n_samples']} z^BU draws" if cls["n_samples"] > 1 else ""
+        print(f"{args.split} error: {100 * cls['error']:.2f}% ({cls['n_examples']} examples"
+              f"{draws}); ELBO (eq. 19) {cls['elbo_U']:.3f} nats")
         if "generative_k1" in cls:
             g = cls["generative_k1"]
             print(f"the generative model's own classes, p(y|x) ∝ exp L_1(x, y): error "
