@@ -274,6 +274,9 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     assert "q(y|x) over 3 z^BU draws" in capsys.readouterr().out
     three = json.loads((tmp_path / "three.json").read_text())["classification"]
     assert three["n_samples"] == 3 and res["classification"]["n_samples"] == 1
+    cm3 = json.loads((run / "confusion_test_samples3.json").read_text())
+    assert cm3["n_samples"] == 3 and cm3["confusion"] == three["confusion"]
+    assert json.loads((run / "confusion_test.json").read_text())["n_samples"] == 1
 
     out = tmp_path / "pred.npz"
     assert main(["predict", str(run), "--data", "digits", "--n-examples", "30", "--out",

@@ -176,13 +176,17 @@ def plot_confusion(summary: dict, path: str | Path, title: str = "") -> Path:
 
 
 def write_confusion(summary: dict, run_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """``RUN/confusion_<split>.json`` and ``RUN/figures/confusion_<split>.png``."""
+    """``RUN/confusion_<split>.json`` and ``RUN/figures/confusion_<split>.png``; predictions
+    averaged over n > 1 z^BU draws go to ``confusion_<split>_samples<n>.*`` beside them."""
     run_dir = Path(run_dir)
-    json_path = run_dir / f"confusion_{split}.json"
+    n = summary.get("n_samples", 1)
+    name = split if n == 1 else f"{split}_samples{n}"
+    json_path = run_dir / f"confusion_{name}.json"
     keys = ("n_examples", "error", "accuracy", "classes", "per_class_accuracy", "confusion")
-    atomic_write_json(json_path, {"split": split, **{k: summary[k] for k in keys}})
-    return json_path, plot_confusion(summary, run_dir / "figures" / f"confusion_{split}.png",
-                                     title=f"{split}: error {100 * summary['error']:.2f}%")
+    atomic_write_json(json_path, {"split": split, "n_samples": n, **{k: summary[k] for k in keys}})
+    draws = f", q(y|x) over {n} draws" if n > 1 else ""
+    return json_path, plot_confusion(summary, run_dir / "figures" / f"confusion_{name}.png",
+                                     title=f"{split}: error {100 * summary['error']:.2f}%{draws}")
 
 
 def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
