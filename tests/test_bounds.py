@@ -122,6 +122,34 @@ def test_samples_per_pass_bounds_the_rows_of_one_pass():
     assert samples_per_pass(5, 0, 4096, cuda) == 5                     # empty batch: no division
 
 
+def test_evaluate_bounds_seeds_its_draws_and_leaves_the_callers_rng():
+    """A seed fixes L_1 and L_k of every example and leaves the global RNG where it was, and
+    the model's training mode is restored; seed=None draws from the global RNG."""
+    from biva.data import ImageSplit
+    from biva.evaluation.bounds import evaluate_bounds
+
+    torch.manual_seed(0)
+    model = HierarchicalVAE(preset("digits", filters=(8,), blocks=1))
+    split = ImageSplit((torch.rand(6, 1, 8, 8) > 0.5).to(torch.uint8))
+    model.initialize(split.images.float())
+    model.train()
+
+    def run(seed):
+        return evaluate_bounds(model, split, "binary", 1, k=3, batch_size=4,
+                               seed=seed)["per_example"]
+
+    torch.manual_seed(5)
+    expected_next = torch.rand(2)
+    torch.manual_seed(5)
+    first = run(0)
+    assert torch.equal(torch.rand(2), expected_next) and model.training
+    assert run(0) == first and run(7) != first
+    torch.manual_seed(1)
+    a = run(None)
+    torch.manual_seed(1)
+    assert run(None) == a and run(None) != a
+
+
 def test_kl_per_group_keeps_the_hierarchy_order_in_the_written_json(tmp_path):
     """With 10+ layers, string order puts z10 before z2; results keep z1, z2, ..., z10."""
     import json

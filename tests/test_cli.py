@@ -132,6 +132,23 @@ def test_evaluate_writes_bounds(trained_run, capsys):
     assert res["checkpoint"].endswith("best") and "per_example" not in res
 
 
+def test_evaluate_is_reproducible_for_a_seed(trained_run, tmp_path):
+    """The same checkpoint and --seed give the same per-example L_1 and L_k (before, two runs
+    of `biva evaluate` differed by Monte Carlo noise); another seed gives other draws."""
+    def per_example(seed: int) -> dict:
+        out = tmp_path / f"seed{seed}.json"
+        assert main(["evaluate", str(trained_run), "--k", "3", "--n-examples", "12",
+                     "--per-example", "--seed", str(seed), "--out", str(out)]) == 0
+        res = json.loads(out.read_text())
+        assert res["seed"] == seed
+        return res["per_example"]
+
+    first = per_example(0)
+    assert per_example(0) == first
+    other = per_example(1)
+    assert other["L_1"] != first["L_1"] and other["L_3"] != first["L_3"]
+
+
 def test_evaluate_defaults_come_from_the_runs_eval_config(trained_run):
     # The tiny config sets eval.k=4: without --k, evaluate uses it.
     assert main(["evaluate", str(trained_run), "--n-examples", "10", "--split", "valid",

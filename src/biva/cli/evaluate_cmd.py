@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--class-samples", type=positive_int, default=1,
                    help="semi-supervised runs: average q(y|x) over this many draws of z^BU "
                    "for the test error")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the latent draws: the same checkpoint and seed give the same "
+                   "numbers")
     p.add_argument("--per-example", action="store_true", help="include per-example values")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: in run dir)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
@@ -64,13 +67,13 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
                  batch_size: int | None = None, max_batch: int | None = None, device="cpu",
                  data_root: str | None = None, per_example: bool = False, amp: str = "none",
                  channels_last: bool = True, progress: bool = False,
-                 class_samples: int = 1) -> dict:
+                 class_samples: int = 1, seed: int | None = 0) -> dict:
     """Evaluate a run's model on a split; returns the result dict (see evaluate_bounds).
 
     ``k``, ``n_examples``, ``batch_size`` and ``max_batch`` left as None come from the run's
     ``eval`` config section. ``amp="bf16"`` runs the bounds under bf16 autocast;
     ``progress`` draws a bar on stderr. A semi-supervised run's predictions average q(y|x)
-    over ``class_samples`` draws of z^BU.
+    over ``class_samples`` draws of z^BU. ``seed`` fixes every latent draw (None: unseeded).
     """
     import torch
 
@@ -95,14 +98,15 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
             progress_bar(n, f"L_1 and L_{k} on {split}", progress) as update:
         res = evaluate_bounds(model, data_split, data.kind, cfg.model.bits, k=k,
                               batch_size=batch_size, max_batch=max_batch, n_examples=n_examples,
-                              prior_layers=prior_layers, device=device, progress=update)
+                              prior_layers=prior_layers, device=device, progress=update,
+                              seed=seed)
     res["amp"] = amp
     if classes:
         from ..evaluation.classification import evaluate_classification
 
         res["classification"] = evaluate_classification(
             model, data_split, data.kind, cfg.model.bits, batch_size=batch_size,
-            n_examples=n_examples, n_samples=class_samples,
+            n_examples=n_examples, n_samples=class_samples, seed=seed,
             class_names=list(data.class_names or []) or None)
     res.update({"split": split, "k": k, "dataset": data.name, "checkpoint": state["checkpoint"],
                 "step": state.get("step"), "seconds": time.perf_counter() - t0})
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, max_batch=args.max_batch, device=device,
                        data_root=args.data_root, per_example=args.per_example, amp=args.amp,
                        channels_last=args.channels_last, progress=not args.no_progress,
-                       class_samples=args.class_samples)
+                       class_samples=args.class_samples, seed=args.seed)
     prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
     out = args.out or args.run_dir / f"eval_{args.split}_k{res['k']}{prior}.json"
     atomic_write_json(out, res)

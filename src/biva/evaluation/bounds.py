@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data import DatasetSplits, ImageSplit, fixed_binarization, to_model_input
 from ..objectives import bits_per_dim, importance_weighted_bound
+from ..utils.rng import seeded_eval
 
 
 def evaluation_split(data: DatasetSplits, which: str, seed: int = 0) -> ImageSplit:
@@ -49,31 +50,33 @@ def validation_elbo(model: nn.Module, split: ImageSplit, kind: str, bits: int, *
     return total / max(count, 1)
 
 
-@torch.no_grad()
 def evaluate_bounds(model: nn.Module, split: ImageSplit, kind: str, bits: int, *,
                     k: int = 1000, batch_size: int = 100, max_batch: int = 4096,
                     n_examples: int = 0, prior_layers: int = 0, device=None,
-                    progress=None) -> dict:
+                    progress=None, seed: int | None = 0) -> dict:
     """L_1 (with per-group KL) and L_k over a split: nats per example and bits/dim.
 
     Returns a JSON-ready dict; ``per_example`` holds the (N,) L_1 and L_k values in nats.
+    ``seed`` fixes the latent draws (the same checkpoint gives the same numbers; None: the
+    global RNG as it is).
     """
     device = device or next(model.parameters()).device
-    model.eval()
     l1, lk, kl = [], [], []
     limit = n_examples or None
-    for x in _batches(split, kind, bits, batch_size, device, limit):
-        out = model(x, prior_layers=prior_layers)
-        l1.append(out.elbo.double().cpu())
-        kl.append(out.kl_per_group.double().cpu())
-        if k > 1:
-            lk.append(importance_weighted_bound(model, x, k, prior_layers=prior_layers,
-                                                max_batch=max_batch).cpu())
-        if progress is not None:
-            progress(x.shape[0])
+    with seeded_eval(model, seed):
+        for x in _batches(split, kind, bits, batch_size, device, limit):
+            out = model(x, prior_layers=prior_layers)
+            l1.append(out.elbo.double().cpu())
+            kl.append(out.kl_per_group.double().cpu())
+            if k > 1:
+                lk.append(importance_weighted_bound(model, x, k, prior_layers=prior_layers,
+                                                    max_batch=max_batch).cpu())
+            if progress is not None:
+                progress(x.shape[0])
     l1_t = torch.cat(l1)
     dims = math.prod(split.images.shape[1:])
     res = {"n_examples": int(l1_t.numel()), "dims": dims, "prior_layers": prior_layers,
+           "seed": seed,
            "L_1": float(l1_t.mean()), "L_1_bpd": float(bits_per_dim(l1_t.mean(), dims)),
            "kl_per_group": dict(zip(getattr(model, "group_names", []),
                                     torch.cat(kl).mean(0).tolist(), strict=False)),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +11,7 @@ from torch import Tensor
 
 from ..data import ImageSplit, bernoulli_draw, to_model_input
 from ..utils.atomic import atomic_write_json
-
-
-@contextlib.contextmanager
-def _seeded_eval(model, seed: int | None) -> Iterator[None]:
-    # z^BU draws use the global RNG; fork it so a seeded prediction is reproducible and leaves
-    # the caller's RNG untouched.
-    device = model.out_conv.v.device
-    was = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
-                                   enabled=seed is not None), torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was)
+from ..utils.rng import seeded_eval
 
 
 def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -80,7 +62,7 @@ def predict_proba(model, x: Tensor, *, batch_size: int = 100, n_samples: int = 1
     """
     device = model.out_conv.v.device
     out = []
-    with _seeded_eval(model, seed):
+    with seeded_eval(model, seed):
         for start in range(0, x.shape[0], batch_size):
             out.append(model.classify(x[start:start + batch_size].to(device), n_samples).cpu())
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
@@ -112,7 +94,7 @@ def evaluate_classification(model, split: ImageSplit, kind: str, bits: int, *,
         raise ValueError("this split has no labels: cannot measure a classification error")
     device = model.out_conv.v.device
     probs, labels, u_bound, l1, log_px, kl, gen = [], [], [], [], [], [], []
-    with _seeded_eval(model, seed):
+    with seeded_eval(model, seed):
         for x, y in _split_batches(split, kind, bits, batch_size, device, n_examples):
             if with_bounds:
                 out = model(x)
@@ -251,6 +233,6 @@ def write_class_samples(model, kind: str, out: str | Path, per_class: int = 10,
     from .images import save_grid
 
     gen = torch.Generator(device=model.out_conv.v.device).manual_seed(seed)
-    with _seeded_eval(model, seed):
+    with seeded_eval(model, seed):
         images = model.class_grid(per_class, temperature, generator=gen, mode=mode)
     return save_grid(images, out, kind=kind, nrow=per_class)

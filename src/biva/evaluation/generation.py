@@ -8,34 +8,17 @@ without touching the global RNG.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..models import HierarchicalVAE
+from ..utils.rng import seeded_eval
 from .images import save_grid
 
 Temperature = float | Sequence[float]
-
-
-@contextlib.contextmanager
-def _eval_rng(model: HierarchicalVAE, seed: int | None) -> Iterator[None]:
-    # forward() draws from q and p with the global RNG; fork it so that a seeded call neither
-    # depends on nor changes what the caller's RNG does next.
-    device = model.out_conv.v.device
-    devices = [device] if device.type == "cuda" else []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None), torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _generator(model: HierarchicalVAE, seed: int) -> torch.Generator:
@@ -67,7 +50,7 @@ def partial_generations(model: HierarchicalVAE, x: Tensor, layers: Sequence[int]
     of p(x|z), (B, len(layers), C, H, W); column j uses i = layers[j].
     """
     cols = []
-    with _eval_rng(model, seed):
+    with seeded_eval(model, seed):
         for i in layers:
             cols.append(model.decode(model(x, prior_layers=int(i)).x_params, "mean"))
     return torch.stack(cols, 1)
@@ -79,7 +62,7 @@ def top_posterior_mean(model: HierarchicalVAE, x: Tensor, *, seed: int | None = 
     For BIVA and the VAE, q(z_L | .) conditions on sampled z^BU_{<L}, so this is the mean given
     one (seeded) draw of those; for the LVAEs it is deterministic.
     """
-    with _eval_rng(model, seed):
+    with seeded_eval(model, seed):
         return model(x).posteriors[f"z{model.n_layers}"].mu
 
 

@@ -9,15 +9,17 @@ and a small JSON-able dict (positions, cached Gaussians), matching ``save_checkp
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["RNG_STATE_VERSION", "capture_rng_state", "restore_rng_state", "seed_everything"]
+__all__ = ["RNG_STATE_VERSION", "capture_rng_state", "restore_rng_state", "seed_everything",
+           "seeded_eval"]
 
 RNG_STATE_VERSION = 1
 
@@ -29,6 +31,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # NumPy's legacy seeding only takes 32 bits
     torch.manual_seed(seed)  # also seeds all CUDA devices (lazily if CUDA is not initialized)
+
+
+@contextlib.contextmanager
+def seeded_eval(model: torch.nn.Module, seed: int | None) -> Iterator[None]:
+    """Eval mode and no_grad for the block, with torch's global RNG (which the models' latent
+    draws use) forked and seeded: a seeded evaluation is reproducible and leaves the caller's
+    RNG where it was. ``seed=None``: unseeded. The training mode is restored afterwards."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   enabled=seed is not None), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+    finally:
+        model.train(was_training)
 
 
 def capture_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
