@@ -149,6 +149,12 @@ def test_evaluate_is_reproducible_for_a_seed(trained_run, tmp_path):
     assert other["L_1"] != first["L_1"] and other["L_3"] != first["L_3"]
 
 
+def test_class_samples_on_a_run_without_a_classifier_is_refused(trained_run, capsys):
+    line = assert_clear_error(capsys, ["evaluate", str(trained_run), "--class-samples", "5",
+                                       "--k", "1"], "biva evaluate: error:")
+    assert "--class-samples 5" in line and "not a semi-supervised run" in line
+
+
 def test_evaluate_defaults_come_from_the_runs_eval_config(trained_run):
     # The tiny config sets eval.k=4: without --k, evaluate uses it.
     assert main(["evaluate", str(trained_run), "--n-examples", "10", "--split", "valid",
