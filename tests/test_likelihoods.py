@@ -114,6 +114,21 @@ def _all_values(channels: int, bits: int) -> torch.Tensor:
     return grid.view(-1, channels, 1, 1)
 
 
+def _assert_sample_frequencies_match_log_prob(lik, params, channels: int, n: int) -> None:
+    """Over every joint value of one 2-bit pixel of ``channels`` channels: exp(log_prob) sums
+    to 1, and the frequencies of n seeded draws from ``params`` (1, P, 1, 1) match it."""
+    values = _all_values(channels, 2)
+    p = lik.log_prob(params.expand(len(values), -1, -1, -1), values).double().exp()
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    torch.manual_seed(0)
+    draws = lik.sample(params.expand(n, -1, -1, -1)).view(n, channels)
+    index = ((draws + 1) / 2 * 3).round().long()                   # level 0..3 per channel
+    code = sum(index[:, j] * 4 ** (channels - 1 - j) for j in range(channels))  # as _all_values
+    freq = torch.bincount(code, minlength=4**channels).double() / n
+    # Binomial standard error sqrt(p(1-p)/n) <= 0.0011: 5 s.e. plus a small slack.
+    assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3
+
+
 def test_logistic_mixture_samples_follow_its_probabilities():
     """sample() and log_prob() are separate code (Gumbel pick, logistic noise, R -> G -> B
     coupling, quantization): the sample frequencies of all 64 joint values must match
@@ -127,17 +142,7 @@ def test_logistic_mixture_samples_follow_its_probabilities():
     params[:, 3:12] *= 0.5                                            # means
     params[:, 12:21] = -1.0                                           # log-scales
     params[:, 21:] = 1.5 * params[:, 21:].sign()                      # strong coupling
-    values = _all_values(3, 2)
-    p = lik.log_prob(params.expand(len(values), -1, -1, -1), values).double().exp()
-    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
-    n = 200_000
-    torch.manual_seed(0)
-    draws = lik.sample(params.expand(n, -1, -1, -1)).view(n, 3)
-    index = ((draws + 1) / 2 * 3).round().long()                   # level 0..3 per channel
-    code = index[:, 0] * 16 + index[:, 1] * 4 + index[:, 2]
-    freq = torch.bincount(code, minlength=64).double() / n
-    # Binomial standard error sqrt(p(1-p)/n) <= 0.0011: 5 s.e. plus a small slack.
-    assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3
+    _assert_sample_frequencies_match_log_prob(lik, params, 3, n=200_000)
     # The greedy "mean": the most likely component's mean, coupled and quantized.
     mean = lik.mean(params).view(3)
     logits, means, _, coeffs = lik._split(params, 3)
@@ -161,16 +166,7 @@ def test_logistic_mixture_samples_follow_its_probabilities_on_one_and_two_channe
     coeffs = 1.5 * torch.randn(3 * n_coef, generator=g).sign()
     params = torch.cat([logits, means, torch.full((3 * c,), -1.0), coeffs]).view(1, -1, 1, 1)
     assert params.shape[1] == lik.param_channels(c)
-    values = _all_values(c, 2)
-    p = lik.log_prob(params.expand(len(values), -1, -1, -1), values).double().exp()
-    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
-    n = 100_000
-    torch.manual_seed(0)
-    draws = lik.sample(params.expand(n, -1, -1, -1)).view(n, c)
-    index = ((draws + 1) / 2 * 3).round().long()
-    code = index[:, 0] * 4 + index[:, 1] if c == 2 else index[:, 0]
-    freq = torch.bincount(code, minlength=4**c).double() / n
-    assert (freq - p).abs().max() < 5 * (p * (1 - p) / n).sqrt().max() + 1e-3
+    _assert_sample_frequencies_match_log_prob(lik, params, c, n=100_000)
     assert lik.mean(params).shape == (1, c, 1, 1)
 
 

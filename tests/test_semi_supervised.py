@@ -63,6 +63,15 @@ def initialized_model(digits, n: int) -> tuple[SemiSupervisedBIVA, torch.Tensor]
     return model.eval(), x
 
 
+def mixed_hierarchy(latent_type: str = "conv", **kw):
+    """An RGB hierarchy whose three stages all differ: filters 4/6/8, kernels 3/5/3."""
+    from biva.config import ModelConfig
+
+    return ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood="discretized_logistic",
+                       latents=(6, 4, 2), latent_type=latent_type, filters=(4, 6, 8),
+                       kernels=(3, 5, 3), strides=(2, 1, 2), blocks=1, n_mix=2, **kw)
+
+
 # Natural-image flavour: RGB 8-bit data, discretized logistic mixture, convolutional latents.
 NATURAL = {"input_shape": (3, 8, 8), "likelihood": "discretized_logistic", "n_mix": 2,
            "latent_type": "conv", "latent_kernel": 1}
@@ -634,12 +643,7 @@ def test_classifier_has_the_bu_stages_shapes_on_a_mixed_hierarchy():
     latent kernels = map sides): the classifier has L - 1 stages, stage i maps F_{i-1} -> F_i
     channels with kernel K_i, embeds z^BU_i with a conv spanning its map, and a batch with
     labelled and unlabelled rows trains a step."""
-    from biva.config import ModelConfig
-
-    cfg = ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood="discretized_logistic",
-                      latents=(6, 4, 2), latent_type="conv", filters=(4, 6, 8),
-                      kernels=(3, 5, 3), strides=(2, 1, 2), latent_kernel=0, blocks=1,
-                      n_mix=2)
+    cfg = mixed_hierarchy(latent_kernel=0)
     torch.manual_seed(0)
     model = SemiSupervisedBIVA(cfg, 4)
     clf, r = model.classifier, cfg.spatial_sizes()
@@ -666,10 +670,7 @@ def test_classifier_starts_near_uniform_after_the_data_dependent_init(digits):
     """The classifier's output layer starts at scale 0.1: after init q(y|x) is close to
     uniform on every image (entropy > 0.95 log C; at scale 1 some rows fall to ~0.65 log C),
     so no confident random guess is reinforced by the unlabelled term."""
-    model = tiny_model("biva")
-    x = to_model_input(fixed_binarization(digits.train, 0).images[:64], "binary")
-    model.initialize(x)
-    model.eval()
+    model, x = initialized_model(digits, 64)
     torch.manual_seed(1)
     p = model.classify(x)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
@@ -698,11 +699,7 @@ def test_class_features_have_each_td_stages_shape_and_start_small(latent_type):
     stage's channels F_i; a dense hierarchy gets one feature map per position (its map side),
     a convolutional one a per-channel bias broadcast over the map. They start at scale 0.1, so
     the class barely moves the initial bound. "paper" accepts one example per split."""
-    from biva.config import ModelConfig
-
-    cfg = ModelConfig(variant="biva", input_shape=(3, 8, 8), likelihood="discretized_logistic",
-                      latents=(6, 4, 2), latent_type=latent_type, filters=(4, 6, 8),
-                      kernels=(3, 5, 3), strides=(2, 1, 2), blocks=1, n_mix=2)
+    cfg = mixed_hierarchy(latent_type)
     torch.manual_seed(0)
     model = SemiSupervisedBIVA(cfg, 4, objective="paper", n_labelled=1, n_unlabelled=1)
     assert model.loss_weights == (0.5, 0.5) and model.last_stats == {}

@@ -80,6 +80,10 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
     from ..nn.blocks import use_channels_last
 
     model, cfg, state = load_trained(run_dir, checkpoint, device)
+    classes = getattr(model, "num_classes", 0) if cfg.data.labels_per_class > 0 else 0
+    if class_samples > 1 and not classes:  # refused before the data set is read
+        raise ValueError(f"--class-samples {class_samples}: {run_dir} is not a semi-supervised "
+                         "run (it has no classifier q(y|x))")
     use_channels_last(model, channels_last)
     k = cfg.eval.k if k is None else k
     n_examples = cfg.eval.n_examples if n_examples is None else n_examples
@@ -90,10 +94,6 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
     data = load_run_data(cfg)
     data_split = evaluation_split(data, split, seed=cfg.train.seed)
     t0 = time.perf_counter()
-    classes = getattr(model, "num_classes", 0) if cfg.data.labels_per_class > 0 else 0
-    if class_samples > 1 and not classes:
-        raise ValueError(f"--class-samples {class_samples}: {run_dir} is not a semi-supervised "
-                         "run (it has no classifier q(y|x))")
     if classes:  # semi-supervised: every pass sums over the classes, C rows per sample
         max_batch = max(1, max_batch // classes)
     n = min(n_examples or len(data_split), len(data_split))
