@@ -29,14 +29,18 @@ from biva import HierarchicalVAE, ModelConfig
 from biva.models.semi_supervised import SemiSupervisedBIVA
 
 VARIANTS = ("vae", "lvae", "lvae+", "biva")
+# BIVA with one prior Gaussian for z^BU_i and z^TD_i (model.biva_prior = "shared").
+ALL_MODELS = (*VARIANTS, "biva_shared")
 K = 65536          # importance samples per image
 N_PRIOR = 262144   # ancestral samples for the brute-force marginal
 
 
 def tiny_config(variant: str) -> ModelConfig:
-    return ModelConfig(variant=variant, input_shape=(1, 4, 4), likelihood="bernoulli",
-                       latents=(4, 3, 2), latent_type="dense", filters=(8,), kernels=(3,),
-                       strides=(2, 1, 2), blocks=1, dropout_q=0.0, dropout_p=0.0)
+    shared = variant == "biva_shared"
+    return ModelConfig(variant="biva" if shared else variant, input_shape=(1, 4, 4),
+                       likelihood="bernoulli", latents=(4, 3, 2), latent_type="dense",
+                       filters=(8,), kernels=(3,), strides=(2, 1, 2), blocks=1, dropout_q=0.0,
+                       dropout_p=0.0, biva_prior="shared" if shared else "separate")
 
 
 def toy_data(n: int, seed: int = 0) -> torch.Tensor:
@@ -78,7 +82,7 @@ def one_thread():
 def trained():
     """One trained tiny model per variant (a few seconds in all)."""
     out = {}
-    for v in VARIANTS:
+    for v in ALL_MODELS:
         torch.manual_seed(1)
         out[v] = train(HierarchicalVAE(tiny_config(v)))
     return out
@@ -125,7 +129,7 @@ def iw_log_px(model, x: torch.Tensor, k: int, **kw) -> tuple[torch.Tensor, torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_MODELS)
 def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
                                                                           variant):
     model = trained[variant]
@@ -142,7 +146,7 @@ def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(traine
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_MODELS)
 def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, variant):
     """The test above is only sharp if q differs from p and every layer matters."""
     model = trained[variant]

@@ -42,6 +42,10 @@ class ModelConfig:
     bits: int = 8
     num_classes: int = 256
     likelihood_std: float = 0.0
+    # BIVA only: "separate" gives p(z^BU_i | z_>i) and p(z^TD_i | z_>i) their own mean and std
+    # (the literal factorization); "shared" uses one Gaussian for both (what the paper's
+    # parameter count suggests, README "Parameter counts").
+    biva_prior: Literal["separate", "shared"] = "separate"
     description: str = field(default="", compare=False)
 
     @property
@@ -70,6 +74,8 @@ class ModelConfig:
             fail("variant", f"one of {VARIANTS}", self.variant)
         if self.likelihood not in LIKELIHOODS:
             fail("likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.biva_prior not in ("separate", "shared"):
+            fail("biva_prior", "'separate' or 'shared'", self.biva_prior)
         if self.latent_type not in ("dense", "conv"):
             fail("latent_type", "'dense' or 'conv'", self.latent_type)
         if len(self.input_shape) != 3 or any(int(d) < 1 for d in self.input_shape):

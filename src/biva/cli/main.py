@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import (
+    ablation_cmd,
     configs_cmd,
     densities_cmd,
     download_cmd,
@@ -20,7 +21,7 @@ from . import (
 )
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
-               report_cmd, predict_cmd, densities_cmd, text_cmd]
+               report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for worker processes
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:

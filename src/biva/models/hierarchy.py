@@ -147,9 +147,12 @@ class HierarchicalVAE(nn.Module):
                                         skip_size=r[i + 1]))
             z_units = n[i + 1] * (parts if i + 1 < L else 1)
             self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], conv, lk[i + 1]))
+        # model.biva_prior = "shared": one Gaussian serves as p(z^BU_i|.) and p(z^TD_i|.).
+        self.shared_prior = parts == 2 and config.biva_prior == "shared"
+        head_parts = 1 if self.shared_prior else parts
         for i in range(1, L):
             self.prior_heads.append(
-                LatentHead(F[i], r[i], [n[i]] * parts, conv, lk[i], config.min_std))
+                LatentHead(F[i], r[i], [n[i]] * head_parts, conv, lk[i], config.min_std))
         self.merges = nn.ModuleList()          # q(z^TD_i | <d~_{i,M}; d_{i,M}>), i = 1..L-1
         self.td_heads = nn.ModuleList()
         if self.td_inference:
@@ -263,10 +266,17 @@ class HierarchicalVAE(nn.Module):
         zs, skips = [z_top], None
         for i in range(self.n_layers - 1, 0, -1):
             outs = self.td_stages[i](embed(i, zs), skips if self.td_skip else None)
-            zs = layer_fn(i, outs[-1], self.prior_heads[i - 1](outs[-1]))
+            zs = layer_fn(i, outs[-1], self.priors(i, outs[-1]))
             skips = outs
         outs = self.td_stages[0](embed(0, zs), skips if self.td_skip else None)
         return self.out_conv(outs[-1])
+
+    def priors(self, i: int, d: Tensor) -> list[DiagonalGaussian]:
+        """The conditional priors of layer i (1..L-1) from the TD features d_{i,M}: BIVA
+        [p(z^BU_i|z_>i), p(z^TD_i|z_>i)] (one Gaussian twice when ``biva_prior`` is shared),
+        else [p(z_i|z_>i)]."""
+        dists = self.prior_heads[i - 1](d)
+        return dists * 2 if self.shared_prior else dists
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
                 free_bits: float = 0.0, kl_weight: float = 1.0,

@@ -31,6 +31,9 @@ class DataConfig:
     labels_per_class: int = 0        # > 0: semi-supervised split (labelled per class)
     labelled_batch_size: int = 0     # semi-supervised: labelled rows a step; 0 = batch_size
     num_classes: int | None = None   # semi-supervised: set from the dataset by the trainer
+    split_seed: int | None = None    # seed of carved held-out parts and of a static
+                                     # binarization; None: train.seed (set it so runs of
+                                     # several seeds share one test set)
 
     def validate(self) -> None:
         if self.valid_size is not None and self.valid_size < 1:

@@ -73,7 +73,8 @@ def resolve_device(name: str) -> torch.device:
 def load_run_data(cfg: RunConfig) -> DatasetSplits:
     """Load the dataset a run config names."""
     d = cfg.data
-    kwargs = {"root": d.root, "binarization": d.binarization, "seed": cfg.train.seed,
+    seed = cfg.train.seed if d.split_seed is None else d.split_seed
+    kwargs = {"root": d.root, "binarization": d.binarization, "seed": seed,
               "path": d.path, "download": d.download}
     if d.valid_size is not None:
         kwargs["valid_size"] = d.valid_size

@@ -1,0 +1,228 @@
+"""The ablation command (Table 1 / Figure 2 of the paper) and the models it builds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from biva import HierarchicalVAE, ModelConfig
+from biva.cli.main import main
+from biva.experiments.ablation import (
+    ABLATION_VARIANTS,
+    AblationBudget,
+    AblationRun,
+    ablation_model,
+    best_within_cpu,
+    doubled_depth,
+    evaluate_run_for_ablation,
+    plan_runs,
+    summarize,
+)
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(variant="biva", input_shape=(1, 8, 8), likelihood="bernoulli",
+                latents=(6, 4, 2), latent_type="dense", filters=(8, 8, 16), kernels=(5, 3, 3),
+                strides=(2, 1, 2), blocks=1, dropout_q=0.0, dropout_p=0.0)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_lvae_plus_with_2l_minus_1_layers_has_bivas_groups_as_layers():
+    base = small()
+    deep = ablation_model(base, "lvae+2l-1")
+    assert deep.variant == "lvae+"
+    assert deep.n_layers == 2 * base.n_layers - 1 == 5
+    assert deep.latents == (6, 6, 4, 4, 2)
+    assert deep.filters == (8, 8, 8, 8, 16)
+    assert deep.kernels == (5, 5, 3, 3, 3)
+    assert deep.strides == (2, 1, 1, 1, 2)
+    # Both layers of a pair sit at BIVA's resolution r_i: 8 -> 4, 4, 4, 4 -> 2.
+    assert deep.spatial_sizes() == [8, 4, 4, 4, 4, 2]
+    model, biva = HierarchicalVAE(deep), HierarchicalVAE(base)
+    assert model.n_groups == biva.n_groups == 5
+    units = sum(math.prod(model.latent_shape(i)) for i in range(1, 6))
+    biva_units = sum(2 * math.prod(biva.latent_shape(i)) for i in range(1, 3)) + 2
+    assert units == biva_units == 22
+    x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.5))
+    model.initialize(x)
+    assert model(x).kl.shape == (3, 5)
+
+
+def test_doubled_depth_keeps_conv_latent_resolutions():
+    base = small(latent_type="conv", latent_kernel=3, input_shape=(3, 8, 8),
+                 likelihood="discretized_logistic", n_mix=2, filters=(8,))
+    deep = doubled_depth(base)
+    biva = HierarchicalVAE(base)
+    model = HierarchicalVAE(deep)
+    assert [model.latent_shape(i) for i in range(1, 6)] == [
+        biva.latent_shape(1), biva.latent_shape(1), biva.latent_shape(2), biva.latent_shape(2),
+        biva.latent_shape(3)]
+
+
+@pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
+def test_each_ablation_variant_builds_what_it_names(variant):
+    cfg = ablation_model(small(), variant)
+    model = HierarchicalVAE(cfg)
+    expected = {"vae": ("vae", 3), "lvae": ("lvae", 3), "lvae+": ("lvae+", 3),
+                "lvae+2l-1": ("lvae+", 5), "biva": ("biva", 3)}[variant]
+    assert (cfg.variant, model.n_layers) == expected
+
+
+def test_unknown_variant_is_refused_by_name():
+    with pytest.raises(ValueError, match="lvae-"):
+        plan_runs("out", ["lvae-"], [0])
+    with pytest.raises(ValueError, match="variant 'nvae'"):
+        ablation_model(small(), "nvae")
+
+
+def test_runs_are_planned_seed_by_seed(tmp_path):
+    runs = plan_runs(tmp_path, ["vae", "biva"], [3, 4])
+    assert [(r.variant, r.seed) for r in runs] == [("vae", 3), ("biva", 3), ("vae", 4),
+                                                   ("biva", 4)]
+    assert runs[1].run_dir == tmp_path / "biva" / "seed3"
+
+
+def test_shared_biva_prior_is_one_gaussian_for_both_parts():
+    sep, shared = HierarchicalVAE(small()), HierarchicalVAE(small(biva_prior="shared"))
+    # The shared model's prior heads emit one (mu, sigma) per layer instead of two.
+    n_sep = sum(p.numel() for p in sep.prior_heads.parameters())
+    n_shared = sum(p.numel() for p in shared.prior_heads.parameters())
+    assert n_shared < n_sep
+    d = torch.randn(2, 8, 4, 4)
+    p_bu, p_td = shared.priors(1, d)
+    assert torch.equal(p_bu.mu, p_td.mu) and torch.equal(p_bu.sigma, p_td.sigma)
+    q_bu, q_td = sep.priors(1, d)
+    assert not torch.equal(q_bu.mu, q_td.mu)
+    # LVAE+ has one group a layer whatever the option says.
+    assert len(HierarchicalVAE(small(variant="lvae+", biva_prior="shared")).priors(1, d)) == 1
+    with pytest.raises(ValueError, match="model.biva_prior"):
+        small(biva_prior="tied").validate()
+
+
+def _fake_result(variant, seed, l1, lk, cpu, curve_elbo, kl=(1.0, 0.5)):
+    n = len(curve_elbo)
+    return {"variant": variant, "seed": seed, "dataset": "d", "kind": "8bit", "dims": 100,
+            "params": 1000, "stochastic_layers": 2, "steps": 10 * n, "cpu_minutes": cpu,
+            "test": {"n_examples": 5, "k": 4, "L_1": l1, "L_4": lk,
+                     "L_1_bpd": -l1 / (100 * math.log(2)), "L_4_bpd": -lk / (100 * math.log(2))},
+            "layers": [{"group": f"z{i + 1}", "layer": i + 1, "kl": v, "active": 2, "dims": 4,
+                        "active_fraction": 0.5} for i, v in enumerate(kl)],
+            "curve": {"step": [10 * (i + 1) for i in range(n)],
+                      "cpu_minutes": [cpu * (i + 1) / n for i in range(n)],
+                      "valid_elbo": curve_elbo, "valid_bpd": [0.0] * n}}
+
+
+def test_summary_means_spreads_and_equal_cpu_minutes_by_hand():
+    results = [_fake_result("lvae", 0, -100.0, -98.0, 2.0, [-120.0, -110.0]),
+               _fake_result("lvae", 1, -104.0, -100.0, 2.0, [-121.0, -111.0]),
+               _fake_result("biva", 0, -90.0, -89.0, 4.0, [-130.0, -105.0, -95.0, -92.0])]
+    s = summarize(results, ["vae", "lvae", "biva"])
+    assert [r["variant"] for r in s["rows"]] == ["lvae", "biva"]   # vae: no result, no row
+    lvae, biva = s["rows"]
+    assert lvae["test_L_1_mean"] == pytest.approx(-102.0)
+    assert lvae["test_L_1_std"] == pytest.approx(math.sqrt(8.0))   # sample std of -100, -104
+    assert lvae["test_L_4_mean"] == pytest.approx(-99.0)
+    assert biva["test_L_1_std"] is None                            # one seed: no spread
+    # Equal CPU-minutes = the cheapest run's 2.0: BIVA had reached -105 by then (its 2nd
+    # validation at 2.0 CPU-min), the LVAEs their last values.
+    assert s["equal_cpu_minutes"] == pytest.approx(2.0)
+    assert biva["valid_elbo_at_equal_cpu"] == [-105.0]
+    assert lvae["valid_elbo_at_equal_cpu_mean"] == pytest.approx(-110.5)
+    assert biva["valid_bpd_at_equal_cpu_mean"] == pytest.approx(105 / (100 * math.log(2)))
+    fig = {(f["variant"], f["group"]): f for f in s["kl_per_layer"]}
+    assert fig[("lvae", "z2")]["kl"] == [0.5, 0.5] and fig[("lvae", "z1")]["kl_mean"] == 1.0
+
+
+def test_best_within_cpu_ignores_later_records():
+    curve = {"cpu_minutes": [1.0, 2.0, 3.0], "valid_elbo": [-5.0, -3.0, -1.0]}
+    assert best_within_cpu(curve, 2.5) == -3.0
+    assert best_within_cpu(curve, 0.5) is None
+
+
+@pytest.fixture(scope="module")
+def ablation_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    args = ["ablation", "--config", "digits", "--out", str(out), "--variants", "lvae,biva",
+            "--seeds", "0", "--steps", "6", "--k", "3", "--eval-examples", "40"]
+    for s in ("train.eval_every=1", "train.checkpoint_every=3", "train.log_every=3",
+              "train.finetune_steps=0", "model.filters=[8]", "model.blocks=1",
+              "train.batch_size=16"):
+        args += ["--set", s]
+    assert main(args) == 0
+    return out, args
+
+
+def test_ablation_command_writes_table_figure_and_curves(ablation_dir):
+    out, _ = ablation_dir
+    for name in ("table.json", "table.md", "kl_per_layer.json", "kl_per_layer.png",
+                 "curves.png"):
+        assert (out / name).is_file(), name
+    table = json.loads((out / "table.json").read_text())
+    assert table["k"] == 3 and table["n_test"] == 40 and table["units"] == "nats"
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert set(rows) == {"lvae", "biva"}
+    for r in rows.values():
+        assert r["steps"] == 6 and r["seeds"] == [0] and r["params"] > 0
+        assert r["cpu_minutes"] > 0
+        for key in ("test_L_1_mean", "test_L_3_mean", "valid_elbo_at_equal_cpu_mean"):
+            assert math.isfinite(r[key]), key
+        assert r["test_L_3_mean"] >= r["test_L_1_mean"] - 1.0
+    groups = {(f["variant"], f["group"]) for f in table["kl_per_layer"]}
+    assert ("biva", "z1_bu") in groups and ("biva", "z1_td") in groups
+    assert ("lvae", "z3") in groups and ("lvae", "z1_bu") not in groups
+    assert len(table["runs"]) == 2
+    md = (out / "table.md").read_text()
+    assert "| `biva` |" in md and "z1_td" in md
+
+
+def test_ablation_command_resumes_without_retraining(ablation_dir):
+    out, args = ablation_dir
+    result = out / "biva" / "seed0" / "ablation_result.json"
+    before = result.stat().st_mtime_ns
+    assert main(args) == 0
+    assert result.stat().st_mtime_ns == before
+    # A longer budget trains the same runs further instead of starting over.
+    longer = [a if a != "6" else "9" for a in args]
+    assert main(longer) == 0
+    res = json.loads(result.read_text())
+    assert res["steps"] == 9 and res["budget"]["steps"] == 9
+    steps = [json.loads(line)["step"] for line in
+             (out / "biva" / "seed0" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "valid"]
+    assert steps == list(range(1, 10))   # one record a step, none repeated
+
+
+def test_per_layer_kl_and_active_units_match_a_hand_computation(ablation_dir):
+    out, _ = ablation_dir
+    from biva.data import to_model_input
+    from biva.evaluation import evaluation_split
+    from biva.evaluation.loading import load_trained
+    from biva.training import load_run_data
+    from biva.utils.rng import seeded_eval
+
+    run = AblationRun("biva", 0, out / "biva" / "seed0")
+    res = evaluate_run_for_ablation(run, AblationBudget(steps=9, k=1, eval_examples=40))
+    model, cfg, _ = load_trained(run.run_dir)
+    data = load_run_data(cfg)
+    x = to_model_input(evaluation_split(data, "test").images[:40], data.kind, cfg.model.bits)
+    with seeded_eval(model, 0):
+        o = model(x)
+    # Sum of the per-group KLs = E[log p(x|z)] - L_1 on the same draws: no group is dropped,
+    # doubled or assigned another group's value.
+    kl = {row["group"]: row["kl"] for row in res["layers"]}
+    assert sum(kl.values()) == pytest.approx(float(o.log_px.mean() - o.elbo.mean()), abs=1e-4)
+    for g, i in zip(model.group_names, range(model.n_groups), strict=True):
+        assert kl[g] == pytest.approx(float(o.kl[:, i].mean()), abs=1e-4)
+    # Active units: numpy's variance of the posterior means over the 40 examples > 0.01.
+    with seeded_eval(model, 0):
+        posts = model(x).posteriors
+    for row in res["layers"]:
+        mu = posts[row["group"]].mu.flatten(1).double().numpy()
+        assert row["active"] == int((np.var(mu, axis=0, ddof=1) > 0.01).sum())
+        assert row["dims"] == mu.shape[1]
+        assert row["layer"] == int(row["group"][1])
+    assert res["active_units"]["active"] == sum(r["active"] for r in res["layers"])
