@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..utils.atomic import is_disk_full
 from . import (
     ablation_cmd,
     configs_cmd,
@@ -49,8 +50,35 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + getattr(err, "signum", 2)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, MemoryError) as err:
         # Bad input: one clear line naming the problem, no traceback.
-        print(f"biva {args.command}: error: {err}", file=sys.stderr)
+        print(f"biva {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # A full disk, a read-only folder, a permission: one line naming the file. Every
+        # output is written atomically, so what was there before is intact.
+        print(f"biva {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if is_disk_full(err):  # another library's error for a full disk (e.g. safetensors)
+            print(f"biva {args.command}: error: no space left on device ({one_line(err)}); "
+                  "free space and run the command again", file=sys.stderr)
+            return 2
+        raise
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (its type's name when it has none)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def describe_os_error(err: OSError) -> str:
+    """'<what> writing/reading <file>' for an OSError, with the remedy for a full disk."""
+    what = err.strerror or one_line(err)
+    where = f": {err.filename}" if err.filename else ""
+    if is_disk_full(err):
+        return (f"no space left on device{where} ({what}); the files written before are "
+                "intact: free space and run the command again")
+    return f"{what}{where}"
 
 
 if __name__ == "__main__":

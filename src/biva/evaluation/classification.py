@@ -12,6 +12,7 @@ from torch import Tensor
 from ..data import ImageSplit, bernoulli_draw, to_model_input
 from ..utils.atomic import atomic_write_json
 from ..utils.rng import seeded_eval
+from .style import save_png
 
 
 def confusion_matrix(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -148,12 +149,8 @@ def plot_confusion(summary: dict, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("true class")
     ax.set_title(title or f"error {100 * summary['error']:.2f}% (n = {summary['n_examples']})")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    path = save_png(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..utils.atomic import atomic_write_bytes
 
 
 def to_display(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -47,7 +50,7 @@ def save_grid(images: torch.Tensor, path: str | Path, *, kind: str = "binary",
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())  # a full disk leaves the earlier file whole
     return path

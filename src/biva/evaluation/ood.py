@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..objectives import bits_per_dim, importance_weighted_bound
+from .style import save_png
 
 # Named experiments: (in-distribution dataset, OOD datasets). fashion_vs_mnist is the binary
 # pair of Table 5 and cifar10_vs_svhn the natural-image one (the SVHN files are not shipped).
@@ -261,10 +262,6 @@ def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | 
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(ks):]:
         ax.axis("off")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    path = save_png(fig, path)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..utils.jsonl import read_jsonl  # noqa: E402
+from .style import save_png  # noqa: E402
 
 
 def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -42,8 +43,7 @@ def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> 
     ax.set_ylabel("KL(q || p) per group (nats)")
     ax.grid(alpha=0.3)
     out = Path(out) if out else run_dir / "figures" / "training_curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_png(fig, out)
     plt.close(fig)
     return out
 
@@ -62,8 +62,6 @@ def plot_valid_vs_cpu(runs: dict[str, str | Path], out: str | Path, key: str = "
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out = save_png(fig, out)
     plt.close(fig)
     return out

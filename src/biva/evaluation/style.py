@@ -39,6 +39,21 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 11.0,
         yield fig, axes
 
 
+def save_png(fig, path, dpi: int = 110):
+    """Write a matplotlib figure to ``path`` as PNG atomically (a full disk or a kill leaves
+    the earlier file whole); returns the path."""
+    from pathlib import Path
+
+    from ..utils.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (no metadata, so nothing names a web address)."""
     buf = io.BytesIO()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ConfigError, ModelConfig
+from ..evaluation.style import save_png
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.jsonl import read_jsonl
 from ..utils.run_lock import RunDirLocked, lock_run_dir, unlock_run_dir
@@ -376,8 +377,7 @@ def plot_kl_per_layer(summary: dict, out: Path) -> Path:
             a.set_xticks(range(len(groups)), names, rotation=90, fontsize=7)
             a.grid(alpha=0.3, axis="y")
     fig.suptitle(f"{summary['dataset']}: per-layer KL and active units (orange: BIVA z^BU)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_png(fig, out)
     plt.close(fig)
     return out
 
@@ -407,8 +407,7 @@ def plot_curves(results: Sequence[dict], summary: dict, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[1].axvline(summary["equal_cpu_minutes"], color="grey", linestyle=":")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_png(fig, out)
     plt.close(fig)
     return out
 

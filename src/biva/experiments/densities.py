@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..evaluation.style import save_png
 from ..models.hierarchy import HierarchicalVAE
 from ..models.mlp import as_mlp
 from ..utils.atomic import atomic_write_bytes, atomic_write_json
@@ -446,8 +447,7 @@ def plot_densities(path: str | Path, runs: Sequence[dict], hists: dict[str, np.n
                 ax.set_ylabel(f"U{p}")
     e = f"{cfg.extent:g}"
     fig.suptitle(f"target p(z_L) and median-KL q(z_L) per model on (-{e}, {e})^2", fontsize=9)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    path = save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -470,7 +470,6 @@ def plot_kl_boxes(path: str | Path, runs: Sequence[dict], models: Sequence[str],
         ax.set_title(f"U{p}", fontsize=9)
         ax.set_ylabel("KL(q(z_L) || p(z_L)) (nats)")
         ax.grid(alpha=0.3, axis="y")
-    path = Path(path)
-    fig.savefig(path, dpi=110)
+    path = save_png(fig, path)
     plt.close(fig)
     return path

@@ -17,6 +17,7 @@ with bit-identical parameters on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -38,7 +39,7 @@ from ..evaluation import evaluation_split, save_grid, to_display
 from ..models import HierarchicalVAE
 from ..nn.blocks import use_channels_last, use_grad_checkpointing
 from ..objectives import bits_per_dim
-from ..utils.atomic import atomic_write_json
+from ..utils.atomic import atomic_write_json, is_disk_full
 from ..utils.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -106,15 +107,30 @@ class DiskFull(RuntimeError):
     """The run directory's file system is full; the checkpoints written before are intact."""
 
 
-def _disk_full_message(run_dir: Path, err: OSError) -> str:
+def _disk_full_message(run_dir: Path, err: BaseException) -> str:
     ckpts = list_checkpoints(run_dir)
     need = sum(f.stat().st_size for f in ckpts[-1].iterdir()) if ckpts else 0
     free = shutil.disk_usage(run_dir).free
-    where = f" writing {err.filename}" if err.filename else ""
-    return (f"no space left on the device of {run_dir}{where} ({os.strerror(err.errno)}): a "
+    filename = getattr(err, "filename", None)
+    where = f" writing {filename}" if filename else ""
+    code = getattr(err, "errno", None) or errno.ENOSPC
+    return (f"no space left on the device of {run_dir}{where} ({os.strerror(code)}): a "
             f"checkpoint needs about {need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free. "
             f"The earlier checkpoints are intact: free space (or lower train.keep_last) and "
             f"continue with `biva train --resume {run_dir}`")
+
+
+@contextlib.contextmanager
+def disk_full_as_error(run_dir: Path):
+    """Turn a full disk met by any writer inside the block into :class:`DiskFull`."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as err:
+        if is_disk_full(err):
+            raise DiskFull(_disk_full_message(run_dir, err)) from err
+        raise
 
 
 class TrainingStalled(RuntimeError):
@@ -202,7 +218,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # One writer per run directory; a killed writer's lock is gone with its process,
             # and only then are its half-written checkpoint directories garbage.
-            lock_run_dir(self.run_dir)
+            with disk_full_as_error(self.run_dir):
+                lock_run_dir(self.run_dir)
             for stale in remove_stale_temporaries(self.run_dir):
                 print(f"removed {stale.name}, a checkpoint a killed run left half-written")
         ckpt = latest_checkpoint(self.run_dir) if resume else None
@@ -216,10 +233,11 @@ class Trainer:
                 print(f"no checkpoint in {self.run_dir}: starting from step 0")
             self._initialize()
         if self.rank == 0:
-            save_config(cfg, self.run_dir / "config.json")
-            write_split_lists(self.data, self.run_dir / "data_split.json")
-            if ckpt is not None:
-                truncate_jsonl_after_step(self.metrics_path, self.step)
+            with disk_full_as_error(self.run_dir):
+                save_config(cfg, self.run_dir / "config.json")
+                write_split_lists(self.data, self.run_dir / "data_split.json")
+                if ckpt is not None:
+                    truncate_jsonl_after_step(self.metrics_path, self.step)
         self.ddp = None
         if self.distributed:
             # DDP copies rank 0's parameters and buffers to every rank once, here; the only
@@ -452,11 +470,8 @@ class Trainer:
             lock_run_dir(self.run_dir)
         restore_handlers = self._catch_stop_signals()
         try:
-            return self._loop(progress, writer, started)
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFull(_disk_full_message(self.run_dir, err)) from err
-            raise
+            with disk_full_as_error(self.run_dir):
+                return self._loop(progress, writer, started)
         finally:
             restore_handlers()
             if progress is not None:

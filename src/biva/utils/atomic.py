@@ -9,6 +9,7 @@ Temporary names start with ``.`` so directory listings that look for real entrie
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -23,6 +24,9 @@ from typing import IO, Any
 StrPath = str | os.PathLike[str]
 
 __all__ = [
+    "DISK_FULL_ERRNOS",
+    "is_disk_full",
+    "raise_if_disk_full",
     "atomic_directory",
     "atomic_open",
     "atomic_write_bytes",
@@ -32,6 +36,26 @@ __all__ = [
 ]
 
 _MAX_NAME_TRIES = 100
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How writers that are not Python's own report ENOSPC / EDQUOT (safetensors' Rust I/O:
+# "No space left on device (os error 28)").
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28",
+                   "os error 122")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the file system is full (or the quota spent): an OSError with
+    ENOSPC/EDQUOT, or another library's error carrying the same OS error in its text."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(t in str(err) for t in _DISK_FULL_TEXT)
+
+
+def raise_if_disk_full(err: BaseException, path: StrPath) -> None:
+    """Raise a disk-full ``err`` of any library as ``OSError(ENOSPC, ..., path)``, so one
+    handler, naming the file being written, covers every writer; return for any other error."""
+    if is_disk_full(err):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
 
 
 def _temp_sibling(path: Path, tag: str) -> Path:
@@ -94,11 +118,12 @@ def atomic_open(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise_if_disk_full(err, path)  # name the file being replaced, not the temporary
         raise
     fsync_directory(path.parent)
 

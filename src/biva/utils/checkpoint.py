@@ -33,7 +33,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from .atomic import atomic_directory
+from .atomic import atomic_directory, raise_if_disk_full
 
 StrPath = str | os.PathLike[str]
 
@@ -213,9 +213,26 @@ def save_checkpoint(
     # Encode before touching the disk so that bad state fails without side effects.
     encoded_state = _encode(dict(state), _STATE_TAG, (), None, "state")
 
+    try:
+        _write_checkpoint_dir(path, flat, groups, encoded_state)
+    except OSError as err:
+        # Name the checkpoint's file, not the temporary directory it was written in.
+        raise_if_disk_full(err, path / Path(err.filename or "").name if err.filename else path)
+        raise
+    if keep_last is not None:
+        _prune_dir(path.parent, keep_last, protect=(path,))
+    return path
+
+
+def _write_checkpoint_dir(path: Path, flat: dict[str, torch.Tensor],
+                          groups: dict[str, list[str]], encoded_state: Any) -> None:
     with atomic_directory(path) as tmp:
         tensors_path = tmp / TENSORS_FILE
-        safetensors.torch.save_file(flat, str(tensors_path), metadata={"format": "pt"})
+        try:
+            safetensors.torch.save_file(flat, str(tensors_path), metadata={"format": "pt"})
+        except Exception as err:  # safetensors' own error type for a full disk
+            raise_if_disk_full(err, tensors_path)
+            raise
         digest, size = _sha256_file(tensors_path)
         meta = {
             "format": FORMAT_NAME,
@@ -230,10 +247,6 @@ def save_checkpoint(
         meta["meta_sha256"] = _meta_digest(meta)
         text = json.dumps(meta, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
         (tmp / META_FILE).write_text(text, encoding="utf-8")
-
-    if keep_last is not None:
-        _prune_dir(path.parent, keep_last, protect=(path,))
-    return path
 
 
 # ----------------------------------------------------------------------------- load

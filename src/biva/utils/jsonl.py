@@ -12,6 +12,7 @@ parser accepts, while a diverged run's log still shows whether a loss was NaN or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -77,11 +78,22 @@ def append_jsonl(path: StrPath, record: Mapping[str, Any]) -> None:
     data = (line + "\n").encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    # Unbuffered, so a failed write is not retried by close() after the line is dropped.
+    with open(path, "a+b", buffering=0) as f:
         _repair_tail(f)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        start = f.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            # A full disk may have taken part of the line: drop it (truncating needs no
+            # space), so the file ends with the last complete record.
+            f.seek(start)
+            with contextlib.suppress(OSError):
+                f.truncate(start)
+            raise
 
 
 def _decode_nonfinite(value: Any) -> Any:

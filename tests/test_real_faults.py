@@ -1,0 +1,121 @@
+"""Faults made real instead of simulated: a file system that is really full (a small tmpfs,
+mounted by the suite when it runs as root on Linux; skipped elsewhere).
+
+Each test fills the tmpfs to a given number of free bytes with a real file, so the write that
+fails is whichever needs more than that, in biva or in a library (safetensors, Pillow,
+matplotlib). Every one must end in one line naming the problem, leave the earlier files whole
+and leave a run that resumes once space is freed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from biva.cli.main import main
+from biva.utils.checkpoint import list_checkpoints, load_checkpoint
+from biva.utils.jsonl import read_jsonl
+
+TINY = ["--config", "digits", "--set", "model.filters=[8]", "--set", "model.blocks=1",
+        "--set", "train.batch_size=32", "--set", "train.log_every=2",
+        "--set", "train.eval_every=4", "--set", "train.checkpoint_every=4",
+        "--set", "train.finetune_steps=0", "--set", "train.steps=8", "--no-progress"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A 30 MB tmpfs, really mounted (root on Linux); unmounted afterwards."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(mnt: Path, leave: int) -> Path:
+    """Leave about ``leave`` bytes free on ``mnt`` with one real file; returns the file."""
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize
+    filler = mnt / "filler"
+    with open(filler, "ab") as f:
+        os.posix_fallocate(f.fileno(), f.tell(), max(free - leave, 1))
+    return filler
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in err if not line.startswith("Warning")]
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def _checkpoints_whole(run: Path) -> list[int]:
+    steps = []
+    for ckpt in list_checkpoints(run):
+        load_checkpoint(ckpt)   # SHA-256 checked: raises on a torn file
+        steps.append(int(ckpt.name.split("_")[1]))
+    return steps
+
+
+@pytest.mark.parametrize("leave_kib", [0, 8, 48, 160])
+def test_a_really_full_disk_while_training_is_one_line_and_the_run_resumes(tmpfs, capsys,
+                                                                           leave_kib):
+    """Free space from none (the config.json written at resume fails) to some (metrics,
+    figures, meta.json or the checkpoint's tensors fail, in safetensors' own I/O)."""
+    run = tmpfs / "run"
+    assert main(["train", *TINY, "--run-dir", str(run), "--stop-after", "4"]) == 0
+    assert _checkpoints_whole(run) == [4]
+    records = len(read_jsonl(run / "metrics.jsonl"))
+    filler = fill(tmpfs, leave_kib * 1024)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert "no space left" in line.lower() and str(run) in line, line
+    # Nothing written before is lost or torn.
+    steps = _checkpoints_whole(run)
+    assert 4 in steps
+    assert len(read_jsonl(run / "metrics.jsonl")) >= records
+    json.loads((run / "config.json").read_text())
+    filler.unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _checkpoints_whole(run)[-1] == 8
+
+
+def test_a_really_full_disk_while_writing_outputs_keeps_the_earlier_ones(tmpfs, capsys,
+                                                                         tiny_run):
+    """biva evaluate / sample / report outputs on a full disk: one line each, the earlier
+    file of the same name intact, no temporary left behind."""
+    out = tmpfs / "out"
+    out.mkdir()
+    targets = {
+        "evaluate": (["evaluate", str(tiny_run), "--k", "2", "--n-examples", "20",
+                      "--no-progress", "--out", str(out / "eval.json")], out / "eval.json"),
+        "sample": (["sample", str(tiny_run), "-n", "16", "--out", str(out / "s.png")],
+                   out / "s.png"),
+    }
+    before = {}
+    for name, (argv, path) in targets.items():
+        assert main(argv) == 0, name
+        before[name] = path.read_bytes()
+    filler = fill(tmpfs, 0)
+    for name, (argv, path) in targets.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        line = _one_error_line(capsys)
+        assert "no space left on device" in line and str(out) in line, line
+        assert path.read_bytes() == before[name], name
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "s.png"]
+    filler.unlink()
