@@ -308,3 +308,27 @@ def test_test_labels_outside_the_training_classes_are_refused(tmp_path):
              labels=np.array([0, 1, 2, 3, 7]))
     with pytest.raises(DatasetError, match=r"test labels \[7\] are not among the 4 classes"):
         load_dataset("npz", path=tmp_path)
+
+
+@pytest.mark.parametrize("huge", [10**8, 2**40])
+def test_a_huge_stray_label_is_refused_in_memory_independent_of_its_size(tmp_path, huge):
+    """10^8 once took 9 GB (a set of range(count)) and ended in an empty error line; 2^40
+    never finished. Now the check reads the distinct values alone."""
+    import tracemalloc
+
+    from biva.data import load_dataset
+
+    y = np.arange(100) % 10
+    y[7] = huge
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((100, 1, 8, 8), np.uint8), labels=y)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError,
+                           match=rf"up to {huge} \(classes \[10, 11, 12, 13, 14\] have") as info:
+            load_dataset("npz", path=path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB to refuse 100 labels"

@@ -464,8 +464,11 @@ def _class_count(splits: dict[str, tuple[np.ndarray, np.ndarray | None]], source
                                f"negative values {bad}")
     values = np.unique(splits["train"][1])
     count = int(values[-1]) + 1
-    missing = sorted(set(range(count)) - set(values.tolist()))
-    if missing:
+    # Sorted distinct values >= 0 are exactly 0..C-1 iff the largest is C - 1. The first gaps
+    # lie below len(values) + 5: found from the values alone, in memory independent of how
+    # large a stray label is (a set of range(2**40) never finishes).
+    if count != len(values):
+        missing = np.setdiff1d(np.arange(len(values) + 5), values)[:5].tolist()
         raise DatasetError(
             f"{source}: train labels must be the class indices 0..C-1 with every class present; "
             f"found {len(values)} distinct values up to {count - 1} (classes {missing[:5]} have "
