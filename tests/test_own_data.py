@@ -159,3 +159,56 @@ def test_data_flag_resolves_the_same_config_as_an_explicit_one(few_photos, tmp_p
     assert a == b
     assert (tmp_path / "a" / "data_split.json").is_file()
     assert list((tmp_path / "a" / "checkpoints").glob("*"))
+
+
+def _class_folder(root: Path, n: int = 4) -> Path:
+    """root/a and root/b with n small grey PNGs each."""
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), color=30 * i).save(root / c / f"{i}.png")
+    return root
+
+
+def _refused_before_a_run_dir(folder: Path, tmp_path: Path, capsys) -> str:
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(folder), "--image-size", "8", "--config", "digits",
+                 "--run-dir", str(run), "--steps", "1", "--set", "train.finetune_steps=0",
+                 "--set", "train.batch_size=2",
+                 "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert not run.exists(), "a run directory was made before the data were refused"
+    return err[0]
+
+
+@pytest.mark.parametrize("side", [20000, 10000])
+def test_an_image_too_large_is_refused_by_name_before_decoding(tmp_path, capsys, side):
+    """20000 x 20000 was PIL's DecompressionBombError as a traceback; 10000 x 10000 was used
+    silently (1 bit a pixel here, so the test files stay small)."""
+    folder = _class_folder(tmp_path / "imgs")
+    big = folder / "b" / "huge.png"
+    Image.new("1", (side, side)).save(big)
+    line = _refused_before_a_run_dir(folder, tmp_path, capsys)
+    assert str(big) in line and "the largest accepted has 50,000,000" in line, line
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path, capsys):
+    """It failed while writing data_split.json with a codec message, leaving a half-made run
+    directory."""
+    import os
+
+    folder = _class_folder(tmp_path / "imgs")
+    good = (folder / "a" / "0.png").read_bytes()
+    with open(os.path.join(os.fsencode(folder / "a"), b"caf\xe9.png"), "wb") as f:
+        f.write(good)
+    line = _refused_before_a_run_dir(folder, tmp_path, capsys)
+    assert "b'caf\\xe9.png' is not valid UTF-8" in line and str(folder / "a") in line, line
+
+
+def test_a_folder_link_loop_is_named_not_called_a_mixed_layout(tmp_path, capsys):
+    folder = _class_folder(tmp_path / "imgs")
+    (folder / "self").symlink_to(".")
+    line = _refused_before_a_run_dir(folder, tmp_path, capsys)
+    assert str(folder / "self") in line and "loop" in line and "mixed" not in line, line

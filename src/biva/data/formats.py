@@ -301,12 +301,70 @@ def fit_image(img: object, size: int | None, crop: tuple[int, int, int, int] | N
     return img.crop(crop).resize((size, size), Image.Resampling.BOX)
 
 
+#: The largest image accepted, in pixels (e.g. 8,000 x 6,250): larger files are refused by
+#: name before any is decoded (a 20,000 x 20,000 PNG would take 1.2 GB as RGB).
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _check_name(path: Path) -> None:
+    # Names that are not UTF-8 reach Python as lone surrogates; they cannot be written to
+    # data_split.json (or shown), so they are refused before a run directory exists.
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(
+            f"{path.parent}: file name {os.fsencode(path.name)!r} is not valid UTF-8: rename it "
+            "(a run records every image's name in data_split.json)") from None
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by name."""
-    return sorted(
+    files = sorted(
         p for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     )
+    for p in files:
+        _check_name(p)
+    return files
+
+
+def class_subfolders(folder: Path) -> list[Path]:
+    """The visible subfolders of ``folder``, sorted; a link back to the folder or one above it
+    (``self -> .``, a loop) is refused by name rather than read as a class."""
+    subdirs = []
+    root = folder.resolve()
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        _check_name(p)
+        if p.is_symlink():
+            target = p.resolve()
+            if target == root or target in root.parents:
+                raise DatasetError(f"{p}: a symbolic link to {target}, which contains it (a "
+                                   "loop): remove the link or point it to another folder")
+        subdirs.append(p)
+    return subdirs
+
+
+def _open_checked(path: Path):
+    """PIL's lazy open (header only) of an image within :data:`MAX_IMAGE_PIXELS`."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DatasetError(f"{path}: image too large to read ({exc}); the largest accepted "
+                               f"has {MAX_IMAGE_PIXELS:,} pixels") from None
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DatasetError(f"{path}: image of {w} x {h} = {w * h:,} pixels; the largest accepted "
+                           f"has {MAX_IMAGE_PIXELS:,} (e.g. 8,000 x 6,250): shrink it first")
+    return img
 
 
 _GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -348,7 +406,7 @@ def read_images(
     modes = []
     for f in files:
         try:
-            with Image.open(f) as img:
+            with _open_checked(f) as img:
                 modes.append(img.mode)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DatasetError(f"{f}: unreadable image: {type(exc).__name__}: {exc}") from exc
@@ -397,7 +455,7 @@ def read_image_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: expected a folder of images, found no such folder")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = class_subfolders(folder)
     flat = list_images(folder)
     class_dirs = [d for d in subdirs if list_images(d)]
     if class_dirs and flat:
