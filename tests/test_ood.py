@@ -239,9 +239,63 @@ def test_detector_separates_known_in_and_out_distributions(toy_model, tmp_path):
     again = OODDetector.load(path, model)
     assert again.to_dict() == det.to_dict()
     np.testing.assert_array_equal(again.score_samples(x_test), s_in)
-    with pytest.raises(ValueError, match="not a saved OODDetector"):
+    with pytest.raises(ValueError, match="bad.json: score: expected one of"):
         (tmp_path / "bad.json").write_text("{}")
         OODDetector.load(tmp_path / "bad.json", model)
+    with pytest.raises(ValueError, match="not a saved OODDetector"):
+        (tmp_path / "bad.json").write_text("{")
+        OODDetector.load(tmp_path / "bad.json", model)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("threshold", "NaN", "threshold: expected a finite number"),      # what biva writes for NaN
+    ("threshold", float("inf"), "threshold: expected a finite number"),
+    ("batch_size", -5, "batch_size: expected an integer in 1"),
+    ("n_samples", 0, "n_samples: expected an integer in 1"),
+    ("k", 7, "k: expected an integer in 0..2"),
+    ("score", "llr", None),                                         # fitted score: unchanged
+    ("kind", "8bit", "kind: fitted for 8bit images, but the model has a bernoulli"),
+    ("in_tpr", 1.5, "in_tpr: expected a rate in"),
+    ("model_sha256", "0" * 64, "model_sha256: fitted on other weights"),
+])
+def test_a_saved_detector_is_checked_field_by_field(toy_model, tmp_path, field, value, match):
+    """A NaN threshold flagged 100% of images without a word, batch_size -5 made predict
+    return nothing, and a detector loaded onto any model."""
+    from biva.evaluation.ood_detector import OODDetector
+
+    model, toy_data = toy_model
+    det = OODDetector(model, kind="binary", score="llr", k=1).fit(toy_data(50, seed=3))
+    d = det.to_dict()
+    d[field] = value
+    path = tmp_path / "detector.json"
+    path.write_text(json.dumps(d))
+    if match is None:
+        assert OODDetector.load(path, model).k_ == 1
+        return
+    with pytest.raises(ValueError, match=match) as info:
+        OODDetector.load(path, model)
+    assert str(path) in str(info.value)
+
+
+def test_a_detector_is_refused_on_other_weights_and_old_files_warn(toy_model, tmp_path):
+    import copy
+
+    from biva.evaluation.ood_detector import OODDetector, model_fingerprint
+
+    model, toy_data = toy_model
+    path = OODDetector(model, kind="binary", score="lk", k=1).fit(toy_data(50, seed=3)).save(
+        tmp_path / "detector.json")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert model_fingerprint(other) != model_fingerprint(model)
+    with pytest.raises(ValueError, match="fitted on other weights"):
+        OODDetector.load(path, other)
+    d = json.loads(path.read_text())
+    del d["model_sha256"]
+    path.write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="older biva without model_sha256"):
+        OODDetector.load(path, model)
 
 
 def test_detector_needs_choices_or_ood_data(toy_model):

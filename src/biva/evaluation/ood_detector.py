@@ -155,12 +155,15 @@ class OODDetector:
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
-        """The fitted state as JSON-ready values (the model itself is not included)."""
+        """The fitted state as JSON-ready values; the model is identified, not included
+        (``model_sha256``: :func:`model_fingerprint` of the weights it was fitted with)."""
         self._check_fitted()
         return {"score": self.score_, "k": self.k_, "threshold": self.threshold_,
                 "in_tpr": self.in_tpr, "n_samples": self.n_samples, "kind": self.kind,
                 "bits": self.bits, "seed": self.seed, "batch_size": self.batch_size,
                 "n_fit": self.n_fit_, "selection": self.selection_,
+                "model_sha256": model_fingerprint(self.model),
+                "likelihood": self.model.config.likelihood, "n_layers": self.model.n_layers,
                 "convention": "anomaly = LLR^{>k} for llr scores, minus the bound otherwise; "
                               "flagged (predict -1) when anomaly > threshold"}
 
@@ -173,21 +176,95 @@ class OODDetector:
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> OODDetector:
-        """A fitted detector from :meth:`save`'s file, scoring with ``model``."""
+        """A fitted detector from :meth:`save`'s file, scoring with ``model``.
+
+        Every field is checked (a finite threshold, a known score and a k it is defined for,
+        positive batch size and sample count, ...), and the file must have been fitted on
+        ``model``'s weights (``model_sha256``) and likelihood; a ValueError names the file and
+        the field otherwise."""
         path = Path(path)
         try:
             d = json.loads(path.read_text())
-            det = cls(model, kind=d["kind"], bits=d["bits"], score=d["score"], k=d["k"],
-                      n_samples=d["n_samples"], in_tpr=d["in_tpr"],
-                      batch_size=d["batch_size"], seed=d["seed"])
-            det.score_, det.k_ = d["score"], d["k"]
-            det.threshold_ = float(d["threshold"])
-            det.offset_ = -det.threshold_
-            det.n_fit_, det.selection_ = d["n_fit"], d["selection"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError) as err:
             raise ValueError(f"{path}: not a saved OODDetector ({type(err).__name__}: {err})"
                              ) from err
+        d = _validated(d, path, model)
+        det = cls(model, kind=d["kind"], bits=d["bits"], score=d["score"], k=d["k"],
+                  n_samples=d["n_samples"], in_tpr=d["in_tpr"], batch_size=d["batch_size"],
+                  seed=d["seed"])
+        det.score_, det.k_ = d["score"], d["k"]
+        det.threshold_ = float(d["threshold"])
+        det.offset_ = -det.threshold_
+        det.n_fit_, det.selection_ = d["n_fit"], d["selection"]
         return det
+
+
+#: The likelihood each kind of image data is scored with.
+_KIND_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic"}
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (every state_dict entry's name, dtype, shape and bytes):
+    which model a detector was fitted with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _validated(d, path: Path, model: nn.Module) -> dict:
+    """The fields of a detector file, each checked; a ValueError names the first bad one."""
+    import math
+    import warnings
+
+    def fail(field: str, expected: str) -> None:
+        found = d.get(field, "<missing>") if isinstance(d, dict) else d
+        raise ValueError(f"{path}: {field}: expected {expected}, found {found!r}")
+
+    def integer(field: str, low: int, high: float = math.inf) -> None:
+        v = d.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            fail(field, f"an integer in {low}..{high}")
+
+    if not isinstance(d, dict):
+        fail("(top level)", "a JSON object")
+    if d.get("score") not in SCORES:
+        fail("score", f"one of {SCORES}")
+    integer("k", 0, model.n_layers - 1)
+    if d["k"] not in score_ks(d["score"], [d["k"]]):
+        fail("k", f"a k that score {d['score']!r} is defined for (elbo: 0; ratios: >= 1)")
+    t = d.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        fail("threshold", "a finite number (a NaN or infinite threshold flags all or nothing)")
+    v = d.get("in_tpr")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        fail("in_tpr", "a rate in (0, 1)")
+    integer("batch_size", 1)
+    integer("n_samples", 1)
+    integer("n_fit", 1)
+    integer("bits", 1, 16)
+    integer("seed", -(2**63), 2**63 - 1)
+    if not isinstance(d.get("selection"), list):
+        fail("selection", "a list")
+    if d.get("kind") not in _KIND_LIKELIHOOD:
+        fail("kind", f"one of {list(_KIND_LIKELIHOOD)}")
+    likelihood = getattr(getattr(model, "config", None), "likelihood", None)
+    if likelihood is not None and _KIND_LIKELIHOOD[d["kind"]] != likelihood:
+        raise ValueError(f"{path}: kind: fitted for {d['kind']} images, but the model has a "
+                         f"{likelihood} likelihood: this detector belongs to another model")
+    if "model_sha256" not in d:
+        warnings.warn(f"{path}: written by an older biva without model_sha256: it cannot be "
+                      "checked against the model; refit it (biva ood) to record one",
+                      stacklevel=3)
+    elif d["model_sha256"] != model_fingerprint(model):
+        raise ValueError(f"{path}: model_sha256: fitted on other weights ({d['model_sha256']}) "
+                         f"than the model given ({model_fingerprint(model)}); refit the "
+                         "detector for this model (biva ood RUN_DIR)")
+    return d
 
 
 def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="cpu",
