@@ -1,10 +1,11 @@
-"""Faults made real instead of simulated: a file system that is really full (a small tmpfs,
+"""Faults made real instead of simulated. A file system that is really full (a small tmpfs,
 mounted by the suite when it runs as root on Linux; skipped elsewhere).
 
 Each test fills the tmpfs to a given number of free bytes with a real file, so the write that
 fails is whichever needs more than that, in biva or in a library (safetensors, Pillow,
 matplotlib). Every one must end in one line naming the problem, leave the earlier files whole
-and leave a run that resumes once space is freed.
+and leave a run that resumes once space is freed. A second process really holding an
+output's lock (not a mock) while biva writes to the same output.
 """
 
 from __future__ import annotations
@@ -119,3 +120,54 @@ def test_a_really_full_disk_while_writing_outputs_keeps_the_earlier_ones(tmpfs, 
         assert path.read_bytes() == before[name], name
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "s.png"]
     filler.unlink()
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another live process holding the writer lock of an output path (a real flock)."""
+    procs = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        code = ("import sys, time; from biva.utils.run_lock import output_lock\n"
+                "with output_lock(sys.argv[1]):\n"
+                "    print('held', flush=True); time.sleep(120)\n")
+        p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                             text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "held"
+        return p
+
+    yield hold
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_second_writer_of_one_output_is_refused_naming_the_first(tiny_run, tmp_path,
+                                                                   holder, capsys):
+    """Two `biva ood` into one --out interleaved their files (both exit 0); two `biva
+    evaluate` with one --out overwrote each other. The second is now refused at once."""
+    out = tmp_path / "ood"
+    first = holder(out)
+    capsys.readouterr()
+    assert main(["ood", str(tiny_run), "--ood-data", "uniform", "--n-examples", "5",
+                 "--n-valid", "5", "--no-progress", "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert f"pid {first.pid}" in line and str(out.resolve()) in line, line
+    assert not (out / "table.json").exists()
+    target = tmp_path / "eval.json"
+    second = holder(target)
+    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5", "--no-progress",
+                 "--out", str(target)]) == 2
+    line = _one_error_line(capsys)
+    assert f"pid {second.pid}" in line and not target.exists(), line
+    # The default output file is locked as well, and free again once its writer is gone.
+    default = tiny_run / "eval_test_k2.json"
+    third = holder(default)
+    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5",
+                 "--no-progress"]) == 2
+    third.kill()
+    third.wait()
+    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5",
+                 "--no-progress"]) == 0
+    assert json.loads(default.read_text())["k"] == 2

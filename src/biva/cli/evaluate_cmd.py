@@ -119,15 +119,38 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils.run_lock import output_lock
+
     device = setup_runtime(args)
+    out = args.out or default_output(args)
+    # Two evaluations into one output would overwrite each other: the second is refused.
+    with output_lock(out):
+        return _evaluate(args, device, out)
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    """RUN_DIR/eval_<split>_k<k>[_prior<k>].json, k from --k or the run's eval.k."""
+    k = args.k
+    if k is None:
+        from ..training.config import resolve_config
+        from ..utils.config_io import load_config_file
+
+        path = args.run_dir / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; is {args.run_dir} a biva run "
+                                    "directory?")
+        k = resolve_config(load_config_file(path)).eval.k
+    prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
+    return args.run_dir / f"eval_{args.split}_k{k}{prior}.json"
+
+
+def _evaluate(args: argparse.Namespace, device, out: Path) -> int:
     res = evaluate_run(args.run_dir, split=args.split, k=args.k, prior_layers=args.prior_layers,
                        checkpoint=args.checkpoint, n_examples=args.n_examples,
                        batch_size=args.batch_size, max_batch=args.max_batch, device=device,
                        data_root=args.data_root, per_example=args.per_example, amp=args.amp,
                        channels_last=args.channels_last, progress=not args.no_progress,
                        class_samples=args.class_samples, seed=args.seed)
-    prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
-    out = args.out or args.run_dir / f"eval_{args.split}_k{res['k']}{prior}.json"
     atomic_write_json(out, res)
     if "classification" in res:  # semi-supervised run: error and confusion matrix
         from ..evaluation.classification import write_confusion

@@ -411,8 +411,12 @@ def metrics_markdown(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils.run_lock import output_lock
+
     device = setup_runtime(args)
-    res = run_ood(args, device)
+    # One writer per output folder: two runs into one --out would interleave their files.
+    with output_lock(args.out or args.run_dir / "ood"):
+        res = run_ood(args, device)
     print(table_markdown(res["table"]), end="")
     print()
     print(metrics_markdown(res["metrics"]), end="")

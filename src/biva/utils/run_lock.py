@@ -9,6 +9,7 @@ shared (a notebook may hold a Trainer and resume another on the same directory).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -37,19 +38,45 @@ def lock_run_dir(run_dir: str | os.PathLike[str]) -> None:
     if fcntl is None or root in _held:
         return
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_FILE
+    _take(root, root / LOCK_FILE, "wait for it to finish or stop it, or pick another run "
+                                  "directory")
+
+
+def _take(key: Path, path: Path, remedy: str) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = _describe(path)
         os.close(fd)
-        raise RunDirLocked(f"{root} is in use by another biva process ({holder}); wait for it to "
-                           "finish or stop it, or pick another run directory") from None
+        raise RunDirLocked(f"{key} is in use by another biva process ({holder}); "
+                           f"{remedy}") from None
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-    _held[root] = fd
+    _held[key] = fd
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str]):
+    """Hold the writer lock of an output (a folder, or a file via a hidden ``.<name>.lock``
+    beside it) for the block: a second process writing the same output is refused at once,
+    naming the holder, instead of interleaving or overwriting its files."""
+    target = Path(path).resolve()
+    if fcntl is None or target in _held:
+        yield
+        return
+    if target.is_dir() or not target.suffix:
+        target.mkdir(parents=True, exist_ok=True)
+        lock = target / LOCK_FILE
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = target.with_name(f".{target.name}.lock")
+    _take(target, lock, "wait for it to finish, or choose another --out")
+    try:
+        yield
+    finally:
+        unlock_run_dir(target)
 
 
 def unlock_run_dir(run_dir: str | os.PathLike[str]) -> None:
