@@ -124,9 +124,20 @@ def test_stop_after_then_resume_equals_uninterrupted(tmp_path, data, reference_r
     stopped = Trainer(tiny_config(), run, data=data, stop_after=7)
     stopped.fit()
     assert stopped.step == 7
-    assert [p.name for p in list_checkpoints(run)] == ["step_000000004"]
+    # Stopped "as if interrupted": with a checkpoint of step 7, from which a copy resumes.
+    assert [p.name for p in list_checkpoints(run)] == ["step_000000004", "step_000000007"]
     assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == 6
+    import shutil
 
+    copy_run = tmp_path / "copy"
+    shutil.copytree(run, copy_run)
+    from_seven = Trainer.resume(copy_run, data=data)
+    assert from_seven.step == 7
+    from_seven.fit()
+    assert_identical(final_checkpoint(copy_run), final_checkpoint(reference_run))
+
+    # A kill before that checkpoint (removed here): the resume replays steps 5-7.
+    shutil.rmtree(run / "checkpoints" / "step_000000007")
     resumed = Trainer.resume(run, data=data)
     assert resumed.step == 4
     steps_after_resume = metric_records(run)
@@ -673,3 +684,64 @@ def test_disk_full_is_one_line_naming_the_directory_and_keeps_checkpoints(tmp_pa
     assert len(err) == 1 and "no space left" in err[0] and "Traceback" not in err[0]
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     assert main(argv) == 0 and _latest_step(run) == STEPS
+
+
+@pytest.mark.parametrize("edit,field", [
+    ({"model": {"filters": [16]}}, "model.filters"),      # once 152 lines of size mismatch
+    ({"train": {"lr": 0.01}}, "train.lr"),                # once taken silently
+    ({"model": {"dropout_q": 0.3}}, "model.dropout_q"),
+])
+def test_editing_config_json_behind_bivas_back_is_refused_on_resume(tmp_path, data, capsys,
+                                                                     edit, field):
+    run = tmp_path / "run"
+    Trainer(tiny_config(), run, data=data, stop_after=4).fit()
+    path = run / "config.json"
+    cfg = json.loads(path.read_text())
+    for section, values in edit.items():
+        cfg[section].update(values)
+    path.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "size mismatch" not in err[0], err
+    assert str(path) in err[0] and f"{field}:" in err[0] and "--init-from" in err[0], err[0]
+
+
+def test_a_budget_edit_of_config_json_still_resumes(tmp_path, data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(), run, data=data, stop_after=4).fit()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["steps"] = STEPS + 4
+    cfg["train"]["threads"] = 1
+    (run / "config.json").write_text(json.dumps(cfg))
+    trainer = Trainer.resume(run)
+    trainer.fit()
+    assert trainer.step == STEPS + 4
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, data, capsys):
+    """What the refusal above proposes: a new run from the old weights with the new lr."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(), run, data=data, stop_after=4).fit()
+    ckpt = list_checkpoints(run)[-1]
+    tensors, _ = load_checkpoint(ckpt)
+    new = tmp_path / "new"
+    assert main(["train", "--config", str(run / "config.json"), "--init-from", str(ckpt),
+                 "--run-dir", str(new), "--set", "train.lr=0.001", "--stop-after", "1",
+                 "--no-progress"]) == 0
+    started = Trainer.resume(new, stop_after=0)
+    assert started.step == 1 and started.cfg.train.lr == 0.001
+    # The new run's EMA began from the old run's EMA (one update with decay >= 0.1 since).
+    for name, old in tensors["ema"].items():
+        now = started.ema.state_dict()[name]
+        if not old.is_floating_point():
+            assert torch.equal(now, old), name
+            continue
+        assert torch.allclose(now, old, atol=0.2 * (old.abs().max().item() + 1e-3)), name
+    assert json.loads((new / "config.json").read_text())["train"]["init_from"] == str(ckpt)
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["train", "--config", str(run / "config.json"), "--init-from", str(ckpt),
+                 "--run-dir", str(other), "--set", "model.filters=[16]", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not have this config's architecture" in err and "Traceback" not in err

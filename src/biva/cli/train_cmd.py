@@ -48,6 +48,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (CPU or CUDA; the bounds stay in float32); auto (the "
                    "config default) picks bf16 where the hardware has native bf16")
     p.add_argument("--data-root", default=None, help="shortcut for --set data.root=DIR")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a new run from a checkpoint's weights (same architecture; "
+                   "fresh optimizer, step 0): shortcut for --set train.init_from=PATH")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop at this step as if interrupted (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,7 +61,8 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
     out = list(args.overrides)
     for flag, key in (("steps", "train.steps"), ("seed", "train.seed"),
                       ("device", "train.device"), ("threads", "train.threads"),
-                      ("amp", "train.amp"), ("data_root", "data.root")):
+                      ("amp", "train.amp"), ("data_root", "data.root"),
+                      ("init_from", "train.init_from")):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")
@@ -83,6 +87,7 @@ def make_trainer(args: argparse.Namespace) -> tuple[Trainer, Path]:
         ignored = [flag for flag, given in (
             ("--seed", args.seed is not None), ("--amp", args.amp is not None),
             ("--data", args.data is not None), ("--config", args.config is not None),
+            ("--init-from", getattr(args, "init_from", None) is not None),
             ("--run-dir", args.run_dir is not None and args.run_dir != args.resume))
             if given]
         if ignored:

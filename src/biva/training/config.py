@@ -101,6 +101,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_last: int = 2
     init_batch: int = 256            # examples for the data-dependent weight-norm init
+    init_from: str | None = None     # a checkpoint whose weights (and EMA) start this new run
+                                     # instead of the init: same architecture, step 0
     max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
     max_cpu_minutes: float = 0.0     # > 0: the same after this much CPU time of the run (over
                                      # resumes): equal-budget comparisons on a shared machine

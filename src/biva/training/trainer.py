@@ -53,7 +53,7 @@ from ..utils.config_io import save_config, to_dict
 from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
 from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from ..utils.run_lock import lock_run_dir, unlock_run_dir
-from .config import RunConfig, extend_budget, resolve_config
+from .config import BUDGET_FIELDS, RunConfig, extend_budget, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
 from .memory import check_step_fits, describe_fields
@@ -131,6 +131,60 @@ def disk_full_as_error(run_dir: Path):
         if is_disk_full(err):
             raise DiskFull(_disk_full_message(run_dir, err)) from err
         raise
+
+
+# Fields that may differ between config.json and the checkpoint being resumed: how long to
+# train, and where and how the run executes; everything else decides what is trained.
+RESUMABLE_CHANGES = (*BUDGET_FIELDS, "train.device", "train.threads", "train.progress",
+                     "data.root", "data.download", "name")
+
+
+def _flat_fields(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_fields(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """SHA-256 of a resolved config's fields that decide what is trained (all but
+    :data:`RESUMABLE_CHANGES`), canonically serialized."""
+    import hashlib
+    import json
+
+    fields = {k: v for k, v in _flat_fields(to_dict(cfg)).items()
+              if k not in RESUMABLE_CHANGES}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_config_unchanged(cfg: RunConfig, state: dict, path: Path, run_dir: Path) -> None:
+    """Refuse to resume when config.json no longer describes the checkpoint's run, naming
+    the changed fields (an architecture edit would otherwise fail in load_state_dict with a
+    page of size mismatches, and an lr edit would silently take effect)."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return  # checkpoints of old biva versions carry no config: nothing to compare
+    try:
+        before = _flat_fields(to_dict(resolve_config(saved)))
+    except ValueError:
+        before = _flat_fields(saved)
+    now = _flat_fields(to_dict(cfg))
+    changed = [k for k in sorted(set(before) | set(now))
+               if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+    if not changed:
+        return
+    shown = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    raise ValueError(
+        f"{run_dir / 'config.json'} was edited after the checkpoint {path.name} was written: "
+        f"{shown}{more}. A resumed run keeps its config (only {', '.join(BUDGET_FIELDS)} may "
+        f"change): restore those fields, or start a new run from these weights with `biva "
+        f"train --config {run_dir / 'config.json'} --init-from {path} --run-dir NEW_DIR`")
 
 
 class TrainingStalled(RuntimeError):
@@ -291,6 +345,9 @@ class Trainer:
 
     def _initialize(self) -> None:
         tc = self.cfg.train
+        if tc.init_from:
+            self._initialize_from(Path(tc.init_from))
+            return
         split = self._init_split()
         n = min(tc.init_batch, len(split))
         images, _ = next(epoch_batches(split, n, epoch=0, seed=tc.seed + 1,
@@ -299,9 +356,34 @@ class Trainer:
         # The EMA starts from the initialized weights (after, never before, the init).
         self.ema = EMA(self.model, tc.ema_decay, warmup=tc.ema_warmup)
 
+    def _initialize_from(self, path: Path) -> None:
+        """Start from another run's checkpoint (train.init_from): its model and EMA weights,
+        a fresh optimizer at step 0. A checkpoint of another architecture is refused."""
+        tensors, _ = load_checkpoint(path, map_location=self.device)
+        weights = tensors.get("model")
+        if weights is None:
+            raise ValueError(f"train.init_from={path}: holds no model weights")
+        mine = self.model.state_dict()
+        missing = sorted(set(mine) - set(weights))
+        bad = [k for k in mine if k in weights and weights[k].shape != mine[k].shape]
+        if missing or bad:
+            first = (f"{bad[0]}: {tuple(weights[bad[0]].shape)} there, "
+                     f"{tuple(mine[bad[0]].shape)} here" if bad else f"{missing[0]} missing")
+            raise ValueError(
+                f"train.init_from={path}: the checkpoint's model does not have this config's "
+                f"architecture ({len(bad)} tensors of another shape, {len(missing)} missing; "
+                f"{first}); init_from keeps the model.* fields of the run it comes from")
+        self.model.load_state_dict(weights)
+        self.ema = EMA(self.model, self.cfg.train.ema_decay, warmup=self.cfg.train.ema_warmup)
+        if "ema" in tensors:
+            self.ema.load_state_dict(tensors["ema"])
+        if self.rank == 0:
+            print(f"weights from {path} (train.init_from); optimizer and step start afresh")
+
     def _load(self, path: Path) -> None:
         tensors, state = load_checkpoint(path, map_location=self.device)
         _check_training_state(tensors, state, path)
+        _check_config_unchanged(self.cfg, state, path, self.run_dir)
         self.model.load_state_dict(tensors["model"])
         self.ema = EMA(self.model, self.cfg.train.ema_decay, warmup=self.cfg.train.ema_warmup)
         self.ema.load_state_dict(tensors["ema"])
@@ -342,7 +424,8 @@ class Trainer:
                  "bad_streak": self.bad_streak, "cpu_s": self.cpu_seconds,
                  "grad_norms": list(self.grad_norms),
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
-                 "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
+                 "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg),
+                 "config_sha256": config_digest(self.cfg)}
         path = self.run_dir / "checkpoints" / f"step_{self.step:09d}"
         save_checkpoint(path, tensors={"model": self.model.state_dict(),
                                        "ema": self.ema.state_dict(), "optimizer": opt_tensors,
@@ -533,6 +616,10 @@ class Trainer:
                 if self.bad_streak < tc.max_consecutive_skips or self.step == tc.steps:
                     self.save()
             if self.stop_after is not None and self.step >= self.stop_after:
+                # As if interrupted: a checkpoint of this step, so --resume continues here.
+                latest = latest_checkpoint(self.run_dir) if self.rank == 0 else None
+                if self.rank != 0 or latest is None or latest.name != f"step_{self.step:09d}":
+                    self.save()
                 break
         return last
 
