@@ -307,3 +307,54 @@ def test_parse_override_value() -> None:
     assert parse_override_value("[1, 2]") == [1, 2]
     assert parse_override_value("'3'") == "3"
     assert parse_override_value("") is None
+
+
+# ----------------------------------------------------------------------------- bounds
+def test_unbounded_config_values_are_refused_naming_the_file_and_key(tmp_path):
+    """A 1 GB string was copied into config.json and every meta.json (3.1 GB after 10 steps);
+    a 200,000-deep list ended in a bare 'maximum recursion depth exceeded'."""
+    from biva.utils.config_io import MAX_CONFIG_BYTES, load_config_file
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: " + "x" * (MAX_CONFIG_BYTES + 1) + "\n")
+    with pytest.raises(ConfigError, match=rf"{big}: a config file of [\d,]+ bytes; at most"):
+        load_config_file(big)
+    long = tmp_path / "long.yaml"
+    long.write_text("model:\n  description: " + "y" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=rf"{long}: model.description: a string of 5,000"):
+        load_config_file(long)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"train": {"adam_betas": ' + "[" * 200_000 + "]" * 200_000 + "}}")
+    with pytest.raises(ConfigError, match=rf"{deep}: nested too deeply"):
+        load_config_file(deep)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model:\n  latents: " + "[" * 40 + "1" + "]" * 40 + "\n")
+    with pytest.raises(ConfigError, match=rf"{nested}: model.latents.*nested deeper than 16"):
+        load_config_file(nested)
+    many = tmp_path / "many.json"
+    many.write_text('{"model": {"latents": [' + ",".join(["1"] * 20_000) + "]}}")
+    with pytest.raises(ConfigError, match=r"model.latents: a list of 20,000 items"):
+        load_config_file(many)
+
+
+def test_unbounded_override_values_are_refused_naming_the_key():
+    from biva.utils.config_io import apply_overrides
+
+    with pytest.raises(ConfigError, match=r"override data.path: .*a string of 5,000"):
+        apply_overrides({}, ["data.path=" + "z" * 5000])
+
+
+def test_config_errors_name_the_file(tmp_path, capsys):
+    from biva.cli.main import main
+
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("model: {preset: digits, blocks: 0}\n")
+    assert main(["train", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}" in err and "model.blocks" in err, err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": {"variant": "bivaa"}}')
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.json'}" in err and "model.variant" in err, err

@@ -132,14 +132,9 @@ def default_output(args: argparse.Namespace) -> Path:
     """RUN_DIR/eval_<split>_k<k>[_prior<k>].json, k from --k or the run's eval.k."""
     k = args.k
     if k is None:
-        from ..training.config import resolve_config
-        from ..utils.config_io import load_config_file
+        from ..training.config import read_run_config
 
-        path = args.run_dir / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; is {args.run_dir} a biva run "
-                                    "directory?")
-        k = resolve_config(load_config_file(path)).eval.k
+        k = read_run_config(args.run_dir / "config.json").eval.k
     prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
     return args.run_dir / f"eval_{args.split}_k{k}{prior}.json"
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from ..models import HierarchicalVAE
-from ..training.config import RunConfig, resolve_config
+from ..training.config import RunConfig, read_run_config
 from ..utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from ..utils.config_io import load_config_file
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -62,10 +61,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     The data-dependent init is part of the saved weights and is never re-run here.
     """
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{cfg_path}: no such file; is {run_dir} a biva run directory?")
-    cfg = resolve_config(load_config_file(cfg_path))
+    cfg = read_run_config(run_dir / "config.json")
     path = find_checkpoint(run_dir, which)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]

@@ -229,12 +229,32 @@ def resolve_config(data: dict) -> RunConfig:
     return cfg
 
 
+def read_run_config(path: str | Path) -> RunConfig:
+    """The resolved config of a run's ``config.json`` (or any config file); every error names
+    the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; is {path.parent} a biva run directory?")
+    raw = load_config_file(path)
+    try:
+        return resolve_config(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}", path=e.path) from None
+
+
 def load_run_config(name_or_path: str | None = None, overrides: list[str] | None = None,
                     base: dict | None = None) -> RunConfig:
     """Load a shipped config by name or a YAML/JSON file, apply ``a.b=value`` overrides."""
     raw = base if base is not None else (_config_source(name_or_path) if name_or_path else {})
     raw = apply_overrides(raw, overrides or [])
-    return resolve_config(raw)
+    try:
+        return resolve_config(raw)
+    except ConfigError as e:
+        if not name_or_path or str(e).startswith(str(name_or_path)):
+            raise
+        where = (name_or_path if Path(name_or_path).suffix in (".yaml", ".yml", ".json")
+                 else f"config {name_or_path!r}")
+        raise ConfigError(f"{where} (with the --set overrides): {e}", path=e.path) from None
 
 
 # Fields a finished or interrupted run may change when resumed: how long it trains, nothing
@@ -251,8 +271,11 @@ def extend_budget(raw: dict, overrides: list[str], source: Path | str) -> RunCon
             raise ConfigError(f"{source}: a resumed run keeps its config; only the budget "
                               f"({', '.join(BUDGET_FIELDS)}) can change, not {key!r}")
     # Validated (e.g. finetune_steps <= steps) before anything is written.
-    cfg = resolve_config(apply_overrides(raw, overrides))
-    before = resolve_config(raw).train
+    try:
+        cfg = resolve_config(apply_overrides(raw, overrides))
+        before = resolve_config(raw).train
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}", path=e.path) from None
     for key in BUDGET_FIELDS:
         name = key.split(".")[1]
         if getattr(before, name) != getattr(cfg.train, name):

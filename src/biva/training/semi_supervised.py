@@ -31,9 +31,9 @@ from ..models.semi_supervised import SemiSupervisedBIVA, default_alpha
 from ..objectives import bits_per_dim
 from ..utils.atomic import atomic_write_json
 from ..utils.checkpoint import save_checkpoint
-from ..utils.config_io import load_config_file, to_dict
+from ..utils.config_io import to_dict
 from ..utils.jsonl import append_jsonl
-from .config import RunConfig, resolve_config
+from .config import RunConfig, read_run_config
 from .trainer import Trainer, load_run_data
 
 
@@ -49,10 +49,7 @@ def trainer_class(cfg: RunConfig) -> type[Trainer]:
 
 def resume_trainer(run_dir: str | Path, **kwargs) -> Trainer:
     """Resume the run in ``run_dir`` with the trainer class its config.json calls for."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; is {run_dir} a biva run directory?")
-    return trainer_class(resolve_config(load_config_file(path))).resume(run_dir, **kwargs)
+    return trainer_class(read_run_config(Path(run_dir) / "config.json")).resume(run_dir, **kwargs)
 
 
 class SemiSupervisedTrainer(Trainer):

@@ -53,7 +53,7 @@ from ..utils.config_io import save_config, to_dict
 from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
 from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
 from ..utils.run_lock import lock_run_dir, unlock_run_dir
-from .config import BUDGET_FIELDS, RunConfig, extend_budget, resolve_config
+from .config import BUDGET_FIELDS, RunConfig, extend_budget, read_run_config, resolve_config
 from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
 from .ema import EMA
 from .memory import check_step_fits, describe_fields
@@ -314,7 +314,7 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file; is {run_dir} a biva run directory?")
         raw = load_config_file(path)
-        cfg = extend_budget(raw, list(budget), path) if budget else resolve_config(raw)
+        cfg = extend_budget(raw, list(budget), path) if budget else read_run_config(path)
         return cls(cfg, run_dir, resume=True, **kwargs)
 
     @property

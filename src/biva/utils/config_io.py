@@ -399,10 +399,40 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Bounds of what a config may hold: a config describes a run in a few kilobytes, and each
+#: value is copied into config.json and every checkpoint's meta.json.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_STRING_CHARS = 4096
+MAX_NESTING = 16
+MAX_LIST_ITEMS = 10_000
+
+
+def check_config_bounds(data: Any, where: str) -> None:
+    """Refuse strings over :data:`MAX_STRING_CHARS`, nesting over :data:`MAX_NESTING` and
+    lists over :data:`MAX_LIST_ITEMS` anywhere in ``data``, naming ``where`` and the key."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:   # iterative: a deep structure cannot exhaust the interpreter's stack
+        value, key, depth = stack.pop()
+        at = f"{where}: {key or 'top level'}"
+        if depth > MAX_NESTING:
+            raise ConfigError(f"{at}: nested deeper than {MAX_NESTING} levels")
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            raise ConfigError(f"{at}: a string of {len(value):,} characters; at most "
+                              f"{MAX_STRING_CHARS:,} are accepted")
+        if isinstance(value, Mapping):
+            stack.extend((v, _join(key, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            if len(value) > MAX_LIST_ITEMS:
+                raise ConfigError(f"{at}: a list of {len(value):,} items; at most "
+                                  f"{MAX_LIST_ITEMS:,} are accepted")
+            stack.extend((v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value))
+
+
 def load_config_file(path: StrPath) -> dict[str, Any]:
     """Read a ``.json``, ``.yaml`` or ``.yml`` file holding a mapping (an empty YAML file is {}).
 
-    Raises :class:`ConfigError` naming the file on a missing file or a parse error.
+    Raises :class:`ConfigError` naming the file on a missing file, a parse error, or content
+    beyond the bounds (:data:`MAX_CONFIG_BYTES`, :func:`check_config_bounds`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -410,28 +440,37 @@ def load_config_file(path: StrPath) -> dict[str, Any]:
         raise ConfigError(f"{path}: unsupported config file type {path.suffix!r} "
                           "(expected .json, .yaml or .yml)")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: a config file of {size:,} bytes; at most "
+                              f"{MAX_CONFIG_BYTES:,} are accepted")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read config file: {e}") from e
-    if suffix == ".json":
-        try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
-        except ValueError as e:
-            raise ConfigError(f"{path}: invalid JSON: {e}") from e
-    else:
-        try:
-            data = yaml.load(text, Loader=_ConfigLoader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    try:
+        if suffix == ".json":
+            try:
+                data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
+            except ValueError as e:
+                raise ConfigError(f"{path}: invalid JSON: {e}") from e
+        else:
+            try:
+                data = yaml.load(text, Loader=_ConfigLoader)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to parse (at most {MAX_NESTING} levels "
+                          "are accepted)") from None
     if data is None and suffix != ".json":
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, "
                           f"found {type(data).__name__}")
+    check_config_bounds(data, str(path))
     return data
 
 
@@ -461,8 +500,11 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             raise ConfigError(f"invalid override {item!r}: expected KEY=VALUE with KEY like a.b.c")
         try:
             value = parse_override_value(raw)
-        except ConfigError as e:
-            raise ConfigError(f"invalid override {item!r}: {e}") from e
+        except (ConfigError, RecursionError) as e:
+            shown = repr(item) if len(item) <= 200 else f"{key}=..."
+            raise ConfigError(f"invalid override {shown}: {e or 'nested too deeply'}"
+                              ) from None
+        check_config_bounds(value, f"override {key}")
         node: dict[str, Any] = result
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
