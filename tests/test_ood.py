@@ -389,4 +389,12 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
                      "--n-valid", "1", "--no-progress", "--out", str(out)]) == 0
     for name in ("metrics.json", "table.json", "detector.json"):
         json.loads((out / name).read_text())
+    # One image has no standard error: null, as biva evaluate writes it (it said 0.0).
+    cells = json.loads((out / "table.json").read_text())["datasets"]
+    assert all(c["stderr_nats"] is None for row in cells.values() for c in row["k"].values())
+    capsys.readouterr()
+    ev = tmp_path / "eval.json"
+    assert main(["evaluate", str(tiny_run[0]), "--k", "3", "--n-examples", "1",
+                 "--no-progress", "--out", str(ev)]) == 0
+    assert json.loads(ev.read_text())["L_3_stderr"] is None
     capsys.readouterr()

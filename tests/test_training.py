@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,8 +128,6 @@ def test_stop_after_then_resume_equals_uninterrupted(tmp_path, data, reference_r
     # Stopped "as if interrupted": with a checkpoint of step 7, from which a copy resumes.
     assert [p.name for p in list_checkpoints(run)] == ["step_000000004", "step_000000007"]
     assert max(r["step"] for r in read_jsonl(run / "metrics.jsonl")) == 6
-    import shutil
-
     copy_run = tmp_path / "copy"
     shutil.copytree(run, copy_run)
     from_seven = Trainer.resume(copy_run, data=data)
@@ -586,9 +585,33 @@ def test_stale_checkpoint_temporaries_are_removed_on_start(tmp_path, data):
     (half / "model.safetensors").write_bytes(b"x" * 1000)
     doomed = run / "checkpoints" / ".step_000000002.del-89abcdef"
     doomed.mkdir()
+    # Left by atomic file writes killed midway (they were once kept forever).
+    leftovers = [run / ".metrics.jsonl.tmp-0123abcd", run / ".config.json.tmp-00ff00ff",
+                 run / "figures" / ".samples_latest.png.tmp-abcdef01"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    # The previous best moved aside while best/ was replaced: best/ exists, so it goes.
+    old_best = run / "checkpoints" / ".best.old-11112222"
+    shutil.copytree(run / "checkpoints" / "best", old_best)
     resumed = Trainer.resume(run, data=data)
-    assert not half.exists() and not doomed.exists()
+    assert not half.exists() and not doomed.exists() and not old_best.exists()
+    assert not any(p.exists() for p in leftovers)
     assert resumed.step == 4
+    json.loads((run / "config.json").read_text())
+
+
+def test_a_kill_between_the_renames_of_best_restores_the_old_best(tmp_path, data):
+    """atomic_directory moves best/ aside, then renames the new one in: a kill between the two
+    leaves .best.old-* as the only copy; it is renamed back, not deleted."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(steps=4), run, data=data).fit()
+    best = run / "checkpoints" / "best"
+    before = (best / "meta.json").read_bytes()
+    aside = run / "checkpoints" / ".best.old-33334444"
+    best.rename(aside)
+    Trainer.resume(run, data=data)
+    assert not aside.exists() and (best / "meta.json").read_bytes() == before
+    load_checkpoint(best)
 
 
 def test_diverged_run_stops_with_an_error_keeping_its_checkpoints(tmp_path, data):

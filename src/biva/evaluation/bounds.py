@@ -85,6 +85,8 @@ def evaluate_bounds(model: nn.Module, split: ImageSplit, kind: str, bits: int, *
         lk_t = torch.cat(lk)
         res.update({"k": k, f"L_{k}": float(lk_t.mean()),
                     f"L_{k}_bpd": float(bits_per_dim(lk_t.mean(), dims)),
-                    f"L_{k}_stderr": float(lk_t.std() / math.sqrt(max(lk_t.numel(), 1)))})
+                    # One example has no spread to estimate: null, not NaN or 0.
+                    f"L_{k}_stderr": (float(lk_t.std() / math.sqrt(lk_t.numel()))
+                                      if lk_t.numel() > 1 else None)})
         res["per_example"][f"L_{k}"] = lk_t.tolist()
     return res

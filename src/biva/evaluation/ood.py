@@ -151,10 +151,12 @@ def ood_table(scores: Mapping[str, Mapping[int, Tensor]], *, in_name: str, kind:
         for k in ks:
             v = per_k[k].double()
             mean = float(v.mean())
-            stderr = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
+            # One image has no spread to estimate: null (as biva evaluate writes), not 0.0.
+            stderr = float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else None
             cells[str(k)] = {"mean_nats": mean, "stderr_nats": stderr,
                              "bits_per_dim": float(bits_per_dim(mean, dims)),
-                             "stderr_bits_per_dim": stderr / (dims * math.log(2.0))}
+                             "stderr_bits_per_dim": (None if stderr is None
+                                                     else stderr / (dims * math.log(2.0)))}
         n = int(next(iter(per_k.values())).numel()) if per_k else 0
         datasets[name] = {"role": "in" if name == in_name else "ood", "n": n, "k": cells}
     unit = "nats" if kind == "binary" else "bits/dim"
@@ -182,7 +184,9 @@ def table_markdown(table: dict) -> str:
             c = row["k"][str(k)]
             value, err = ((c["mean_nats"], c["stderr_nats"]) if nats
                           else (c["bits_per_dim"], c["stderr_bits_per_dim"]))
-            cells.append(f"{value:.2f} ± {err:.2f}" if nats else f"{value:.3f} ± {err:.3f}")
+            digits = 2 if nats else 3
+            spread = "(one image)" if err is None else f"± {err:.{digits}f}"
+            cells.append(f"{value:.{digits}f} {spread}")
         label = f"{name} (in)" if row["role"] == "in" else name
         lines.append(f"| {label} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -274,8 +274,8 @@ class Trainer:
             # and only then are its half-written checkpoint directories garbage.
             with disk_full_as_error(self.run_dir):
                 lock_run_dir(self.run_dir)
-            for stale in remove_stale_temporaries(self.run_dir):
-                print(f"removed {stale.name}, a checkpoint a killed run left half-written")
+            for stale, action in remove_stale_temporaries(self.run_dir):
+                print(f"{stale.relative_to(self.run_dir)}: left by a killed run; {action}")
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if not resume and latest_checkpoint(self.run_dir) is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume it with "

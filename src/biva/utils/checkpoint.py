@@ -425,25 +425,41 @@ def _prune_dir(root: Path, keep_last: int, protect: Iterable[StrPath]) -> list[P
     return removed
 
 
-_TEMPORARY = re.compile(r"\.(.+)\.(tmp|del)-[0-9a-f]{8}")
+_TEMPORARY = re.compile(r"\.(.+)\.(tmp|del|old)-[0-9a-f]{8}")
+#: Where a run writes through temporaries: itself (config.json, metrics.jsonl, ...), its
+#: checkpoints and its figures.
+_TEMPORARY_HOMES = ("", CHECKPOINTS_DIR, "figures")
 
 
-def remove_stale_temporaries(run_dir: StrPath) -> list[Path]:
-    """Delete half-written (``.step_N.tmp-*``) and half-deleted (``.step_N.del-*``) checkpoint
-    directories that a killed writer left in ``run_dir/checkpoints``; returns them.
+def remove_stale_temporaries(run_dir: StrPath) -> list[tuple[Path, str]]:
+    """Clean up what a killed writer left in ``run_dir``; returns (path, what was done).
 
+    Half-written temporaries (``.NAME.tmp-*``) and half-deleted checkpoints (``.NAME.del-*``)
+    are deleted. ``.NAME.old-*`` is the previous version of NAME moved aside while NAME was
+    replaced: deleted when NAME exists, renamed back to NAME when the kill came between the
+    two renames (e.g. ``.best.old-*`` is then the only copy of the best checkpoint).
     Call only while holding the run directory's lock: a live writer's temporaries look the same.
     """
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    stale = [e for e in root.iterdir() if _TEMPORARY.fullmatch(e.name) and not e.is_symlink()]
-    for entry in stale:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    return stale
+    done: list[tuple[Path, str]] = []
+    for home in _TEMPORARY_HOMES:
+        root = Path(run_dir) / home
+        if not root.is_dir():
+            continue
+        for entry in sorted(root.iterdir()):
+            m = _TEMPORARY.fullmatch(entry.name)
+            if m is None or entry.is_symlink():
+                continue
+            final = root / m.group(1)
+            if m.group(2) == "old" and not final.exists():
+                os.rename(entry, final)
+                done.append((entry, f"restored as {final.name}"))
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            done.append((entry, "removed"))
+    return done
 
 
 def prune_checkpoints(
