@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Your own photos" figures: natural32_cpu on an image folder for a CPU-time
+# The "Your own images" figures (docs/guide/own-images.md): natural32_cpu on an image folder for a CPU-time
 # budget (one thread), then the test bits/dim, samples, reconstructions and anomaly scores of
 # the held-out photos against MNIST digits made 32x32 colour images and against noise.
 # Usage: bash benchmarks/photos_cpu.sh RUN_DIR [FOLDER] [MINUTES] [DATA_ROOT]

@@ -5,4 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/biva run --config digits --run-dir "runs/digits-$(date +%Y%m%d-%H%M%S)" "$@"
+.venv/bin/biva run --config digits --run-dir "runs/digits-$(date +%Y%m%d-%H%M%S)" "$@"
+echo
+echo "biva is installed in .venv: run '. .venv/bin/activate' (then 'biva --help'), or call"
+echo ".venv/bin/biva directly. Next: docs/getting-started.md, or bash scripts/docs.sh for the site."

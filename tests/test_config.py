@@ -40,7 +40,8 @@ def test_presets_match_appendix_c():
 
 
 def test_parameter_counts_are_stable():
-    # Regression guard on the architecture (the README's parameter table comes from these).
+    # Regression guard on the architecture (the parameter table in docs/guide/models.md comes
+    # from these).
     def count(name, variant):
         m = HierarchicalVAE(preset(name, variant=variant))
         return sum(p.numel() for p in m.parameters())

@@ -106,11 +106,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         trainer.fit()
         save_file(state_of(trainer), str(out_dir / f"full_rank{rank}.safetensors"))
 
-        # 3. Stop at step 6 (last checkpoint: 4), resume, finish: as the uninterrupted run.
+        # 3. Stop at step 6 (with its checkpoint, written by rank 0 while the other rank
+        # waits), resume, finish: as the uninterrupted run.
         Trainer(tiny_config(steps=RUN_STEPS), out_dir / "resumed", data=data,
                 stop_after=6).fit()
         resumed = Trainer.resume(out_dir / "resumed", data=data)
-        assert resumed.step == 4, resumed.step
+        assert resumed.step == 6, resumed.step
         resumed.fit()
     finally:
         destroy_distributed()
@@ -216,11 +217,12 @@ def test_biva_train_under_torchrun_then_resume(tmp_path):
                             "--run-dir", str(run), "--stop-after", "5", *sets],
                            env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert [p.name for p in list_checkpoints(run)] == ["step_000000004"]
+    # --stop-after 5 writes the checkpoint of step 5 (rank 0, the other rank at the barrier).
+    assert [p.name for p in list_checkpoints(run)] == ["step_000000004", "step_000000005"]
     second = subprocess.run([*launch, "--resume", str(run)], env=env, capture_output=True,
                             text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert second.stdout.count("at step 4 from step_000000004") == 1  # rank 0 prints it
+    assert second.stdout.count("at step 5 from step_000000005") == 1  # rank 0 prints it
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == [2, 4, 6, 8]
     _, state = load_checkpoint(run / "checkpoints" / "step_000000008")

@@ -1,5 +1,6 @@
 """The mutation-run summary: its per-file counts and the survivor reset that a retest relies on
-(a reset that forgot a survivor, or reset a killed mutant, would misreport the README table)."""
+(a reset that forgot a survivor, or reset a killed mutant, would misreport the table in
+docs/guide/mutation-testing.md)."""
 
 from __future__ import annotations
 

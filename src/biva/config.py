@@ -24,27 +24,44 @@ class ModelConfig:
     0 meaning the size of its feature map (appendix C).
     """
 
+    # which model of the family: vae, lvae, lvae+ or biva (see docs/guide/models.md)
     variant: Literal["vae", "lvae", "lvae+", "biva"] = "biva"
+    # (channels, height, width) of the images; height == width
     input_shape: tuple[int, ...] = (1, 28, 28)
+    # p(x|z): bernoulli (binary images), discretized_logistic (8-bit), gaussian, categorical
     likelihood: Literal["bernoulli", "discretized_logistic", "gaussian", "categorical"] = (
         "bernoulli")
+    # units (dense) or channels (conv) of each stochastic layer, bottom (z_1) first; L = len
     latents: tuple[int, ...] = (48, 40, 32, 24, 16, 8)
+    # dense vectors or convolutional feature maps
     latent_type: Literal["dense", "conv"] = "dense"
+    # kernel of a conv latent's head and embedding; 0: the feature map's size (appendix C)
     latent_kernel: int = 0
+    # channels of each stage (one value for all, or L values)
     filters: tuple[int, ...] = (64,)
+    # first kernel of each stage (odd; one value or L values)
     kernels: tuple[int, ...] = (5, 3, 3, 3, 3, 3)
+    # resolution change of each stage (one value or L values); the image size must divide
     strides: tuple[int, ...] = (2, 1, 1, 1, 1, 2)
+    # gated residual blocks a stage (M)
     blocks: int = 3
+    # dropout in the inference network
     dropout_q: float = 0.5
+    # dropout in the generative network
     dropout_p: float = 0.5
+    # floor of every latent standard deviation: sigma = min_std + softplus(raw)
     min_std: float = 1e-3
+    # components of the discretized logistic mixture
     n_mix: int = 10
+    # bits per pixel of 8-bit data (the logistic mixture's 2^bits levels)
     bits: int = 8
+    # classes of the categorical likelihood
     num_classes: int = 256
+    # gaussian likelihood: a fixed standard deviation (0: learned)
     likelihood_std: float = 0.0
     # BIVA only: "separate" gives p(z^BU_i | z_>i) and p(z^TD_i | z_>i) their own mean and std
     # (the literal factorization); "shared" uses one Gaussian for both (what the paper's
-    # parameter count suggests, README "Parameter counts").
+    # parameter count suggests, docs/guide/models.md "Parameter counts").
     biva_prior: Literal["separate", "shared"] = "separate"
     description: str = field(default="", compare=False)
 

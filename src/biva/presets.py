@@ -47,10 +47,11 @@ def _natural64(**kw) -> ModelConfig:
 
 
 def _natural_cpu(side: int, **kw) -> ModelConfig:
-    # Sized for bits/dim per CPU-minute by short pilots on 32x32 photos (README, "Your own
-    # images"): L = 6 conv latents of 16 channels with 3x3 latent kernels, 32 filters, one
-    # block a stage, 5 logistic components. 32x32: latents at 16, 16, 16, 8, 8, 4; 64x64 halves
-    # twice in stage 1 (7x7 kernel) and once more by the top: 16, 16, 8, 8, 4, 4.
+    # Sized for bits/dim per CPU-minute by short pilots on 32x32 photos
+    # (docs/guide/own-images.md): L = 6 conv latents of 16 channels with 3x3 latent kernels,
+    # 32 filters, one block a stage, 5 logistic components. 32x32: latents at 16, 16, 16, 8,
+    # 8, 4; 64x64 halves twice in stage 1 (7x7 kernel) and once more by the top: 16, 16, 8, 8,
+    # 4, 4.
     strides = (2, 1, 1, 2, 1, 2) if side == 32 else (4, 1, 2, 1, 2, 1)
     first = 5 if side == 32 else 7
     base = ModelConfig(

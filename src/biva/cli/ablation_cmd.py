@@ -15,7 +15,7 @@ from ..experiments.ablation import (
     run_ablation,
     write_summary,
 )
-from .common import nonnegative_int, parse_int_list, parse_names, positive_int
+from .common import HelpFormatter, nonnegative_int, parse_int_list, parse_names, positive_int
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
         "then OUT/table.json, table.md (Table 1), kl_per_layer.json/.png (Figure 2) and "
         "curves.png. Run the command in several shells (or --jobs N) to train runs side by "
         "side. Variants: " + "; ".join(f"{k}: {v}" for k, v in ABLATION_VARIANTS.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--config", default=None,
                    help="shipped config or file (default with --data: the CPU config for "
                    "the image size)")

@@ -11,6 +11,41 @@ import torch
 from ..training.trainer import resolve_device
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already says its default
+    (or the default is None: nothing to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or "default:" in text or action.default in (None,
+                                                                           argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+class BivaParser(argparse.ArgumentParser):
+    """An argument parser that takes options only as spelt (``--thread`` is not
+    ``--threads``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def unknown_options_error(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """Exit 2 with the subcommand's usage and each unknown option with a suggestion."""
+    import difflib
+
+    known = [o for a in parser._actions for o in a.option_strings]
+    parts = []
+    for item in extra:
+        name = item.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) \
+            if name.startswith("-") else []
+        parts.append(f"{item} (did you mean {close[0]}?)" if close else item)
+    parser.error(f"unrecognized arguments: {' '.join(parts)}")
+
+
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
     """--device and --threads."""
     p.add_argument("--device", default="auto",

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..experiments.densities import DensityConfig, run_experiment
-from .common import parse_int_list, parse_names
+from .common import HelpFormatter, parse_int_list, parse_names
 
 
 def add_parser(sub) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
         "every model x potential x seed in parallel processes; writes OUT/results.json (KL per "
         "run, median and quartiles per model and potential), OUT/densities.png (Fig. 8), "
         "OUT/kl_boxplot.png (Fig. 7) and OUT/runs/ (finished runs are reused on a rerun).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     d = DensityConfig()
     p.add_argument("--models", default="vae,lvae,biva", help="comma-separated variants")
     p.add_argument("--potentials", default="1,2,3,4", help="comma-separated of 1,2,3,4")

@@ -13,6 +13,7 @@ from ..evaluation.loading import load_trained
 from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
 from .common import (
+    HelpFormatter,
     add_runtime_options,
     nonnegative_int,
     positive_int,
@@ -26,7 +27,7 @@ def add_parser(sub) -> None:
         "evaluate", help="importance-weighted bounds of a trained run",
         description="Compute L_1 (ELBO, with the KL of every latent group) and L_k on a split "
         "with the EMA weights of the best-validation (or latest) checkpoint; writes JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("run_dir", type=Path, help="a biva run directory")
     p.add_argument("--split", default="test", choices=["test", "valid", "train"],
                    help="the split to evaluate")
@@ -53,6 +54,11 @@ def add_parser(sub) -> None:
     p.add_argument("--per-example", action="store_true", help="include per-example values")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: in run dir)")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
+    p.add_argument("--data", type=Path, default=None, metavar="PATH",
+                   help="evaluate on every image of another folder (or .npz) instead of the "
+                   "run's split, in a seeded random order (so --n-examples takes a random "
+                   "sample of a class-sorted folder); images are cropped and resized to the "
+                   "model's size")
     p.add_argument("--amp", choices=["none", "bf16"], default="none",
                    help="bf16 autocast for the network (the log-weights stay float32 and are "
                    "summed in float64); about 1.5-2x faster on CPUs with AVX-512 BF16 and GPUs")
@@ -67,7 +73,8 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
                  batch_size: int | None = None, max_batch: int | None = None, device="cpu",
                  data_root: str | None = None, per_example: bool = False, amp: str = "none",
                  channels_last: bool = True, progress: bool = False,
-                 class_samples: int = 1, seed: int | None = 0) -> dict:
+                 class_samples: int = 1, seed: int | None = 0,
+                 data_path: Path | None = None) -> dict:
     """Evaluate a run's model on a split; returns the result dict (see evaluate_bounds).
 
     ``k``, ``n_examples``, ``batch_size`` and ``max_batch`` left as None come from the run's
@@ -91,8 +98,12 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
     max_batch = cfg.eval.max_batch if max_batch is None else max_batch
     if data_root:
         cfg.data.root = data_root
-    data = load_run_data(cfg)
-    data_split = evaluation_split(data, split, seed=cfg.train.seed)
+    if data_path is not None:
+        data, data_split = images_of(data_path, cfg, seed if seed is not None else 0)
+        split = f"all of {data_path}"
+    else:
+        data = load_run_data(cfg)
+        data_split = evaluation_split(data, split, seed=cfg.train.seed)
     t0 = time.perf_counter()
     if classes:  # semi-supervised: every pass sums over the classes, C rows per sample
         max_batch = max(1, max_batch // classes)
@@ -104,7 +115,7 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
                               prior_layers=prior_layers, device=device, progress=update,
                               seed=seed)
     res["amp"] = amp
-    if classes:
+    if classes and data_split.labels is not None:
         from ..evaluation.classification import evaluate_classification
 
         res["classification"] = evaluate_classification(
@@ -116,6 +127,33 @@ def evaluate_run(run_dir: Path, *, split: str = "test", k: int | None = None,
     if not per_example:
         res.pop("per_example")
     return res
+
+
+def images_of(path: Path, cfg, seed: int):
+    """(the loaded data, every image of the folder or .npz at ``path`` as one split in a
+    seeded random order), fitted to the run's model: size, channels and image kind checked."""
+    import torch
+
+    from ..data import ImageSplit, load_dataset
+
+    side = cfg.model.input_shape[-1]
+    data = load_dataset("npz" if path.is_file() else "folder", path=path, image_size=side,
+                        seed=seed)
+    parts = [getattr(data, s) for s in ("train", "valid", "test")]
+    images = torch.cat([p.images for p in parts])
+    sources = None
+    if all(p.sources is not None for p in parts):
+        sources = tuple(x for p in parts for x in p.sources)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    split = ImageSplit(images, None, sources).subset(order)
+    if tuple(images.shape[1:]) != tuple(cfg.model.input_shape):
+        raise ValueError(f"--data {path}: images of shape {tuple(images.shape[1:])} (C, H, W); "
+                         f"the model takes {tuple(cfg.model.input_shape)}")
+    want = "binary" if cfg.model.likelihood == "bernoulli" else "8bit"
+    if data.kind != want:
+        raise ValueError(f"--data {path}: {data.kind} images; the model ({cfg.model.likelihood}"
+                         f" likelihood) scores {want} images")
+    return data, split
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +174,8 @@ def default_output(args: argparse.Namespace) -> Path:
 
         k = read_run_config(args.run_dir / "config.json").eval.k
     prior = f"_prior{args.prior_layers}" if args.prior_layers else ""  # L^{>k}: its own file
-    return args.run_dir / f"eval_{args.split}_k{k}{prior}.json"
+    what = args.split if args.data is None else f"data_{args.data.stem}"
+    return args.run_dir / f"eval_{what}_k{k}{prior}.json"
 
 
 def _evaluate(args: argparse.Namespace, device, out: Path) -> int:
@@ -145,7 +184,8 @@ def _evaluate(args: argparse.Namespace, device, out: Path) -> int:
                        batch_size=args.batch_size, max_batch=args.max_batch, device=device,
                        data_root=args.data_root, per_example=args.per_example, amp=args.amp,
                        channels_last=args.channels_last, progress=not args.no_progress,
-                       class_samples=args.class_samples, seed=args.seed)
+                       class_samples=args.class_samples, seed=args.seed,
+                       data_path=args.data)
     atomic_write_json(out, res)
     if "classification" in res:  # semi-supervised run: error and confusion matrix
         from ..evaluation.classification import write_confusion

@@ -20,6 +20,7 @@ from . import (
     text_cmd,
     train_cmd,
 )
+from .common import BivaParser, HelpFormatter, unknown_options_error
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
                report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
@@ -27,11 +28,12 @@ SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, confi
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = BivaParser(
         prog="biva", description="Deep hierarchical VAEs (BIVA, LVAE, LVAE+, VAE): train, "
         "evaluate importance-weighted bounds, sample.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+        formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=BivaParser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return parser
@@ -39,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Reported by the subcommand (its usage, and "did you mean" for each option), not as
+        # the top-level usage.
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        unknown_options_error(sub.choices[args.command], extra)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for worker processes
     try:
         return int(args.func(args) or 0)

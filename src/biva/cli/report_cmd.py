@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..evaluation.report import write_report
-from .common import add_runtime_options, parse_temperatures, setup_runtime
+from .common import HelpFormatter, add_runtime_options, parse_temperatures, setup_runtime
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
         "config, metrics, training curves, KL per latent group and epoch, active units, "
         "samples at several temperatures, generations from a fixed z_>i, reconstructions, an "
         "interpolation in the top latent. Also writes RUN_DIR/diagnostics.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("run_dir", type=Path, help="a biva run directory")
     p.add_argument("--out", type=Path, default=None, help="HTML path (default: in run dir)")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path")

@@ -13,7 +13,7 @@ from ..evaluation.loading import load_trained
 from ..evaluation.plots import plot_training_curves
 from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
-from .common import nonnegative_int, positive_int
+from .common import HelpFormatter, nonnegative_int, positive_int
 from .evaluate_cmd import evaluate_run
 from .sample_cmd import write_samples
 from .train_cmd import add_train_options, make_trainer
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         description="The whole job on one config: train (or resume), evaluate L_1 and L_k on "
         "the test split with the best-validation EMA weights, and write sample, "
         "reconstruction and training-curve PNGs into RUN_DIR/figures.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_train_options(p)
     p.add_argument("--k", type=positive_int, default=None,
                    help="importance samples for L_k (default: the config's eval.k)")

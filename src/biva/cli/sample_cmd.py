@@ -8,7 +8,13 @@ from pathlib import Path
 from ..evaluation import save_grid
 from ..evaluation.generation import samples_at_temperatures
 from ..evaluation.loading import load_trained
-from .common import add_runtime_options, parse_temperatures, positive_int, setup_runtime
+from .common import (
+    HelpFormatter,
+    add_runtime_options,
+    parse_temperatures,
+    positive_int,
+    setup_runtime,
+)
 
 
 def add_parser(sub) -> None:
@@ -16,7 +22,7 @@ def add_parser(sub) -> None:
         "sample", help="sample images from a trained run",
         description="Draw images from the prior N(0, I) of the EMA model. Several "
         "temperatures (e.g. 1.0,0.8,0.6) give one row each, with the same latent noise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("run_dir", type=Path, help="a biva run directory")
     p.add_argument("-n", "--num", type=positive_int, default=64,
                    help="samples (per temperature)")

@@ -14,7 +14,7 @@ from ..experiments.text import (
     format_table,
     run_text_experiment,
 )
-from .common import parse_int_list, parse_names
+from .common import HelpFormatter, parse_int_list, parse_names
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         "and greedy reconstructions (Tables 8 and 9). Writes OUT/results.json, OUT/table.txt, "
         "OUT/samples.txt and OUT/vocab.json. Models: "
         + ", ".join(f"{k} ({v})" for k, v in MODELS.items()) + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     d = TextConfig()
     p.add_argument("--corpus", default="fortunes",
                    help="'fortunes' (Debian's fortunes packages) or a text file, one sentence "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 from ..training import Trainer, load_run_config
 from ..training.config import shipped_configs
 from ..training.own_data import CPU_CONFIGS, config_for_data
+from .common import HelpFormatter
 
 
 def add_parser(sub) -> None:
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
         "--set model.filters=[32]. Resume an interrupted run with --resume RUN_DIR; a finished "
         "one trains further with --resume RUN_DIR --set train.max_cpu_minutes=120 (only "
         "train.steps, train.max_minutes and train.max_cpu_minutes may change on resume).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_train_options(p)
     p.set_defaults(func=run)
 
@@ -143,15 +145,23 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     trainer, run_dir = make_trainer(args)
-    last = trainer.fit()
+    trainer.fit()
     if trainer.rank == 0:
         best = trainer.best_valid
         if hasattr(trainer, "best_valid_error"):  # semi-supervised: best = lowest error
             print(f"run directory: {run_dir}  (step {trainer.step}, best validation error "
                   f"{100 * trainer.best_valid_error:.2f}%, {trainer.skipped} skipped updates)")
         else:
+            bpd = ""
+            if trainer.data.kind == "8bit" and math.isfinite(best):
+                from ..objectives import bits_per_dim
+
+                dims = math.prod(trainer.cfg.model.input_shape)
+                bpd = f" = {float(bits_per_dim(best, dims)):.3f} bits/dim"
             print(f"run directory: {run_dir}  (step {trainer.step}, best validation ELBO "
-                  f"{best:.3f} nats, {trainer.skipped} skipped updates)")
-        if last.get("images_per_s"):
-            print(f"throughput: {last['images_per_s']:.1f} images/s")
+                  f"{best:.3f} nats{bpd}, {trainer.skipped} skipped updates)")
+        if trainer.session_seconds > 0:
+            # The session's mean (validations included), not the last log window's.
+            print(f"throughput: {trainer.session_images / trainer.session_seconds:.1f} "
+                  f"images/s over {trainer.session_seconds / 60:.1f} min of training")
     return 0

@@ -735,7 +735,7 @@ def load_dataset(
     test_size: int | float | None = None,
     image_size: int | None = None,
 ) -> DatasetSplits:
-    """Load dataset ``name`` (one of DATASET_NAMES) as train / valid / test ``ImageSplit``s.
+    """Load dataset ``name`` (one of DATASET_NAMES) as train, valid and test ``ImageSplit`` objects.
 
     ``binarization``: None = the dataset's default (8-bit data stay 8-bit; digits and omniglot
     "dynamic"; binarized_mnist is "static"), or "static" / "dynamic" / "none" (8-bit data

@@ -114,11 +114,13 @@ class Vocabulary:
         return " ".join(words)
 
     def save(self, path: str | Path) -> None:
+        """Write the tokens (index order) as a JSON list; :meth:`load` reads it back."""
         Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False) + "\n",
                               encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
+        """The vocabulary :meth:`save` wrote to ``path``."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
 

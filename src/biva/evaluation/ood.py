@@ -198,7 +198,7 @@ def table_markdown(table: dict) -> str:
 def gaussian_kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Gaussian KDE of 1-d ``values`` on ``grid`` (G,), Scott's bandwidth std * n^(-1/5).
 
-    A density (integrates to 1) in the units of ``values``^-1; constant data get a small
+    A density (integrates to 1) in units of 1 / ``values``; constant data get a small
     positive bandwidth instead of failing.
     """
     values = np.asarray(values, dtype=np.float64).reshape(-1)

@@ -85,6 +85,7 @@ class AblationRun:
 
     @property
     def result_path(self) -> Path:
+        """RUN_DIR/ablation_result.json, written when the run is trained and evaluated."""
         return self.run_dir / RESULT_FILE
 
 
@@ -113,9 +114,11 @@ class AblationBudget:
     eval_examples: int = 0
 
     def overrides(self) -> list[str]:
+        """The budget as ``--set`` overrides (new runs and resumed ones alike)."""
         return [f"train.steps={self.steps}", f"train.max_cpu_minutes={self.max_cpu_minutes}"]
 
     def matches(self, result: dict) -> bool:
+        """Whether a run's ``ablation_result.json`` was made with this budget."""
         b = result.get("budget", {})
         return (b.get("steps") == self.steps and b.get("max_cpu_minutes") == self.max_cpu_minutes
                 and b.get("k") == self.k and b.get("eval_examples") == self.eval_examples)

@@ -97,6 +97,7 @@ class FreeBitsPlateau:
         self.decay, self.floor, self.best = decay, floor, math.inf
 
     def update(self, valid_bound: float) -> float:
+        """Record a validation bound (nats per sentence); returns lambda for what follows."""
         if valid_bound < self.best - 1e-3:
             self.best = valid_bound
         else:

@@ -13,7 +13,7 @@ Notation (bottom to top, layer i = 1..L; r_i is the feature-map side after stage
 * The TD posterior (eq. 10) is ``q(z^TD_i | <d~_{i,M}; d_{i,M}>)``: an inference-only gated
   "merge" block that takes d~_{i,M} as input and d_{i,M} as auxiliary input, then a head.
 
-Choices where the paper is silent (also recorded in ``docs``/README):
+Choices where the paper is silent (also in docs/guide/models.md):
 
 * ``<a; b>`` is a concatenation followed by the first convolution of the next block; a conv of
   a concatenation equals the sum of convs, so the skip ``b`` enters a block as its auxiliary

@@ -23,6 +23,7 @@ class PixelLinear(WNLinear):
 
     @classmethod
     def from_conv(cls, conv: WNConv2d) -> PixelLinear:
+        """The linear layer computing what ``conv`` computes on a 1x1 map (its centre tap)."""
         out_ch, in_ch, k, _ = conv.v.shape
         layer = cls(in_ch, out_ch, init_scale=conv.init_scale)
         with torch.no_grad():
@@ -32,6 +33,7 @@ class PixelLinear(WNLinear):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C, 1, 1) -> (B, out, 1, 1): the 1x1 map's conv as a linear layer."""
         return super().forward(x.flatten(1))[:, :, None, None]
 
 

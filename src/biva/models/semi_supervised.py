@@ -109,6 +109,8 @@ class ClassifierHierarchy(nn.Module):
         self.out = WNLinear(Fs[S] * r[S] * r[S], num_classes, init_scale=0.1)
 
     def forward(self, x: Tensor, bottom_up: tuple) -> Tensor:
+        """Logits of q(y | x, z^BU) (N, num_classes) from x and the hierarchy's bottom-up
+        pass (``HierarchicalVAE._bottom_up`` at N rows)."""
         last, _, z_bu, _ = bottom_up
         h = x
         for i, stage in enumerate(self.stages):

@@ -130,6 +130,8 @@ class SentenceEncoder(nn.Module):
         self.out_dim = hidden if kind == "lstm" else embedding.embedding_dim
 
     def forward(self, targets: Tensor, lengths: Tensor) -> Tensor:
+        """Token ids (B, T) with their lengths (B,) -> one feature vector per sentence
+        (B, out_dim): the LSTM's last hidden state, or the mean embedding."""
         emb = self.embedding(targets)
         if self.lstm is None:
             mask = (targets != PAD_ID).unsqueeze(2).to(emb.dtype)
@@ -149,6 +151,7 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, inputs: Tensor, targets: Tensor, lengths: Tensor, *,
                 free_bits: float = 0.0, kl_weight: float = 1.0) -> TextOutput:
+        """Teacher-forced -log p(x) per sentence in nats (B,); no latent, so no KL (B, 0)."""
         nll = sequence_nll(self.decoder(inputs), targets)
         return TextOutput(nll.mean(), nll, nll.new_zeros(len(nll), 0), None)
 
@@ -157,7 +160,8 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder.generate(n, max_len, greedy=False, generator=generator)
 
     def reconstruct(self, inputs: Tensor, targets: Tensor, lengths: Tensor, max_len: int):
-        return None  # nothing to reconstruct from
+        """None: a model without a latent variable has nothing to reconstruct from."""
+        return None
 
 
 class RNNVAE(nn.Module):
@@ -175,11 +179,14 @@ class RNNVAE(nn.Module):
         self.latent, self.min_std = latent, min_std
 
     def posterior(self, targets: Tensor, lengths: Tensor) -> DiagonalGaussian:
+        """q(z | x): a diagonal Gaussian over (B, latent) from the LSTM encoder."""
         mu, raw = self.head(self.encoder(targets, lengths)).chunk(2, dim=1)
         return DiagonalGaussian(mu, std_from_raw(raw, self.min_std))
 
     def forward(self, inputs: Tensor, targets: Tensor, lengths: Tensor, *,
                 free_bits: float = 0.0, kl_weight: float = 1.0) -> TextOutput:
+        """One-sample ELBO terms: -log p(x|z) (B,) and KL (B, 1) in nats; the loss applies
+        free bits and the KL weight."""
         q = self.posterior(targets, lengths)
         z = q.sample()
         kl = (q.log_prob(z) - standard_normal_log_prob(z))[:, None]  # one-sample estimate
@@ -236,6 +243,8 @@ class TextBIVA(nn.Module):
 
     def forward(self, inputs: Tensor, targets: Tensor, lengths: Tensor, *,
                 free_bits: float = 0.0, kl_weight: float = 1.0) -> TextOutput:
+        """One pass: -log p(x|z) per sentence (B,) and the hierarchy's KL per group (B, G),
+        nats; the loss applies free bits per group and the KL weight."""
         out = self.hierarchy(self.encode(targets, lengths))
         cond = out.x_params.flatten(1)
         nll = sequence_nll(self.decoder(inputs, cond), targets)

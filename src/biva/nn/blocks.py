@@ -73,6 +73,7 @@ class Dropout(nn.Module):
         self._scale = 2**31 / self._threshold
 
     def forward(self, x: Tensor) -> Tensor:
+        """x with each element zeroed with probability p and the rest scaled (training)."""
         if not self.training or self.p == 0.0:
             return x
         if x.device.type != "cpu" or torch.compiler.is_compiling():
@@ -84,6 +85,7 @@ class Dropout(nn.Module):
         return x * (keep.to(x.dtype) * self._scale)
 
     def extra_repr(self) -> str:
+        """The drop probability, for ``print(model)``."""
         return f"p={self.p}"
 
 
@@ -121,6 +123,8 @@ class GatedResBlock(nn.Module):
                                         1 if in_size == out_size else 3)
 
     def forward(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        """x (B, in_ch, in_size, in_size), optional aux (B, aux_ch, aux_size, aux_size) ->
+        (B, out_ch, out_size, out_size): residual + a * sigmoid(b)."""
         if self.channels_last:
             # A no-op for tensors already channels-last; dense-latent embeddings and the model
             # input arrive as NCHW and are converted once here.
@@ -163,6 +167,7 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, h: Tensor, skips: list[Tensor] | None = None) -> list[Tensor]:
+        """The M block outputs [d_1, ..., d_M], each (B, out_ch, out_size, out_size)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
             # Non-reentrant: works with list inputs/outputs and under autocast; the RNG state
             # is restored for the recomputation, so dropout draws the same masks.

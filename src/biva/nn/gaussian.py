@@ -85,6 +85,8 @@ class LatentHead(nn.Module):
             self.proj = WNLinear(in_ch * size * size, out, init_scale=0.1)
 
     def forward(self, h: Tensor) -> list[DiagonalGaussian]:
+        """Features (B, C, H, W) -> one Gaussian per entry of ``sizes``, each (B, n) dense or
+        (B, n, H, W) conv."""
         params = self.proj(F.elu(h)) if self.conv else self.proj(elu_flatten(h))
         dists = []
         for p in params.split([2 * s for s in self.sizes], dim=1):
@@ -109,6 +111,7 @@ class LatentEmbedding(nn.Module):
             self.proj = WNLinear(total, out_ch * size * size)
 
     def forward(self, zs: list[Tensor]) -> Tensor:
+        """Latent draws (concatenated along dim 1) -> features (B, out_ch, size, size)."""
         z = zs[0] if len(zs) == 1 else torch.cat(zs, dim=1)
         h = self.proj(z)
         return h if self.conv else h.view(-1, self.out_ch, self.size, self.size)

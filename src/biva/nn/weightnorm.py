@@ -62,6 +62,7 @@ class WNLinear(_WeightNormMixin, nn.Module):
         self._norm_dims = (1,)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, in_features) -> (B, out_features) with the weight g v / ||v||."""
         # x @ (g v/||v||)^T + b == (x @ v^T) * (g/||v||) + b: the scale touches B x out values
         # instead of the out x in weight, forward and backward.
         scale = self.g / torch.linalg.vector_norm(self.v, dim=1)
@@ -95,6 +96,7 @@ class WNConv2d(_WeightNormMixin, nn.Module):
         self._norm_dims = (1, 2, 3)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, in_ch, H, W) -> (B, out_ch, H / stride, W / stride)."""
         if self._pad is not None:
             x = F.pad(x, self._pad)
         return self._out(F.conv2d(x, self.weight(), self.bias, stride=self.stride,
@@ -122,6 +124,7 @@ class WNConvTranspose2d(_WeightNormMixin, nn.Module):
         return 1
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, in_ch, H, W) -> (B, out_ch, H * stride, W * stride)."""
         return self._out(F.conv_transpose2d(x, self.weight(), self.bias, stride=self.stride,
                                             padding=self.padding,
                                             output_padding=self.output_padding))

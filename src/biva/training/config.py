@@ -36,6 +36,7 @@ class DataConfig:
                                      # several seeds share one test set)
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid ``data.*`` field."""
         if self.valid_size is not None and self.valid_size < 1:
             raise ConfigError(f"data.valid_size: expected a positive int, found {self.valid_size}")
         if self.image_size is not None and self.image_size < 1:
@@ -69,25 +70,43 @@ class TrainConfig:
     grow to ~50,000 within the warm-up; binary images start at ~200-400).
     """
 
+    # optimizer steps of the run
     steps: int = 100_000
+    # images a step (the global batch under torchrun)
     batch_size: int = 48
+    # peak learning rate of Adamax, reached after warmup_steps
     lr: float = 2e-3
+    # the floor of the decayed learning rate
     min_lr: float = 1e-4
+    # learning rate x lr_decay per step after the warm-up
     lr_decay: float = 0.999999
+    # linear learning-rate warm-up
     warmup_steps: int = 200
+    # Adamax (beta1, beta2)
     adam_betas: tuple[float, ...] = (0.9, 0.999)
+    # lambda: each latent group's KL counts at least this much (nats, per example)
     free_bits: float = 2.0
+    # the last steps train with free bits 0 (the paper's fine-tuning)
     finetune_steps: int = 0
+    # the KL weight grows linearly from 0 to 1 over these steps
     kl_warmup_steps: int = 0
+    # decay of the EMA of the parameters used for evaluation and sampling
     ema_decay: float = 0.9995
     ema_warmup: bool = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
+    # gradients are clipped to this norm
     grad_clip: float = 200.0
+    # updates with a larger gradient norm are skipped; auto: data-scaled
     skip_threshold: float | Literal["auto"] = "auto"
+    # auto threshold: this x the median of recent gradient norms
     skip_factor: float = 10.0
+    # auto threshold: how many recent gradient norms
     skip_window: int = 200
+    # auto threshold: no skipping before this many norms are known
     skip_min_history: int = 20
+    # after this many skips in a row a clipped update is taken
     max_consecutive_skips: int = 20
     max_bad_steps: int = 200         # stop (non-zero exit) after this many skipped/forced in a row
+    # fixes the init, batches, dropout and latent draws (and the split, see data.split_seed)
     seed: int = 0
     device: str = "auto"             # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: Literal["auto", "none", "bf16"] = "auto"   # auto: bf16 where native (precision.py)
@@ -95,10 +114,14 @@ class TrainConfig:
     compile: bool = False            # torch.compile the model (minutes to compile; on CPU no gain)
     grad_checkpointing: bool = False  # recompute each stage in backward: less memory, ~25% slower
     threads: int = 0                 # CPU threads; 0 leaves torch's default
+    # steps between train records in metrics.jsonl
     log_every: int = 50
+    # steps between validations (and best-checkpoint updates)
     eval_every: int = 1000
     eval_batches: int = 0            # validation batches per evaluation; 0 = whole split
+    # steps between checkpoints
     checkpoint_every: int = 1000
+    # step checkpoints kept (best/ is kept apart)
     keep_last: int = 2
     init_batch: int = 256            # examples for the data-dependent weight-norm init
     init_from: str | None = None     # a checkpoint whose weights (and EMA) start this new run
@@ -106,6 +129,7 @@ class TrainConfig:
     max_minutes: float = 0.0         # > 0: stop (with a checkpoint) after this much wall time
     max_cpu_minutes: float = 0.0     # > 0: the same after this much CPU time of the run (over
                                      # resumes): equal-budget comparisons on a shared machine
+    # a progress bar on stderr
     progress: bool = True
     alpha: float | None = None       # semi-supervised CE weight; None: 0.1 * N_train / N_labelled
     # semi-supervised objective: "balanced" (mean F + mean U), "paper" (eqs. 15-20: y in
@@ -113,6 +137,7 @@ class TrainConfig:
     ssl_objective: Literal["balanced", "paper", "supervised"] = "balanced"
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid ``train.*`` field."""
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                      "init_batch"):
             if getattr(self, name) < 1:
@@ -169,12 +194,15 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation defaults: importance samples and the memory bound of one batched pass."""
 
+    # importance samples of L_k
     k: int = 1000
+    # test examples a batch
     batch_size: int = 100
     max_batch: int = 4096            # rows (samples x examples) of one batched pass
     n_examples: int = 0              # 0 = the whole split
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` if ``eval.k``, batch sizes are not positive."""
         if self.k < 1 or self.batch_size < 1 or self.max_batch < 1:
             raise ConfigError("eval.k, eval.batch_size and eval.max_batch must be >= 1")
 
@@ -190,6 +218,7 @@ class RunConfig:
     name: str = "run"
 
     def validate(self) -> None:
+        """Validate every section; the error names the first invalid field."""
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -208,8 +237,12 @@ def _config_source(name_or_path: str) -> dict:
         return load_config_file(path)
     shipped = resources.files("biva") / "configs" / f"{name_or_path}.yaml"
     if not shipped.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(name_or_path, shipped_configs(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"config {name_or_path!r}: no such file, and not a shipped config "
-                          f"(shipped: {', '.join(shipped_configs())})")
+                          f"({hint}shipped: {', '.join(shipped_configs())})")
     with resources.as_file(shipped) as p:
         return load_config_file(p)
 

@@ -16,7 +16,7 @@ from ..data import DatasetSplits
 from .config import RunConfig, load_run_config
 from .trainer import load_run_data
 
-# Square image side -> the shipped config sized for a CPU (see the README, "Your own photos").
+# Square image side -> the shipped config sized for a CPU (docs/guide/own-images.md).
 CPU_CONFIGS = {32: "natural32_cpu", 64: "natural64_cpu"}
 LIKELIHOODS = {"binary": "bernoulli", "8bit": "discretized_logistic"}
 

@@ -268,6 +268,9 @@ class Trainer:
         # Process CPU seconds spent on this run (all threads; carried over resumes).
         self.cpu_offset, self.cpu_start = 0.0, time.process_time()
         self._signal: int | None = None
+        self._saved_step: int | None = None   # the step of the newest checkpoint written
+        # Images and wall seconds of this fit() (validations included): its mean throughput.
+        self.session_images, self.session_seconds = 0, 0.0
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             # One writer per run directory; a killed writer's lock is gone with its process,
@@ -319,6 +322,7 @@ class Trainer:
 
     @property
     def metrics_path(self) -> Path:
+        """RUN_DIR/metrics.jsonl: one JSON record per log interval and per validation."""
         return self.run_dir / "metrics.jsonl"
 
     def _build_model(self) -> HierarchicalVAE:
@@ -393,7 +397,7 @@ class Trainer:
         self.optimizer.load_state_dict(
             unflatten_state_dict(tensors["optimizer"], state["optimizer"]))
         restore_rng_state(tensors.get("rng", {}), state["rng"])
-        self.step = state["step"]
+        self.step = self._saved_step = state["step"]
         self.skipped = state["skipped"]
         self.consecutive_skips = state.get("consecutive_skips", 0)
         self.bad_streak = state.get("bad_streak", 0)
@@ -412,6 +416,7 @@ class Trainer:
         path = self._write_checkpoint() if self.rank == 0 else None
         if self.distributed:
             dist.barrier()
+        self._saved_step = self.step
         return path
 
     def _write_checkpoint(self) -> Path:
@@ -569,6 +574,7 @@ class Trainer:
         tc = self.cfg.train
         window: list[dict[str, torch.Tensor]] = []
         t0, images_seen, last = time.perf_counter(), 0, {}
+        loop_start, self.session_images = time.perf_counter(), 0
         stream = self._batches()
         while self.step < tc.steps:
             if any_rank(self._signal is not None, self.device) if self.distributed \
@@ -596,6 +602,8 @@ class Trainer:
             self.step += 1
             window.append(stats)
             images_seen += images.shape[0] * self.world
+            self.session_images += images.shape[0] * self.world
+            self.session_seconds = time.perf_counter() - loop_start
             if progress is not None:
                 self._advance(progress, time.perf_counter() - started)
             if self.step % tc.log_every == 0 or self.step == tc.steps:
@@ -616,9 +624,9 @@ class Trainer:
                 if self.bad_streak < tc.max_consecutive_skips or self.step == tc.steps:
                     self.save()
             if self.stop_after is not None and self.step >= self.stop_after:
-                # As if interrupted: a checkpoint of this step, so --resume continues here.
-                latest = latest_checkpoint(self.run_dir) if self.rank == 0 else None
-                if self.rank != 0 or latest is None or latest.name != f"step_{self.step:09d}":
+                # As if interrupted: a checkpoint of this step, so --resume continues here
+                # (every rank decides alike: save() is collective under torchrun).
+                if self._saved_step != self.step:
                     self.save()
                 break
         return last
@@ -741,12 +749,22 @@ class Trainer:
             return tqdm(total=round(60 * tc.max_minutes), desc=f"{self.cfg.name} (time budget)",
                         unit="s", dynamic_ncols=True, mininterval=1.0,
                         bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+        if tc.max_cpu_minutes > 0:
+            # Over the CPU budget (CPU seconds of the run, resumes included), not the steps:
+            # a step count of 100,000 would show an ETA of a day for a one-hour budget.
+            return tqdm(total=round(60 * tc.max_cpu_minutes), initial=int(self.cpu_seconds),
+                        desc=f"{self.cfg.name} (CPU budget, s)", unit="cpu-s",
+                        dynamic_ncols=True, mininterval=1.0,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total} CPU-s{postfix}")
         return tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name,
                     dynamic_ncols=True, mininterval=1.0)
 
     def _advance(self, progress, elapsed_s: float) -> None:
-        if self.cfg.train.max_minutes > 0:
+        tc = self.cfg.train
+        if tc.max_minutes > 0:
             progress.update(min(int(elapsed_s), progress.total) - progress.n)
+        elif tc.max_cpu_minutes > 0:
+            progress.update(min(int(self.cpu_seconds), progress.total) - progress.n)
         else:
             progress.update(1)
 
