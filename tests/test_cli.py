@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -360,3 +361,91 @@ def test_pickled_checkpoint_is_refused_unexecuted(run_copy, tmp_path, zip_format
     with open(path, "rb") as f:
         torch.load(f, weights_only=False)
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------- first hour
+def test_a_misspelt_option_is_refused_with_a_suggestion_not_abbreviated(trained_run, capsys):
+    """`--thread` was silently taken as `--threads`; an unknown option printed the top-level
+    usage with no hint."""
+    line = assert_clear_error(capsys, ["evaluate", str(trained_run), "--thread", "1"],
+                              "--thread", "did you mean --threads?")
+    assert line.startswith("biva evaluate: error:")
+    assert_clear_error(capsys, ["train", "--stepz", "3"], "did you mean --steps?")
+
+
+def test_a_misspelt_config_name_gets_a_suggestion(capsys):
+    assert_clear_error(capsys, ["train", "--config", "natural32cpu"],
+                       "did you mean 'natural32_cpu'?")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "ood", "report", "predict",
+                                     "ablation", "run"])
+def test_help_never_prints_a_default_twice(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for chunk in text.split("--")[1:]:
+        assert chunk.count("(default") <= 1, chunk
+
+
+def test_the_end_of_a_run_gives_bits_per_dim_and_the_mean_throughput(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            arr = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
+    argv = ["train", "--data", str(tmp_path / "imgs"), "--config", "natural32_cpu",
+            "--set", "model.input_shape=[3,8,8]", "--set", "model.strides=[2,1,1,1,1,2]",
+            "--set", "model.filters=[8]", "--set", "train.batch_size=4", "--steps", "3",
+            "--set", "train.eval_every=3", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"best validation ELBO -[\d.]+ nats = [\d.]+ bits/dim", out), out
+    assert re.search(r"throughput: [\d.]+ images/s over [\d.]+ min of training", out), out
+
+
+def test_the_progress_bar_runs_over_a_cpu_budget_not_the_steps(tmp_path, capsys):
+    from biva.training import Trainer, load_run_config
+
+    cfg = load_run_config("digits", [*TINY, "train.steps=100000", "train.max_cpu_minutes=0.05",
+                                     "train.progress=true", "train.finetune_steps=0"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    bar = trainer._progress()
+    assert bar.total == 3 and bar.unit == "cpu-s"   # 0.05 CPU-minutes, not 100,000 steps
+    bar.close()
+    trainer.fit()
+    assert trainer.step < 100000
+
+
+def test_evaluate_data_scores_every_image_of_another_folder(trained_run, tmp_path, capsys):
+    """`biva evaluate --data` evaluated nothing but the run's own split before (it took a
+    15-line script); a class-sorted folder is taken in a seeded random order."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "digits"
+    for c in ("zeros", "ones"):
+        (folder / c).mkdir(parents=True)
+        for i in range(10):
+            arr = (np.random.default_rng(i).random((8, 8)) > (0.2 if c == "ones" else 0.8))
+            Image.fromarray(arr).convert("1").save(folder / c / f"{i}.png")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(trained_run), "--data", str(folder), "--k", "2",
+                 "--n-examples", "6", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_examples"] == 6 and res["split"] == f"all of {folder}"
+    assert math.isfinite(res["L_2"])
+    # The default file name says what was evaluated.
+    assert main(["evaluate", str(trained_run), "--data", str(folder), "--k", "2",
+                 "--no-progress"]) == 0
+    assert json.loads((trained_run / "eval_data_digits_k2.json").read_text())[
+        "n_examples"] == 20
+    capsys.readouterr()
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 100).save(rgb / "x.png")
+    assert_clear_error(capsys, ["evaluate", str(trained_run), "--data", str(rgb), "--k", "2"],
+                       "--data", "the model takes (1, 8, 8)")
