@@ -716,3 +716,29 @@ def test_class_features_have_each_td_stages_shape_and_start_small(latent_type):
     out = model(x, labels=torch.tensor([1, -1, 3, -1]))
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(e.grad is not None for e in model.y_embed)
+
+
+@pytest.mark.parametrize("source", ["sample", "mean"])
+def test_the_classifier_reads_the_z_bu_draws_or_their_means(digits, source):
+    """model.classifier_input = "mean": q(y|x, z^BU) reads the posterior means of z^BU_i and
+    ignores the draws handed to it; "sample" (the default) reads the draws."""
+    torch.manual_seed(0)
+    cfg = preset("digits", filters=(8,), blocks=1, dropout_q=0.0, dropout_p=0.0,
+                 classifier_input=source)
+    model = SemiSupervisedBIVA(cfg, 10, alpha=3.0)
+    x = to_model_input(fixed_binarization(digits.train, 0).images[:16], "binary")
+    model.initialize(x)
+    model.eval()
+    with torch.no_grad():
+        last, q_bu, z_bu, q_top = model._bottom_up(x, 1)
+        logits = model.classifier(x, (last, q_bu, z_bu, q_top))
+        other = [z + 3.0 * torch.randn_like(z) for z in z_bu]   # other draws, same q
+        moved = model.classifier(x, (last, q_bu, other, q_top))
+    if source == "mean":
+        torch.testing.assert_close(moved, logits)
+    else:
+        assert (moved - logits).abs().max() > 1e-3
+    # The choice survives saving: build_model reads it from the config.
+    from biva.models.semi_supervised import build_model
+
+    assert build_model(cfg, 10).classifier.from_means == (source == "mean")

@@ -63,6 +63,9 @@ class ModelConfig:
     # (the literal factorization); "shared" uses one Gaussian for both (what the paper's
     # parameter count suggests, docs/guide/models.md "Parameter counts").
     biva_prior: Literal["separate", "shared"] = "separate"
+    # Semi-supervised models: q(y | x, z^BU) reads each z^BU_i as drawn ("sample") or its
+    # posterior mean ("mean": the classifier then sees no sampling noise).
+    classifier_input: Literal["sample", "mean"] = "sample"
     description: str = field(default="", compare=False)
 
     @property
@@ -91,6 +94,8 @@ class ModelConfig:
             fail("variant", f"one of {VARIANTS}", self.variant)
         if self.likelihood not in LIKELIHOODS:
             fail("likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.classifier_input not in ("sample", "mean"):
+            fail("classifier_input", "'sample' or 'mean'", self.classifier_input)
         if self.biva_prior not in ("separate", "shared"):
             fail("biva_prior", "'separate' or 'shared'", self.biva_prior)
         if self.latent_type not in ("dense", "conv"):

@@ -79,7 +79,8 @@ class ClassifierHierarchy(nn.Module):
     """q(y | x, z^BU_{<L}) on its own deterministic hierarchy (appendix F, eqs. 12-14).
 
     ``forward(x, bottom_up)``: x (N, C, H, W) and a ``_bottom_up`` result at N rows -> logits
-    (N, num_classes).
+    (N, num_classes). ``config.classifier_input``: the z^BU draws ("sample") or their posterior
+    means ("mean").
     """
 
     def __init__(self, config: ModelConfig, num_classes: int, stochastic_bu: bool):
@@ -92,6 +93,7 @@ class ClassifierHierarchy(nn.Module):
         conv = config.latent_type == "conv"
         lk = [config.latent_kernel or r[i] for i in range(L + 1)]
         self.use_z = stochastic_bu
+        self.from_means = config.classifier_input == "mean"   # z^BU means, not draws
         self.n_stages = max(L - 1, 1)   # stages 1..L-1 see z^BU_1..z^BU_{L-1}
         self.has_aux = [i < L for i in range(1, self.n_stages + 1)]
         self.stages = nn.ModuleList()
@@ -111,12 +113,13 @@ class ClassifierHierarchy(nn.Module):
     def forward(self, x: Tensor, bottom_up: tuple) -> Tensor:
         """Logits of q(y | x, z^BU) (N, num_classes) from x and the hierarchy's bottom-up
         pass (``HierarchicalVAE._bottom_up`` at N rows)."""
-        last, _, z_bu, _ = bottom_up
+        last, q_bu, z_bu, _ = bottom_up
         h = x
         for i, stage in enumerate(self.stages):
             skips = None
             if self.has_aux[i]:
-                a = self.embeds[i]([z_bu[i]]) if self.use_z else last[i]
+                z = q_bu[i].mu if self.from_means else z_bu[i]
+                a = self.embeds[i]([z]) if self.use_z else last[i]
                 skips = [a] * len(stage.blocks)
             h = stage(h, skips)[-1]
         return self.out(elu_flatten(h))
