@@ -41,3 +41,4 @@ html_theme = "furo"
 html_title = "biva"
 html_static_path = ["_static"]
 html_show_sourcelink = False
+smartquotes = False   # "--set" stays two hyphens, quotes stay straight

@@ -32,20 +32,34 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _rst_list_table(header: list[str], rows: list[list[str]], widths: str = "auto") -> list[str]:
-    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
-    for row in [header, *rows]:
-        first = True
-        for cell in row:
-            text = " ".join(str(cell).split()) or " "
-            lines.append(("   * - " if first else "     - ") + text)
-            first = False
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown pipe table (the directives' content is parsed by MyST)."""
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()) or " "
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return lines + [""]
 
 
 def _literal(text: str) -> str:
-    text = str(text).replace("`", "'")
-    return f"``{text}``" if text.strip() else " "
+    """Inline code in Markdown (a cell's pipes escaped)."""
+    text = str(text).replace("`", "'").replace("|", "\\|")
+    return f"`{text}`" if text.strip() else " "
+
+
+def _md(text: str) -> str:
+    """Plain text shown as written in Markdown: pipes, emphasis characters, backticks and
+    angle brackets escaped; ``code`` spans (double backticks, as in docstrings) become code."""
+    parts = re.split(r"``(.+?)``", text)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(_literal(part))
+            continue
+        part = re.sub(r"([\\|*`<>\[\]])", r"\\\1", part)
+        part = re.sub(r"(?<![\\\w])_|_(?!\w)", r"\\_", part)
+        out.append(part)
+    return "".join(out)
 
 
 def _escape(text: str) -> str:
@@ -66,16 +80,18 @@ def _escape(text: str) -> str:
     return head + "".join(out)
 
 
-class _RstDirective(SphinxDirective):
+class _MdDirective(SphinxDirective):
+    """A directive whose content is Markdown made from the code, parsed by MyST."""
+
     has_content = False
 
-    def rst(self) -> list[str]:
+    def markdown(self) -> list[str]:
         raise NotImplementedError
 
     def run(self):
         container = nodes.container()
-        self.state.nested_parse(StringList(self.rst(), source="<biva_docs>"), self.content_offset,
-                                container)
+        self.state.nested_parse(StringList(self.markdown(), source="<biva_docs>"),
+                                self.content_offset, container)
         return container.children
 
 
@@ -90,20 +106,19 @@ def _option_row(action: argparse.Action) -> list[str] | None:
     else:
         flags = action.metavar or action.dest
     default = action.default
-    shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 and \
-        default is False else repr(default) if isinstance(default, str) else str(default)
-    if isinstance(default, list) and not default:
-        shown = ""
+    shown = "" if default in (None, False, argparse.SUPPRESS) or default == [] else (
+        repr(default) if isinstance(default, str) else str(default))
+    help_text = action.help or ""
+    if "%(" in help_text:
+        help_text = help_text % {"default": default}
     choices = f" (one of {', '.join(map(str, action.choices))})" if action.choices else ""
-    return [_literal(flags), _escape((action.help or "") % {"default": default}
-                                     if "%(" in (action.help or "") else (action.help or ""))
-            + _escape(choices), _literal(shown) if shown else " "]
+    return [_literal(flags), _md(help_text + choices), _literal(shown) if shown else " "]
 
 
-class CliDirective(_RstDirective):
+class CliDirective(_MdDirective):
     """Every subcommand of ``biva`` with its description and options."""
 
-    def rst(self) -> list[str]:
+    def markdown(self) -> list[str]:
         from biva.cli.main import build_parser
 
         parser = build_parser()
@@ -111,12 +126,11 @@ class CliDirective(_RstDirective):
         helps = {c.dest: c.help for c in sub._choices_actions}
         lines: list[str] = []
         for name, sp in sub.choices.items():
-            title = f"biva {name}"
-            lines += [title, "-" * len(title), "", _escape(helps.get(name) or ""), "",
-                      "::", "", "   " + " ".join(sp.format_usage().split()), "",
-                      _escape(sp.description or ""), ""]
+            usage = " ".join(sp.format_usage().split())
+            lines += [f"## biva {name}", "", _md(helps.get(name) or ""), "", "```text", usage,
+                      "```", "", _md(sp.description or ""), ""]
             rows = [r for r in (_option_row(a) for a in sp._actions) if r]
-            lines += _rst_list_table(["option", "meaning", "default"], rows, "30 55 15")
+            lines += _md_table(["option", "meaning", "default"], rows)
         return lines
 
 
@@ -170,17 +184,16 @@ def config_field_names() -> set[str]:
     return {f"{s}.{f.name}" for s, cls in config_sections() for f in dataclasses.fields(cls)}
 
 
-class ConfigFieldsDirective(_RstDirective):
+class ConfigFieldsDirective(_MdDirective):
     """Every config field: type, default and meaning, from the dataclasses themselves."""
 
-    def rst(self) -> list[str]:
+    def markdown(self) -> list[str]:
         lines: list[str] = []
         for section, cls in config_sections():
             hints = typing.get_type_hints(cls)
             comments = _field_comments(cls)
-            title = f"{section}: {cls.__name__}"
             doc = inspect.getdoc(cls) or ""
-            lines += [title, "-" * len(title), "", _escape(" ".join(doc.split())), ""]
+            lines += [f"## {section}: {cls.__name__}", "", _md(" ".join(doc.split())), ""]
             rows = []
             for f in dataclasses.fields(cls):
                 if f.name == "description":
@@ -189,16 +202,15 @@ class ConfigFieldsDirective(_RstDirective):
                            else f.default_factory() if f.default_factory is not dataclasses.MISSING
                            else "")
                 rows.append([_literal(f"{section}.{f.name}"), _literal(_type_name(hints[f.name])),
-                             _literal(repr(default)), _escape(comments.get(f.name, ""))])
-            lines += _rst_list_table(["field", "type", "default", "meaning"], rows,
-                                     "22 22 16 40")
+                             _literal(repr(default)), _md(comments.get(f.name, ""))])
+            lines += _md_table(["field", "type", "default", "meaning"], rows)
         return lines
 
 
-class ShippedConfigsDirective(_RstDirective):
-    """The configs shipped with the package (first comment line) and the model presets."""
+class ShippedConfigsDirective(_MdDirective):
+    """The configs shipped with the package (their leading comment) and the model presets."""
 
-    def rst(self) -> list[str]:
+    def markdown(self) -> list[str]:
         from importlib import resources
 
         from biva.presets import PRESETS, preset
@@ -211,17 +223,17 @@ class ShippedConfigsDirective(_RstDirective):
                                if line.startswith("#"))
             preset_name = re.search(r"preset:\s*([\w-]+)", text)
             rows.append([_literal(name), _literal(preset_name.group(1) if preset_name else ""),
-                         _escape(comment)])
-        lines = ["Shipped configs (``biva train --config NAME``):", ""]
-        lines += _rst_list_table(["config", "model preset", "what it is"], rows, "20 15 65")
+                         _md(comment)])
+        lines = ["## Shipped configs", "", "`biva train --config NAME`:", ""]
+        lines += _md_table(["config", "model preset", "what it is"], rows)
         rows = []
         for name in [*PRESETS, "natural32-l29"]:
             cfg = preset(name)
-            rows.append([_literal(name), _escape(cfg.description), str(cfg.n_layers),
+            rows.append([_literal(name), _md(cfg.description), str(cfg.n_layers),
                          _literal(f"{cfg.input_shape}"), _literal(cfg.likelihood)])
-        lines += ["Model presets (``model.preset`` in a config, or ``biva.preset(NAME)``):", ""]
-        lines += _rst_list_table(["preset", "description", "L", "input", "likelihood"], rows,
-                                 "18 37 5 15 25")
+        lines += ["## Model presets", "",
+                  "`model.preset` in a config, or `biva.preset(NAME)` in Python:", ""]
+        lines += _md_table(["preset", "description", "L", "input", "likelihood"], rows)
         return lines
 
 
