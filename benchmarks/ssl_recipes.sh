@@ -5,9 +5,13 @@
 # BIVA, which the recipes other than m2 train; the config itself now ships M2). Then
 # the test error of each best checkpoint. Run again with a larger MINUTES to train the same
 # runs further.
-# Usage: bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
-#   recipes: balanced paper supervised m2, and BIVA balanced variants: alphaA (train.alpha=A,
-#   e.g. alpha5.5), unlabelledU (U unlabelled rows a step), labelledL (L labelled rows a step)
+# Usage: [SEEDS="0 1 2"] bash benchmarks/ssl_recipes.sh OUT_DIR DATA_ROOT MINUTES RECIPE...
+#   recipes: balanced paper supervised m2, means (balanced, q(y|x) from the z^BU means), and
+#   BIVA balanced variants: alphaA (train.alpha=A, e.g. alpha5.5), unlabelledU (U unlabelled
+#   rows a step), labelledL (L labelled rows a step).
+#   SEEDS: the paper's protocol (Table 3), one label draw a seed (train.seed picks the 100
+#   labels, the init and the batches): run dirs RECIPE_seedS; without it one run, seed 0, in
+#   OUT_DIR/RECIPE as before. Summary with means and spreads: ssl_summary.py OUT_DIR --draws.
 set -euo pipefail
 out=$1; root=$2; minutes=$3; shift 3
 mkdir -p "$out"
@@ -19,6 +23,7 @@ recipe() {
     paper)      echo "--set train.ssl_objective=paper" ;;
     supervised) echo "--set train.ssl_objective=supervised" ;;
     m2)         echo "--set train.ssl_objective=balanced --set model.variant=vae" ;;
+    means)      echo "--set train.ssl_objective=balanced --set model.classifier_input=mean" ;;
     alpha*)     echo "--set train.ssl_objective=balanced --set train.alpha=${1#alpha}" ;;
     unlabelled*) echo "--set train.ssl_objective=balanced --set train.batch_size=${1#unlabelled}" ;;
     labelled*)  echo "--set train.ssl_objective=balanced --set data.labelled_batch_size=${1#labelled}" ;;
@@ -26,8 +31,12 @@ recipe() {
   esac
 }
 one() {
-  local name=$1 extra
+  local name=$1 seed=${2:-} extra
   extra=$(recipe "$name")
+  if [ -n "$seed" ]; then
+    extra="$extra --seed $seed"
+    name="${name}_seed${seed}"
+  fi
   if [ -f "$out/$name/config.json" ]; then
     # An existing run continues up to the new budget (a larger MINUTES extends it; the step
     # cap grows with it so that the CPU budget is what stops the run).
@@ -43,8 +52,19 @@ one() {
   biva evaluate "$out/$name" --k 1 --split test --threads 1 --no-progress \
     >> "$out/$name.log" 2>&1 || echo "$name evaluation failed" >&2
 }
+jobs_list=()
+for r in "$@"; do
+  if [ -n "${SEEDS:-}" ]; then
+    for s in $SEEDS; do jobs_list+=("$r $s"); done
+  else
+    jobs_list+=("$r")
+  fi
+done
+set -- "${jobs_list[@]}"
 while (($#)); do
-  one "$1" & shift
-  if (($#)); then one "$1" & shift; fi
+  # shellcheck disable=SC2086
+  one $1 & shift
+  # shellcheck disable=SC2086
+  if (($#)); then one $1 & shift; fi
   wait
 done

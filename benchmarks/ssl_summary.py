@@ -1,10 +1,13 @@
 """Table and curves of semi-supervised runs: validation error against CPU minutes (PNG), best
 validation error, and the test error of the best checkpoint (from `biva evaluate`).
 
-Usage: python benchmarks/ssl_summary.py OUT_DIR [--at 20,60,120]   (writes OUT_DIR/summary.md/json
-and valid_error_vs_cpu.png; each run dir holds eval_test_k1.json). ``--at``: also the best
-validation error each run reached within that many CPU-minutes (equal budgets for runs that
-trained for different times).
+Usage: python benchmarks/ssl_summary.py OUT_DIR [--at 20,60,120] [--draws]   (writes
+OUT_DIR/summary.md/json and valid_error_vs_cpu.png; each run dir holds eval_test_k1.json).
+``--at``: also the best validation error each run reached within that many CPU-minutes (equal
+budgets for runs that trained for different times). ``--draws``: runs named RECIPE_seedS are
+label draws of one recipe (``SEEDS=... ssl_recipes.sh``); writes OUT_DIR/draws.json, one object
+per recipe with its ``variant``, the ``test_errors`` of its draws (fractions, 10,000 test
+images each) and their mean and standard deviation, as the paper's Table 3.
 """
 
 from __future__ import annotations
@@ -51,7 +54,37 @@ def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
     return row
 
 
-def main(out: Path, at: tuple[float, ...] = ()) -> None:
+def draws(rows: list[dict], out: Path) -> list[dict]:
+    """Group RECIPE_seedS rows by recipe: mean and sample std of their test errors."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)_seed(\d+)", r["recipe"])
+        if m and "test_error" in r:
+            groups.setdefault(m.group(1), []).append({**r, "seed": int(m.group(2))})
+    result = []
+    for recipe, rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r["seed"])
+        cfg = json.loads((out / rs[0]["recipe"] / "config.json").read_text())
+        errors = [r["test_error"] for r in rs]
+        result.append({"recipe": recipe, "variant": cfg["model"]["variant"],
+                       "classifier_input": cfg["model"].get("classifier_input", "sample"),
+                       "seeds": [r["seed"] for r in rs], "test_errors": errors,
+                       "test_examples": [r["test_examples"] for r in rs],
+                       "cpu_minutes": [r["cpu_minutes"] for r in rs],
+                       "mean": statistics.fmean(errors),
+                       "std": statistics.stdev(errors) if len(errors) > 1 else None})
+    (out / "draws.json").write_text(json.dumps(result, indent=1) + "\n")
+    for g in result:
+        spread = f" ± {100 * g['std']:.2f}" if g["std"] is not None else ""
+        print(f"{g['recipe']} ({g['variant']}, {len(g['test_errors'])} draws): "
+              f"{100 * g['mean']:.2f}%{spread}")
+    return result
+
+
+def main(out: Path, at: tuple[float, ...] = (), by_draw: bool = False) -> None:
     runs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file())
     rows = [r for d in runs if (r := summarize(d, at))]
     at_head = "".join(f" best valid error within {t:g} CPU-min |" for t in at)
@@ -73,11 +106,15 @@ def main(out: Path, at: tuple[float, ...] = ()) -> None:
     plot_valid_vs_cpu({d.name: d for d in runs}, out / "valid_error_vs_cpu.png",
                       key="valid_error", ylabel="validation error (1,000 images, EMA)")
     print("\n".join(lines))
+    if by_draw:
+        draws(rows, out)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory of semi-supervised run directories")
     parser.add_argument("--at", default="", help="comma-separated CPU-minute budgets")
+    parser.add_argument("--draws", action="store_true",
+                        help="mean and std over the label draws RECIPE_seedS (draws.json)")
     args = parser.parse_args()
-    main(args.out, tuple(float(t) for t in args.at.split(",") if t))
+    main(args.out, tuple(float(t) for t in args.at.split(",") if t), args.draws)

@@ -1,0 +1,44 @@
+"""benchmarks/ssl_summary.py --draws: the paper's protocol (Table 3) over label draws."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ssl_summary  # noqa: E402
+
+
+def _run(out: Path, name: str, variant: str, error: float, valid: list[float]) -> None:
+    run = out / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {"variant": variant,
+                                                           "classifier_input": "mean"}}))
+    lines = [{"kind": "train", "step": 50 * (i + 1), "cpu_s": 60.0 * (i + 1)}
+             for i in range(len(valid))]
+    lines += [{"kind": "valid", "step": 50 * (i + 1), "cpu_s": 60.0 * (i + 1),
+               "valid_error": v} for i, v in enumerate(valid)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "eval_test_k1.json").write_text(json.dumps(
+        {"classification": {"error": error, "n_examples": 10000}}))
+
+
+def test_draws_are_grouped_by_recipe_with_mean_and_sample_std(tmp_path, capsys):
+    for seed, err in enumerate([0.05, 0.04, 0.06]):
+        _run(tmp_path, f"means_seed{seed}", "biva", err, [0.2, 0.1])
+    for seed, err in enumerate([0.045, 0.047]):
+        _run(tmp_path, f"m2_seed{seed}", "vae", err, [0.3])
+    _run(tmp_path, "balanced", "biva", 0.05, [0.2])       # one run, not a draw
+    ssl_summary.main(tmp_path, by_draw=True)
+    groups = {g["recipe"]: g for g in json.loads((tmp_path / "draws.json").read_text())}
+    assert set(groups) == {"means", "m2"}
+    g = groups["means"]
+    assert g["variant"] == "biva" and g["seeds"] == [0, 1, 2]
+    assert g["test_errors"] == [0.05, 0.04, 0.06] and g["test_examples"] == [10000] * 3
+    assert g["mean"] == statistics.fmean([0.05, 0.04, 0.06])
+    assert abs(g["std"] - 0.01) < 1e-12                  # sample std, not population
+    assert groups["m2"]["variant"] == "vae" and len(groups["m2"]["test_errors"]) == 2
+    assert "means (biva, 3 draws): 5.00% ± 1.00" in capsys.readouterr().out
