@@ -39,6 +39,5 @@ nitpicky = False
 
 html_theme = "furo"
 html_title = "biva"
-html_static_path = ["_static"]
 html_show_sourcelink = False
 smartquotes = False   # "--set" stays two hyphens, quotes stay straight
