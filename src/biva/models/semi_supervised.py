@@ -118,8 +118,10 @@ class ClassifierHierarchy(nn.Module):
         for i, stage in enumerate(self.stages):
             skips = None
             if self.has_aux[i]:
-                z = q_bu[i].mu if self.from_means else z_bu[i]
-                a = self.embeds[i]([z]) if self.use_z else last[i]
+                if self.use_z:   # BIVA, VAE: z^BU_i (its draw or its mean)
+                    a = self.embeds[i]([q_bu[i].mu if self.from_means else z_bu[i]])
+                else:            # the LVAEs have no z^BU: the deterministic d~_{i,M}
+                    a = last[i]
                 skips = [a] * len(stage.blocks)
             h = stage(h, skips)[-1]
         return self.out(elu_flatten(h))
