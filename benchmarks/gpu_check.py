@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     results = args.out / "results.jsonl"
     results.write_text("")
     for part in parts(args.out, args.device, args.quick, args.data_root):
+        if args.quick:
+            # The CPU dry run checks the plumbing, not the speed: the caps are sized for a GPU
+            # and a busy CPU (CI beside other jobs) can need a few times as long.
+            part = {**part, "cap": 3 * part["cap"]}
         left = args.budget - (time.perf_counter() - start)
         if args.quick and part.get("skip_quick"):
             rec = {"part": part["name"], "rc": "skipped", "reason": "not in --quick"}
