@@ -173,9 +173,10 @@ def train_run(run: AblationRun, make_config: Callable, budget: AblationBudget) -
     Trainer(cfg, run.run_dir, data=data).fit()
 
 
-def validation_curve(run_dir: Path) -> dict:
-    """The run's validation records as columns: step, CPU-minutes, ELBO (nats), bits/dim."""
-    valid = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "valid"]
+def validation_curve(records: list[dict]) -> dict:
+    """The validation records of a run's metrics.jsonl as columns: step, CPU-minutes, ELBO
+    (nats), bits/dim."""
+    valid = [r for r in records if r.get("kind") == "valid"]
     valid.sort(key=lambda r: (r["step"], r.get("cpu_s", 0.0)))
     return {"step": [r["step"] for r in valid],
             "cpu_minutes": [r.get("cpu_s", math.nan) / 60 for r in valid],
@@ -198,7 +199,7 @@ def evaluate_run_for_ablation(run: AblationRun, budget: AblationBudget, device="
     """Test L_1 and L_k of the best-validation checkpoint, KL and active units per group,
     cost and curves: the JSON-ready ``ablation_result.json`` of one run."""
     from ..evaluation import evaluate_bounds, evaluation_split
-    from ..evaluation.diagnostics import active_units
+    from ..evaluation.diagnostics import _batches, active_units
     from ..evaluation.loading import load_trained
     from ..training import load_run_data
     from ..utils.rng import seeded_eval
@@ -211,15 +212,12 @@ def evaluate_run_for_ablation(run: AblationRun, budget: AblationBudget, device="
                              batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
                              n_examples=n, device=device, seed=0)
     bounds.pop("per_example", None)
-    from ..data import to_model_input
-
-    batches = (to_model_input(test.images[i:min(i + cfg.eval.batch_size, n)], data.kind,
-                              cfg.model.bits).to(device)
-               for i in range(0, n, cfg.eval.batch_size))
+    batches = _batches(test, data.kind, cfg.model.bits, cfg.eval.batch_size, device, n)
     with seeded_eval(model, 0):
         active = active_units(model, batches)
-    curve = validation_curve(run.run_dir)
-    latest = [r for r in read_jsonl(run.run_dir / "metrics.jsonl") if "cpu_s" in r]
+    records = read_jsonl(run.run_dir / "metrics.jsonl")   # read once: curve and CPU time
+    curve = validation_curve(records)
+    latest = [r for r in records if "cpu_s" in r]
     return {
         "variant": run.variant, "seed": run.seed, "run_dir": str(run.run_dir),
         "dataset": data.name, "kind": data.kind, "dims": bounds["dims"],
