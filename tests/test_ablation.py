@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,15 +14,20 @@ from biva import HierarchicalVAE, ModelConfig
 from biva.cli.main import main
 from biva.experiments.ablation import (
     ABLATION_VARIANTS,
+    NVAE_SPECTRAL_REG,
     AblationBudget,
     AblationRun,
     ablation_model,
+    ablation_train,
     best_within_cpu,
     doubled_depth,
     evaluate_run_for_ablation,
     plan_runs,
     summarize,
 )
+from biva.models import build_hierarchy
+from biva.presets import preset
+from biva.training.config import TrainConfig
 
 
 def small(**kw) -> ModelConfig:
@@ -66,17 +72,45 @@ def test_doubled_depth_keeps_conv_latent_resolutions():
 @pytest.mark.parametrize("variant", list(ABLATION_VARIANTS))
 def test_each_ablation_variant_builds_what_it_names(variant):
     cfg = ablation_model(small(), variant)
-    model = HierarchicalVAE(cfg)
+    model = build_hierarchy(cfg)
     expected = {"vae": ("vae", 3), "lvae": ("lvae", 3), "lvae+": ("lvae+", 3),
-                "lvae+2l-1": ("lvae+", 5), "biva": ("biva", 3)}[variant]
+                "lvae+2l-1": ("lvae+", 5), "biva": ("biva", 3), "vdvae": ("vdvae", 3),
+                "nvae": ("nvae", 3)}[variant]
     assert (cfg.variant, model.n_layers) == expected
+
+
+def test_topdown_variants_have_the_base_hierarchys_shape():
+    """One latent block per base layer at that layer's resolution; dense latents become
+    ceil(n / r^2) channels; the width is EQUAL_COST_WIDTH x the widest stage."""
+    base = small()                                    # dense 6, 4, 2 at sides 4, 4, 2
+    for family, factor in (("vdvae", 3), ("nvae", 1)):
+        cfg = ablation_model(base, family)
+        assert cfg.spec == "4x2,2x1" and cfg.latents == (1, 1, 1)
+        assert cfg.filters == (16 * factor,)
+        model = build_hierarchy(cfg)
+        assert [model.latent_shape(i) for i in (1, 2, 3)] == [(1, 4, 4), (1, 4, 4), (1, 2, 2)]
+    conv = ablation_model(preset("natural32-cpu"), "nvae")
+    assert conv.spec == "16x3,8x2,4x1" and conv.latents == (16,) * 6
+    # A config with its own spec keeps it.
+    own = ablation_model(replace(base, variant="vdvae", spec="8x1,2x2", latents=(3,),
+                                 filters=(5,)), "nvae")
+    assert (own.variant, own.spec, own.latents, own.filters) == ("nvae", "8x1,2x2", (3,), (5,))
+
+
+def test_spectral_regularization_goes_to_the_nvae_runs_only():
+    train = TrainConfig()
+    assert ablation_train(train, "nvae").spectral_reg == NVAE_SPECTRAL_REG
+    assert ablation_train(replace(train, spectral_reg=0.1), "nvae").spectral_reg == 0.1
+    assert ablation_train(replace(train, spectral_reg=0.1), "vdvae").spectral_reg == 0.1
+    for v in ("vae", "lvae", "lvae+", "lvae+2l-1", "biva"):
+        assert ablation_train(replace(train, spectral_reg=0.1), v).spectral_reg == 0.0
 
 
 def test_unknown_variant_is_refused_by_name():
     with pytest.raises(ValueError, match="lvae-"):
         plan_runs("out", ["lvae-"], [0])
-    with pytest.raises(ValueError, match="variant 'nvae'"):
-        ablation_model(small(), "nvae")
+    with pytest.raises(ValueError, match="variant 'nvae2'"):
+        ablation_model(small(), "nvae2")
 
 
 def test_runs_are_planned_seed_by_seed(tmp_path):
@@ -146,7 +180,7 @@ def test_best_within_cpu_ignores_later_records():
 @pytest.fixture(scope="module")
 def ablation_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    args = ["ablation", "--config", "digits", "--out", str(out), "--variants", "lvae,biva",
+    args = ["ablation", "--config", "digits", "--out", str(out), "--variants", "lvae,biva,nvae",
             "--seeds", "0", "--steps", "6", "--k", "3", "--eval-examples", "40"]
     for s in ("train.eval_every=1", "train.checkpoint_every=3", "train.log_every=3",
               "train.finetune_steps=0", "model.filters=[8]", "model.blocks=1",
@@ -164,7 +198,7 @@ def test_ablation_command_writes_table_figure_and_curves(ablation_dir):
     table = json.loads((out / "table.json").read_text())
     assert table["k"] == 3 and table["n_test"] == 40 and table["units"] == "nats"
     rows = {r["variant"]: r for r in table["rows"]}
-    assert set(rows) == {"lvae", "biva"}
+    assert set(rows) == {"lvae", "biva", "nvae"}
     for r in rows.values():
         assert r["steps"] == 6 and r["seeds"] == [0] and r["params"] > 0
         assert r["cpu_minutes"] > 0
@@ -174,7 +208,8 @@ def test_ablation_command_writes_table_figure_and_curves(ablation_dir):
     groups = {(f["variant"], f["group"]) for f in table["kl_per_layer"]}
     assert ("biva", "z1_bu") in groups and ("biva", "z1_td") in groups
     assert ("lvae", "z3") in groups and ("lvae", "z1_bu") not in groups
-    assert len(table["runs"]) == 2
+    assert ("nvae", "z3") in groups
+    assert len(table["runs"]) == 3
     md = (out / "table.md").read_text()
     assert "| `biva` |" in md and "z1_td" in md
 

@@ -7,9 +7,27 @@ from typing import Literal
 
 from .utils.config_io import ConfigError
 
-VARIANTS = ("vae", "lvae", "lvae+", "biva")
+VARIANTS = ("vae", "lvae", "lvae+", "biva", "vdvae", "nvae")
+#: The top-down residual families (biva.models.topdown): their hierarchy comes from ``spec``.
+TOPDOWN_VARIANTS = ("vdvae", "nvae")
 LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian", "categorical")
-__all__ = ["ConfigError", "ModelConfig", "VARIANTS", "LIKELIHOODS"]
+__all__ = ["ConfigError", "ModelConfig", "VARIANTS", "TOPDOWN_VARIANTS", "LIKELIHOODS",
+           "parse_spec"]
+
+
+def parse_spec(spec: str, field_name: str = "model.spec") -> list[tuple[int, int]]:
+    """``"16x3,8x2,4x1"`` -> [(16, 3), (8, 2), (4, 1)]: (resolution, blocks), image side first.
+
+    Raises :class:`ConfigError` naming the field and the bad entry.
+    """
+    out = []
+    for entry in spec.replace(" ", "").split(","):
+        res, sep, count = entry.partition("x")
+        if not (sep and res.isdigit() and count.isdigit()):
+            raise ConfigError(f"{field_name}: expected entries RESxBLOCKS such as '16x3' "
+                              f"separated by commas, found {entry!r} in {spec!r}")
+        out.append((int(res), int(count)))
+    return out
 
 
 @dataclass
@@ -24,8 +42,9 @@ class ModelConfig:
     0 meaning the size of its feature map (appendix C).
     """
 
-    # which model of the family: vae, lvae, lvae+ or biva (see docs/guide/models.md)
-    variant: Literal["vae", "lvae", "lvae+", "biva"] = "biva"
+    # which model: vae, lvae, lvae+, biva, or the top-down families vdvae and nvae
+    # (see docs/guide/models.md)
+    variant: Literal["vae", "lvae", "lvae+", "biva", "vdvae", "nvae"] = "biva"
     # (channels, height, width) of the images; height == width
     input_shape: tuple[int, ...] = (1, 28, 28)
     # p(x|z): bernoulli (binary images), discretized_logistic (8-bit), gaussian, categorical
@@ -66,12 +85,38 @@ class ModelConfig:
     # Semi-supervised models: q(y | x, z^BU) reads each z^BU_i as drawn ("sample") or its
     # posterior mean ("mean": the classifier then sees no sampling noise).
     classifier_input: Literal["sample", "mean"] = "sample"
+    # vdvae/nvae: latent blocks per resolution, image side first, e.g. "16x3,8x2,4x1" (one
+    # stochastic layer a block; L = the total). Resolutions fall and each divides the last.
+    spec: str = ""
+    # vdvae/nvae: encoder blocks per resolution, same resolutions ("": as many as spec; nvae:
+    # a multiple of spec's, the cells of one encoder group per latent group)
+    encoder_spec: str = ""
+    # vdvae/nvae: a block's inner channels as a multiple of filters (0: the paper's, VDVAE's
+    # bottleneck 0.25 and NVAE's expansion 6)
+    inner_width: float = 0.0
     description: str = field(default="", compare=False)
+
+    @property
+    def topdown(self) -> bool:
+        """True for the VDVAE-/NVAE-style families, whose hierarchy is ``spec``."""
+        return self.variant in TOPDOWN_VARIANTS
 
     @property
     def n_layers(self) -> int:
         """L, the number of stochastic layers."""
+        if self.topdown:
+            return sum(n for _, n in parse_spec(self.spec))
         return len(self.latents)
+
+    def layer_resolutions(self) -> list[int]:
+        """vdvae/nvae: the feature-map side of each stochastic layer, layer 1 first."""
+        return [r for r, n in parse_spec(self.spec) for _ in range(n)]
+
+    def encoder_blocks(self) -> list[tuple[int, int]]:
+        """vdvae/nvae: (resolution, encoder blocks), image side first."""
+        if not self.encoder_spec:
+            return parse_spec(self.spec)
+        return parse_spec(self.encoder_spec, "model.encoder_spec")
 
     def per_layer(self, name: str) -> tuple[int, ...]:
         """``filters``/``kernels``/``strides`` expanded to one value per layer (length L)."""
@@ -105,6 +150,9 @@ class ModelConfig:
         c, h, w = self.input_shape
         if h != w:
             fail("input_shape", "square images (height == width)", self.input_shape)
+        if self.topdown:
+            self._validate_topdown(fail)
+            return
         n = len(self.latents)
         if n < 1:
             fail("latents", "at least one stochastic layer", self.latents)
@@ -130,17 +178,54 @@ class ModelConfig:
             size //= s
         if self.blocks < 1:
             fail("blocks", "an int >= 1", self.blocks)
+        self._validate_common(fail)
+        if self.latent_kernel < 0:
+            fail("latent_kernel", "0 (feature-map size) or a positive kernel", self.latent_kernel)
+        if self.likelihood == "bernoulli" and c < 1:
+            fail("input_shape", "at least one channel", self.input_shape)
+
+    def _validate_common(self, fail) -> None:
         for name in ("dropout_q", "dropout_p"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 fail(name, "a probability in [0, 1)", p)
         if not self.min_std > 0:
             fail("min_std", "a positive float", self.min_std)
-        if self.latent_kernel < 0:
-            fail("latent_kernel", "0 (feature-map size) or a positive kernel", self.latent_kernel)
         if self.n_mix < 1:
             fail("n_mix", "an int >= 1", self.n_mix)
         if not 1 <= self.bits <= 16:
             fail("bits", "an int in 1..16", self.bits)
-        if self.likelihood == "bernoulli" and c < 1:
-            fail("input_shape", "at least one channel", self.input_shape)
+
+    def _validate_topdown(self, fail) -> None:
+        if not self.spec:
+            fail("spec", f"blocks per resolution such as '16x3,8x2,4x1' for variant "
+                 f"{self.variant!r}", self.spec)
+        side = self.input_shape[-1]
+        blocks = parse_spec(self.spec)
+        last = side
+        for i, (r, n) in enumerate(blocks):
+            if n < 1 or r < 1:
+                fail("spec", f"positive resolutions and block counts (entry {i + 1})", self.spec)
+            if (i and r >= last) or last % r:
+                fail("spec", f"falling resolutions, each dividing the one before (the first "
+                     f"dividing the image side {side}); entry {i + 1} is {r}", self.spec)
+            last = r
+        enc = self.encoder_blocks()
+        if [r for r, _ in enc] != [r for r, _ in blocks] or any(n < 1 for _, n in enc):
+            fail("encoder_spec", f"the resolutions of model.spec ({[r for r, _ in blocks]}) "
+                 "with at least one block each", self.encoder_spec)
+        pairs = zip(enc, blocks, strict=True)
+        if self.variant == "nvae" and any(e % d for (_, e), (_, d) in pairs):
+            fail("encoder_spec", "for nvae, a multiple of model.spec's blocks at each "
+                 "resolution (one encoder group of cells per latent group)", self.encoder_spec)
+        L = self.n_layers
+        if len(self.latents) not in (1, L):
+            fail("latents", f"1 or {L} values (channels of each latent; L = {L} from "
+                 "model.spec)", self.latents)
+        if any(int(z) < 1 for z in self.latents):
+            fail("latents", "positive channel counts", self.latents)
+        if len(self.filters) != 1 or self.filters[0] < 1:
+            fail("filters", "one positive width (the residual stream's channels)", self.filters)
+        if self.inner_width < 0:
+            fail("inner_width", "0 (the paper's) or a positive multiple", self.inner_width)
+        self._validate_common(fail)

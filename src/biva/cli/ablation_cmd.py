@@ -9,8 +9,10 @@ from pathlib import Path
 
 from ..experiments.ablation import (
     ABLATION_VARIANTS,
+    PAPER_VARIANTS,
     AblationBudget,
     ablation_model,
+    ablation_train,
     plan_runs,
     run_ablation,
     write_summary,
@@ -20,7 +22,7 @@ from .common import HelpFormatter, nonnegative_int, parse_int_list, parse_names,
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "ablation", help="train and compare VAE, LVAE, LVAE+, LVAE+ (2L-1) and BIVA",
+        "ablation", help="train and compare VAE, LVAE, LVAE+, LVAE+ (2L-1), BIVA, VDVAE and NVAE",
         description="The paper's ablation (section 4.1) from one config: every variant for "
         "every seed, trained to the same budget in OUT/<variant>/seed<S> (resumable: run the "
         "same command again), its best-validation checkpoint evaluated on the test split; "
@@ -34,8 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", type=Path, default=None, metavar="PATH",
                    help="your own images (folder or .npz), as in biva train")
     p.add_argument("--out", type=Path, required=True, help="the ablation's folder")
-    p.add_argument("--variants", default=",".join(ABLATION_VARIANTS),
-                   help="comma-separated variants")
+    p.add_argument("--variants", default=",".join(PAPER_VARIANTS),
+                   help="comma-separated variants (default: the paper's five; add vdvae, "
+                   "nvae for the top-down families)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (train.seed)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="data.split_seed of every run: one test set for all seeds")
@@ -86,6 +89,7 @@ def config_maker(args: argparse.Namespace, budget: AblationBudget):
             cfg = load_run_config(args.config or "digits", [*base, f"train.seed={seed}"])
             cfg.name = Path(args.config or "digits").stem
         cfg.model = ablation_model(cfg.model, variant)
+        cfg.train = ablation_train(cfg.train, variant)
         cfg.name = f"{cfg.name}-{variant}-seed{seed}"
         cfg.validate()
         return cfg, data

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..config import ConfigError, ModelConfig
 from ..evaluation.style import save_png
+from ..presets import topdown_equivalent
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.jsonl import read_jsonl
 from ..utils.run_lock import RunDirLocked, lock_run_dir, unlock_run_dir
@@ -38,7 +39,14 @@ ABLATION_VARIANTS = {
     "lvae+": "LVAE + the deterministic top-down skip path (eq. 5)",
     "lvae+2l-1": "LVAE+ with 2L-1 stochastic layers (as many latent groups as BIVA)",
     "biva": "BIVA: stochastic BU path (z^BU) and top-down inference (z^TD)",
+    "vdvae": "VDVAE-style: deterministic encoder, top-down residual blocks with a latent each",
+    "nvae": "NVAE-style: NVAE cells, residual-normal posterior, spectral regularization",
 }
+#: What ``biva ablation`` trains by default: the paper's section 4.1 (the top-down families
+#: join with ``--variants``).
+PAPER_VARIANTS = ("vae", "lvae", "lvae+", "lvae+2l-1", "biva")
+#: train.spectral_reg of an nvae run whose config leaves it at 0 (NVAE used 1e-2 to 1e-1).
+NVAE_SPECTRAL_REG = 0.01
 RESULT_FILE = "ablation_result.json"
 
 
@@ -64,12 +72,25 @@ def doubled_depth(model: ModelConfig) -> ModelConfig:
     return cfg
 
 
+def ablation_train(train, variant: str):
+    """The train config of one variant: spectral regularization only for the top-down
+    families, NVAE's at :data:`NVAE_SPECTRAL_REG` unless the config sets one."""
+    if variant == "nvae":
+        return replace(train, spectral_reg=train.spectral_reg or NVAE_SPECTRAL_REG)
+    if variant == "vdvae":
+        return train
+    return replace(train, spectral_reg=0.0)
+
+
 def ablation_model(model: ModelConfig, variant: str) -> ModelConfig:
     """The base ``model`` turned into one of :data:`ABLATION_VARIANTS`."""
     if variant not in ABLATION_VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {list(ABLATION_VARIANTS)}")
     if variant == "lvae+2l-1":
         return doubled_depth(replace(model, variant="lvae+"))
+    if variant in ("vdvae", "nvae"):
+        return topdown_equivalent(replace(model, variant="biva") if model.topdown else model,
+                                  variant)
     cfg = replace(model, variant=variant)
     cfg.validate()
     return cfg

@@ -33,7 +33,6 @@ z_i), ``td_inference`` (posterior merges d~ and d: LVAE, LVAE+, BIVA) and ``td_s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +47,8 @@ from ..nn.gaussian import (
     repeat_batch,
     standard_normal_log_prob,
 )
-from ..nn.weightnorm import WNConv2d, data_dependent_init
+from ..nn.weightnorm import WNConv2d
+from .base import HierarchyOutput, LatentHierarchy
 
 VARIANT_FLAGS = {
     #          stochastic_bu, bu_skip, td_inference, td_skip
@@ -59,37 +59,7 @@ VARIANT_FLAGS = {
 }
 
 
-@dataclass
-class HierarchyOutput:
-    """What one pass of the model returns. N = n_samples * B rows, sample-major.
-
-    ``log_weight`` = log p(x|z) + log p(z_>k) - log q(z_>k|x): nats, (N,); its mean is the ELBO
-    (k = 0) or L^{>k}. ``kl`` (N, G) holds log q - log p per latent group (one-sample Monte
-    Carlo), 0 for groups drawn from the prior. ``loss`` is the training objective (scalar).
-    """
-
-    loss: Tensor
-    log_weight: Tensor
-    log_px: Tensor
-    kl: Tensor
-    group_names: list[str]
-    x_params: Tensor
-    latents: dict[str, Tensor]
-    posteriors: dict[str, DiagonalGaussian]
-    n_samples: int
-
-    @property
-    def elbo(self) -> Tensor:
-        """Per-example ELBO (or L^{>k}) in nats, averaged over the samples: (B,)."""
-        return self.log_weight.view(self.n_samples, -1).mean(0)
-
-    @property
-    def kl_per_group(self) -> Tensor:
-        """Per-example KL of each group, averaged over samples: (B, G) nats."""
-        return self.kl.view(self.n_samples, -1, self.kl.shape[1]).mean(0)
-
-
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(LatentHierarchy):
     """BIVA and its ablations (LVAE, LVAE+, VAE), selected by ``config.variant``.
 
     ``model(x)`` with x: (B, C, H, W) in model-input space (see ``biva.data.to_model_input``)
@@ -189,15 +159,6 @@ class HierarchicalVAE(nn.Module):
             return (units,)
         side = self.config.spatial_sizes()[layer]
         return (units, side, side)
-
-    @property
-    def n_groups(self) -> int:
-        """Number of KL groups: 2L - 1 for BIVA, L otherwise."""
-        return len(self.group_names)
-
-    def group_layer(self, name: str) -> int:
-        """The stochastic layer (1..L) a group belongs to, e.g. 'z3_td' -> 3."""
-        return int(name[1:].split("_")[0])
 
     # ----------------------------------------------------------------------------- inference
     def _bottom_up(self, x: Tensor, n_samples: int):
@@ -340,45 +301,11 @@ class HierarchicalVAE(nn.Module):
             return [z]
 
         x_params = self._top_down(z_top, layer_fn, td_context)
-        log_px = self.likelihood.log_prob(x_params, repeat_batch(x, n_samples))
-        zero = log_px.new_zeros(log_px.shape)
-        kl_all = torch.stack([kl.get(g, zero) for g in self.group_names], dim=1)
-        log_weight = log_px - kl_all.sum(1)
-        kl_train = kl_all.clamp_min(free_bits) if free_bits > 0 else kl_all
-        loss = -(log_px - kl_weight * kl_train.sum(1)).mean()
-        return HierarchyOutput(loss=loss, log_weight=log_weight, log_px=log_px, kl=kl_all,
-                               group_names=list(self.group_names), x_params=x_params,
-                               latents=latents, posteriors=posteriors, n_samples=n_samples)
+        return self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
+                            kl_weight)
 
     def _layer_names(self, i: int) -> list[str]:
         return [f"z{i}_bu", f"z{i}_td"] if self.config.variant == "biva" else [f"z{i}"]
-
-    # ----------------------------------------------------------------------------- generation
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float | Sequence[float] = 1.0,
-               generator: torch.Generator | None = None, mode: str = "mean") -> Tensor:
-        """Draw n images from the prior; (n, C, H, W) in model-input space.
-
-        ``temperature`` scales the latent standard deviations, globally or per layer (a list
-        of L values, layer 1 first). With a ``generator`` the latent noise is a function of its
-        seed only, so rows are comparable across temperatures. ``mode``: "mean" shows p(x|z)'s
-        mean, "sample" draws from it.
-        """
-        return self.decode(self.sample_params(n, temperature, generator), mode)
-
-    @torch.no_grad()
-    def sample_params(self, n: int, temperature: float | Sequence[float] = 1.0,
-                      generator: torch.Generator | None = None,
-                      td_context: Sequence[Tensor | None] | None = None) -> Tensor:
-        """The parameters of p(x|z) for n prior draws (see :meth:`sample`; ``td_context``:
-        see :meth:`_top_down`, n rows)."""
-        temps = self._temperatures(temperature)
-        device, dtype = self.out_conv.v.device, self.out_conv.v.dtype
-        # z_L's noise is drawn before the lower layers' so a generator gives the same images
-        # as before generate_from_top existed.
-        z_top = temps[-1] * torch.randn((n, *self.latent_shape(self.n_layers)),
-                                        generator=generator, device=device, dtype=dtype)
-        return self.generate_from_top(z_top, temps, generator, td_context=td_context)
 
     @torch.no_grad()
     def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
@@ -404,31 +331,3 @@ class HierarchicalVAE(nn.Module):
             return self._top_down(z_top, layer_fn, td_context)
         finally:
             self.train(was_training)
-
-    def decode(self, x_params: Tensor, mode: str = "mean") -> Tensor:
-        """Turn p(x|z) parameters into images: its mean ("mean") or a draw ("sample")."""
-        if mode == "mean":
-            return self.likelihood.mean(x_params)
-        if mode == "sample":
-            return self.likelihood.sample(x_params)
-        raise ValueError(f"mode must be 'mean' or 'sample', got {mode!r}")
-
-    def _temperatures(self, temperature: float | Sequence[float]) -> list[float]:
-        if isinstance(temperature, (int, float)):
-            return [float(temperature)] * self.n_layers
-        temps = [float(t) for t in temperature]
-        if len(temps) != self.n_layers:
-            raise ValueError(f"temperature: expected one value or {self.n_layers} (one per "
-                             f"layer), found {len(temps)}")
-        return temps
-
-    # ----------------------------------------------------------------------------- init
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """Data-dependent weight-norm init on a batch x (B, C, H, W); run once before training.
-
-        Marks the model initialized (a buffer saved in ``state_dict``), so trainers that load
-        a checkpoint never run it again.
-        """
-        data_dependent_init(self, lambda: self(x))
-        self.initialized.fill_(True)

@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..nn.blocks import Stage, elu_flatten
 from ..nn.gaussian import DiagonalGaussian, LatentEmbedding, repeat_batch
 from ..nn.weightnorm import WNLinear, data_dependent_init
-from .hierarchy import HierarchicalVAE, HierarchyOutput
+from .base import HierarchyOutput, LatentHierarchy
+from .hierarchy import HierarchicalVAE
 
 UNLABELLED = -1
 # "balanced": mean F over the labelled rows + mean U over the unlabelled rows, y only in the
@@ -404,11 +405,16 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         return self.sample(len(y), temperature, generator, mode, y=y)
 
 
-def build_model(config: ModelConfig, num_classes: int | None = None, **ssl) -> HierarchicalVAE:
+def build_model(config: ModelConfig, num_classes: int | None = None, **ssl) -> LatentHierarchy:
     """:class:`SemiSupervisedBIVA` when ``num_classes`` is given (``ssl``: its alpha, objective,
     n_labelled, n_unlabelled), else :class:`HierarchicalVAE`."""
     if num_classes:
+        if config.topdown:
+            raise ConfigError(f"model.variant: semi-supervised models are built on the BIVA "
+                              f"family (vae, lvae, lvae+, biva), found {config.variant!r}")
         return SemiSupervisedBIVA(config, num_classes, **ssl)
     if ssl:
         raise ValueError(f"{sorted(ssl)}: semi-supervised settings without num_classes")
-    return HierarchicalVAE(config)
+    from . import build_hierarchy
+
+    return build_hierarchy(config)

@@ -90,6 +90,9 @@ class TrainConfig:
     finetune_steps: int = 0
     # the KL weight grows linearly from 0 to 1 over these steps
     kl_warmup_steps: int = 0
+    # NVAE's spectral regularization: this x the sum of the convolutions' largest singular
+    # values joins the loss (vdvae/nvae models; NVAE used 1e-2 to 1e-1; 0: off)
+    spectral_reg: float = 0.0
     # decay of the EMA of the parameters used for evaluation and sampling
     ema_decay: float = 0.9995
     ema_warmup: bool = True          # decay min(ema_decay, (1+n)/(10+n)) after n updates
@@ -138,6 +141,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid ``train.*`` field."""
+        if not self.spectral_reg >= 0:
+            raise ConfigError(f"train.spectral_reg: expected a weight >= 0, found "
+                              f"{self.spectral_reg}")
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                      "init_batch"):
             if getattr(self, name) < 1:
@@ -223,6 +229,9 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         self.eval.validate()
+        if self.train.spectral_reg and not self.model.topdown:
+            raise ConfigError(f"train.spectral_reg: spectral regularization is for the vdvae and "
+                              f"nvae models; model.variant is {self.model.variant!r} (set 0)")
 
 
 def shipped_configs() -> list[str]:

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from ..data import DatasetSplits, epoch_batches, load_dataset, num_batches, to_model_input
 from ..evaluation import evaluation_split, save_grid, to_display
-from ..models import HierarchicalVAE
+from ..models import LatentHierarchy, build_hierarchy
 from ..nn.blocks import use_channels_last, use_grad_checkpointing
 from ..objectives import bits_per_dim
 from ..utils.atomic import atomic_write_json, is_disk_full
@@ -209,7 +209,8 @@ def _check_training_state(tensors: dict, state: dict, path: Path) -> None:
 
 
 class Trainer:
-    """Train a :class:`HierarchicalVAE` described by a :class:`RunConfig` in ``run_dir``.
+    """Train the model a :class:`RunConfig` describes (:class:`~biva.models.HierarchicalVAE`
+    or :class:`~biva.models.TopDownVAE`) in ``run_dir``.
 
     ``Trainer(cfg, run_dir).fit()`` starts a run; ``Trainer.resume(run_dir).fit()`` continues
     the latest checkpoint of one. Under ``torchrun`` every rank trains on its share of each
@@ -325,9 +326,9 @@ class Trainer:
         """RUN_DIR/metrics.jsonl: one JSON record per log interval and per validation."""
         return self.run_dir / "metrics.jsonl"
 
-    def _build_model(self) -> HierarchicalVAE:
+    def _build_model(self) -> LatentHierarchy:
         """The model this trainer trains (subclasses build variants, e.g. semi-supervised)."""
-        return HierarchicalVAE(self.cfg.model)
+        return build_hierarchy(self.cfg.model)
 
     def _check_data_fits_model(self) -> None:
         shape, want = tuple(self.data.shape), tuple(self.cfg.model.input_shape)
@@ -485,7 +486,8 @@ class Trainer:
         if tc.compile:  # a tensor, not a constant baked into the graph: no recompile per step
             kl_w = torch.tensor(kl_w, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_w)
+            extra = {"spectral_reg": tc.spectral_reg} if tc.spectral_reg else {}
+            out = model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_w, **extra)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip,

@@ -1,0 +1,310 @@
+"""Top-down residual hierarchies: VDVAE-style (Child 2021) and NVAE-style (Vahdat & Kautz 2020).
+
+Notation: ``model.spec`` lists resolutions r_1 > r_2 > ... (image side first) with the latent
+blocks at each; layer i = 1..L counts those blocks from the bottom, so z_1 is the decoder's
+last block (at r_1, nearest x) and z_L its first (at the lowest resolution).
+
+* Encoder (deterministic, once per image, shared by every importance sample): a 3x3 stem,
+  average-pooled to r_1 if r_1 < the image side; at each r_j its residual blocks
+  (``model.encoder_spec``); an average pool leads to r_{j+1}. Latent block i reads encoder
+  features a_i at its resolution: VDVAE's last block output there (one for all the blocks at
+  r_j); NVAE's output of the encoder group mirroring block i (the encoder's blocks at r_j split
+  into as many groups as there are latent blocks, the lowest group paired with z_1).
+* Decoder state h: a learned constant at the lowest resolution; at each higher resolution
+  ``h = unpool(h) + a learned constant`` (nearest neighbour, as VDVAE).
+* A latent block at layer i (resolution r_j) reads s = h (VDVAE) or s = cell(h) (NVAE; h
+  itself at the top, a constant) and:
+
+  - VDVAE: ``(mu_p, sigma_p, h_p) = prior(s)``, ``h = s + h_p``;
+    ``q = N(post(<s; a_i>))``; ``h = res(h + proj(z))``. Residual outputs and the z projection
+    start scaled by sqrt(1 / N_blocks), the prior's last conv at zero.
+  - NVAE: ``p = N(conv(elu(s)))``; the residual normal ``q = N(mu_p + dmu, sigma_p * dsigma)``
+    with ``(dmu, dsigma)`` from ``conv(elu(a_i + proj(s)))``; ``h = s + proj(z)``.
+
+* The top layer z_L has the prior N(0, I) in both (NVAE's top group; VDVAE's learned constant
+  state makes its top prior a learned Gaussian, which the posterior and decoder absorb).
+* After the last block: unpool to the image side if r_1 is smaller, a 1x1 conv to p(x|z).
+
+Because q(z_i | x, z_>i) reads only the encoder and the layers above, drawing z_<=k from the
+conditional prior gives the bound L^{>k} exactly as for BIVA's family (see
+:meth:`TopDownVAE.forward`). Choices where the papers differ from this file are listed in
+docs/guide/models.md ("VDVAE- and NVAE-style models").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigError, ModelConfig, parse_spec
+from ..likelihoods import Likelihood, build_likelihood
+from ..nn.gaussian import DiagonalGaussian, repeat_batch, std_from_raw
+from ..nn.residual import (
+    BottleneckBlock,
+    NVAEDecoderCell,
+    NVAEEncoderCell,
+    SpectralPenalty,
+    conv,
+    residual_scale,
+)
+from ..nn.weightnorm import WNConv2d
+from .base import HierarchyOutput, LatentHierarchy
+
+#: A block's inner channels as a multiple of ``filters`` when ``model.inner_width`` is 0.
+PAPER_INNER_WIDTH = {"vdvae": 0.25, "nvae": 6.0}
+
+
+def residual_normal(prior: DiagonalGaussian, shift: Tensor, scale: Tensor) -> DiagonalGaussian:
+    """NVAE's posterior relative to its prior: N(mu_p + shift, (sigma_p * scale)^2)."""
+    return DiagonalGaussian(prior.mu + shift, prior.sigma * scale)
+
+
+class LatentBlock(nn.Module):
+    """One decoder block and its latent (see the module docstring). ``top``: prior N(0, I)."""
+
+    def __init__(self, family: str, width: int, mid: int, z_ch: int, resolution: int,
+                 n_blocks: int, top: bool, min_std: float):
+        super().__init__()
+        self.family, self.top, self.min_std = family, top, min_std
+        self.z_ch, self.resolution = z_ch, resolution
+        scale = residual_scale(n_blocks)
+        if family == "vdvae":
+            self.post = BottleneckBlock(2 * width, mid, 2 * z_ch, resolution)
+            self.prior_net = (None if top else
+                              BottleneckBlock(width, mid, 2 * z_ch + width, resolution,
+                                              zero_last=True))
+            self.proj = conv(z_ch, width, 1)
+            self.res = BottleneckBlock(width, mid, width, resolution, residual=True,
+                                       out_scale=scale)
+            with torch.no_grad():
+                self.proj.weight.mul_(scale)
+        else:
+            self.cell = None if top else NVAEDecoderCell(width, mid)
+            self.prior_net = None if top else conv(width, 2 * z_ch, 3)
+            self.post_in = conv(width, width, 1)
+            self.post = conv(width, 2 * z_ch, 3)
+            self.proj = conv(z_ch, width, 1)
+
+    def state(self, h: Tensor) -> Tensor:
+        """The features s the prior and posterior read: h (VDVAE) or cell(h) (NVAE).
+
+        NVAE's top group reads the learned constant itself: a batch-normed cell on a state
+        that is the same for every row would see a batch variance of 0 in training.
+        """
+        return self.cell(h) if self.family == "nvae" and not self.top else h
+
+    def _gaussian(self, params: Tensor) -> DiagonalGaussian:
+        mu, raw = params.float().chunk(2, dim=1)   # float32 even under bf16 autocast
+        return DiagonalGaussian(mu, std_from_raw(raw, self.min_std))
+
+    def prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
+        """p(z | z_above) from s (N, W, r, r) and the state the prior branch leaves."""
+        if self.top:
+            shape = (s.shape[0], self.z_ch, self.resolution, self.resolution)
+            zeros = s.new_zeros(shape, dtype=torch.float32)
+            return DiagonalGaussian(zeros, torch.ones_like(zeros)), s
+        if self.family == "vdvae":
+            out = self.prior_net(s)
+            params, h_p = out[:, :2 * self.z_ch], out[:, 2 * self.z_ch:]
+            return self._gaussian(params), s + h_p
+        return self._gaussian(self.prior_net(F.elu(s))), s
+
+    def posterior(self, s: Tensor, a: Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
+        """q(z | x, z_above) from s and the layer's encoder features a (N, W, r, r)."""
+        if self.family == "vdvae":
+            return self._gaussian(self.post(torch.cat([s, a], dim=1)))
+        delta = self._gaussian(self.post(F.elu(a + self.post_in(s))))
+        return residual_normal(prior, delta.mu, delta.sigma)
+
+    def update(self, h: Tensor, z: Tensor) -> Tensor:
+        """The state after z (N, z_ch, r, r) joins it."""
+        h = h + self.proj(z)
+        return self.res(h) if self.family == "vdvae" else h
+
+
+#: ``pick(layer, prior, posterior) -> z``: draws layer's latent (N, z_ch, r, r); ``posterior()``
+#: builds q only when the caller needs it (never in generation).
+Pick = Callable[[int, DiagonalGaussian, Callable[[], DiagonalGaussian]], Tensor]
+
+
+class TopDownVAE(LatentHierarchy):
+    """VDVAE- or NVAE-style hierarchy (``config.variant`` "vdvae" or "nvae"), see the module.
+
+    The same interface as :class:`biva.models.HierarchicalVAE`: ``model(x)`` with x
+    (B, C, H, W) in model-input space returns a :class:`HierarchyOutput`; L^{>k} via
+    ``prior_layers``, the likelihood-ratio score via ``prior_mode="mean"``.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        if not config.topdown:
+            raise ConfigError(f"model.variant: TopDownVAE builds 'vdvae' or 'nvae', found "
+                              f"{config.variant!r} (use HierarchicalVAE)")
+        self.config, self.family = config, config.variant
+        c_in, side = config.input_shape[0], config.input_shape[-1]
+        W = config.filters[0]
+        mid = max(1, round(W * (config.inner_width or PAPER_INNER_WIDTH[self.family])))
+        L = self.n_layers = config.n_layers
+        self.blocks_per_res = parse_spec(config.spec)           # [(r_j, blocks)], r_1 first
+        self.resolutions = [r for r, _ in self.blocks_per_res]
+        self.layer_res = config.layer_resolutions()            # per layer, layer 1 first
+        z = tuple(config.latents) * L if len(config.latents) == 1 else tuple(config.latents)
+        self.z_channels = tuple(int(c) for c in z)
+        self.register_buffer("initialized", torch.tensor(False))
+
+        enc = config.encoder_blocks()
+        n_enc = sum(n for _, n in enc)
+        self.stem = conv(c_in, W, 3)
+        self.encoder = nn.ModuleList()                         # one nn.Sequential per r_j
+        for r, n in enc:
+            if self.family == "vdvae":
+                cells = [BottleneckBlock(W, mid, W, r, residual=True,
+                                         out_scale=residual_scale(n_enc)) for _ in range(n)]
+            else:
+                cells = [NVAEEncoderCell(W) for _ in range(n)]
+            self.encoder.append(nn.Sequential(*cells))
+        self.state_bias = nn.ParameterList(
+            [nn.Parameter(torch.zeros(1, W, r, r)) for r in self.resolutions])
+        self.blocks = nn.ModuleList(                           # decoder order: layer L first
+            [LatentBlock(self.family, W, mid, self.z_channels[i - 1], self.layer_res[i - 1], L,
+                         i == L, config.min_std) for i in range(L, 0, -1)])
+        self.likelihood: Likelihood = build_likelihood(
+            config.likelihood, n_mix=config.n_mix, bits=config.bits,
+            num_classes=config.num_classes, fixed_std=config.likelihood_std)
+        self.out_conv = WNConv2d(W, self.likelihood.param_channels(c_in), 1, init_scale=0.1)
+        self.group_names = [f"z{i}" for i in range(1, L + 1)]
+        self.spectral = SpectralPenalty(
+            [m for m in self.modules() if type(m) is nn.Conv2d])
+        self._side = side
+
+    def latent_shape(self, layer: int) -> tuple[int, ...]:
+        """Shape of one example's latent at ``layer`` (1..L): (channels, r, r)."""
+        r = self.layer_res[layer - 1]
+        return (self.z_channels[layer - 1], r, r)
+
+    def spectral_penalty(self) -> Tensor:
+        """NVAE's regularizer: the sum of the convolutions' largest singular values (scalar)."""
+        return self.spectral()
+
+    # ----------------------------------------------------------------------------- passes
+    def _bottom_up(self, x: Tensor, n_samples: int) -> list[Tensor]:
+        """Encoder features a_i (N, W, r, r) of every layer, layer 1 first; computed on the B
+        input rows once and repeated to N = n_samples * B rows (no sample enters them)."""
+        h = self.stem(x)
+        if h.shape[-1] != self.resolutions[0]:
+            h = F.avg_pool2d(h, h.shape[-1] // self.resolutions[0])
+        acts: list[Tensor] = []
+        for j, stage in enumerate(self.encoder):
+            n_latent = self.blocks_per_res[j][1]
+            if self.family == "vdvae":
+                h = stage(h)
+                acts += [repeat_batch(h, n_samples)] * n_latent
+            else:
+                per_group = len(stage) // n_latent
+                for g in range(n_latent):
+                    h = stage[g * per_group:(g + 1) * per_group](h)
+                    acts.append(repeat_batch(h, n_samples))
+            if j + 1 < len(self.encoder):
+                h = F.avg_pool2d(h, self.resolutions[j] // self.resolutions[j + 1])
+        return acts
+
+    def _top_down(self, n_rows: int, acts: Sequence[Tensor] | None, pick: Pick) -> Tensor:
+        """Decoder pass over N = ``n_rows`` rows; ``pick`` chooses each z. Returns the
+        parameters of p(x|z): (N, P, H, W)."""
+        h, layer = None, self.n_layers
+        for j in range(len(self.resolutions) - 1, -1, -1):
+            bias = self.state_bias[j]
+            if h is None:
+                h = bias.expand(n_rows, -1, -1, -1)
+            else:
+                up = self.resolutions[j] // self.resolutions[j + 1]
+                h = F.interpolate(h, scale_factor=up, mode="nearest") + bias
+            for _ in range(self.blocks_per_res[j][1]):
+                block = self.blocks[self.n_layers - layer]
+                s = block.state(h)
+                p, h = block.prior(s)
+
+                def posterior(block=block, s=s, p=p, i=layer) -> DiagonalGaussian:
+                    if acts is None:
+                        raise RuntimeError("the posterior needs the encoder's features")
+                    return block.posterior(s, acts[i - 1], p)
+
+                h = block.update(h, pick(layer, p, posterior))
+                layer -= 1
+        if h.shape[-1] != self._side:
+            h = F.interpolate(h, scale_factor=self._side // h.shape[-1], mode="nearest")
+        return self.out_conv(h)
+
+    def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
+                free_bits: float = 0.0, kl_weight: float = 1.0, spectral_reg: float = 0.0,
+                bottom_up: list[Tensor] | None = None,
+                top_log_prior: Callable[[Tensor], Tensor] | None = None,
+                prior_mode: str = "sample") -> HierarchyOutput:
+        """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
+
+        ``prior_layers = k``: z_1..z_k are drawn from the conditional prior (their means with
+        ``prior_mode="mean"``, a score rather than a bound), z_>k from q, giving L^{>k}: q(z_>k|x)
+        never reads z_<=k, so ``E[log p(x|z) + log p(z_>k) - log q(z_>k|x)] <= log p(x)``.
+        Loss: the negative ELBO with free bits ``max(KL_g, free_bits)`` per group and example,
+        KL scaled by ``kl_weight``, plus ``spectral_reg`` x :meth:`spectral_penalty`.
+        ``bottom_up``: a result of ``_bottom_up`` at N rows to reuse; ``top_log_prior(z_L)``
+        replaces the N(0, I) log-density of z_L.
+        """
+        if not 0 <= prior_layers < self.n_layers:
+            raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
+        if prior_mode not in ("sample", "mean"):
+            raise ValueError(f"prior_mode must be 'sample' or 'mean', got {prior_mode!r}")
+        acts = bottom_up if bottom_up is not None else self._bottom_up(x, n_samples)
+        kl: dict[str, Tensor] = {}
+        latents: dict[str, Tensor] = {}
+        posteriors: dict[str, DiagonalGaussian] = {}
+
+        def pick(layer: int, p: DiagonalGaussian, posterior) -> Tensor:
+            name = f"z{layer}"
+            if layer <= prior_layers:
+                z = p.sample() if prior_mode == "sample" else p.mu
+            else:
+                q = posterior()
+                z = q.sample()
+                log_p = (top_log_prior(z) if top_log_prior is not None and layer == self.n_layers
+                         else p.log_prob(z))
+                kl[name], posteriors[name] = q.log_prob(z) - log_p, q
+            latents[name] = z
+            return z
+
+        x_params = self._top_down(acts[0].shape[0], acts, pick)
+        out = self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
+                           kl_weight)
+        if spectral_reg > 0:
+            out.loss = out.loss + spectral_reg * self.spectral_penalty()
+        return out
+
+    @torch.no_grad()
+    def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
+                          generator: torch.Generator | None = None,
+                          td_context: Sequence[Tensor | None] | None = None) -> Tensor:
+        """p(x|z) parameters (B, P, H, W) for a given z_L (B, *latent_shape(L)); z_<L drawn
+        from the conditional priors with their std scaled by ``temperature`` (one value or L,
+        layer 1 first; 0 gives the prior means)."""
+        if td_context is not None:
+            raise ValueError(f"{self.family}: class conditioning (td_context) is available for "
+                             "the BIVA family only")
+        temps = self._temperatures(temperature)
+        was_training = self.training
+        self.eval()
+
+        def pick(layer: int, p: DiagonalGaussian, posterior) -> Tensor:
+            if layer == self.n_layers:
+                return z_top.to(p.mu.dtype)
+            noise = torch.randn(p.mu.shape, generator=generator, device=p.mu.device,
+                                dtype=p.mu.dtype)
+            return p.sample(temps[layer - 1], noise)
+
+        try:
+            return self._top_down(z_top.shape[0], None, pick)
+        finally:
+            self.train(was_training)
