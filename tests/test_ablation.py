@@ -261,3 +261,14 @@ def test_per_layer_kl_and_active_units_match_a_hand_computation(ablation_dir):
         assert row["dims"] == mu.shape[1]
         assert row["layer"] == int(row["group"][1])
     assert res["active_units"]["active"] == sum(r["active"] for r in res["layers"])
+
+
+def test_a_new_run_with_another_recipe_is_refused(ablation_dir, capsys):
+    """A shipped config that changed between sessions must not slip a second recipe into one
+    table: the new run's differing field is named with both values."""
+    out, args = ablation_dir
+    changed = [a if a != "lvae,biva,nvae" else "vae" for a in args] + ["--set", "train.lr=0.001"]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "train.lr: 0.002 there, 0.001 here" in err
+    assert not (out / "vae" / "seed0" / "config.json").exists()

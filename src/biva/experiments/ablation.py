@@ -18,6 +18,7 @@ so a second worker moves on to the next run instead of waiting.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -191,7 +192,40 @@ def train_run(run: AblationRun, make_config: Callable, budget: AblationBudget) -
         Trainer.resume(run.run_dir, budget=budget.overrides()).fit()
         return
     cfg, data = make_config(run.variant, run.seed)
+    check_same_recipe(run, cfg)
     Trainer(cfg, run.run_dir, data=data).fit()
+
+
+#: data and train fields that may differ between the runs of one ablation: the seed, the
+#: budget (equal by construction, extendable), where the data and the run live and run, and
+#: what the variant sets itself.
+RECIPE_FREE = {"seed", "steps", "max_cpu_minutes", "max_minutes", "threads", "device",
+               "progress", "spectral_reg", "root", "path", "download"}
+
+
+def check_same_recipe(run: AblationRun, cfg) -> None:
+    """Refuse to start ``run`` with a data or train setting that differs from a run already
+    in the ablation's folder (e.g. a shipped config changed between sessions): the table
+    would compare recipes as well as variants. The error names each field and both values."""
+    from ..utils.config_io import to_dict
+
+    # through JSON, as config.json holds it (tuples as lists)
+    new = json.loads(json.dumps({"data": to_dict(cfg.data), "train": to_dict(cfg.train)}))
+    for other in sorted(run.run_dir.parent.parent.glob("*/seed*/config.json")):
+        if other.parent == run.run_dir:
+            continue
+        old = _load_json(other)
+        if old is None:
+            continue
+        diffs = [f"{sec}.{key}: {old[sec].get(key)!r} there, {value!r} here"
+                 for sec in ("data", "train") for key, value in new[sec].items()
+                 if key not in RECIPE_FREE
+                 and key in old.get(sec, {}) and old[sec][key] != value]
+        if diffs:
+            raise ConfigError(f"{run.run_dir}: this ablation's {other.parent} was trained with "
+                              f"another recipe ({'; '.join(diffs)}); pass --set for these "
+                              "fields, or use another --out")
+        return
 
 
 def validation_curve(records: list[dict]) -> dict:
