@@ -398,3 +398,19 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
                  "--no-progress", "--out", str(ev)]) == 0
     assert json.loads(ev.read_text())["L_3_stderr"] is None
     capsys.readouterr()
+
+
+def test_jigsaw_shuffles_whole_tiles_and_keeps_every_pixel():
+    from biva.data import ImageSplit
+    from biva.evaluation.ood_sets import synthetic_set
+
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    y = synthetic_set("jigsaw", ImageSplit(x), "8bit", seed=1).images
+    assert y.shape == x.shape and not torch.equal(y, x)
+    tiles = lambda t: {tuple(t[:, i:i + 2, j:j + 2].flatten().tolist())  # noqa: E731
+                       for i in range(0, 8, 2) for j in range(0, 8, 2)}
+    for a, b in zip(x, y, strict=True):
+        assert tiles(a) == tiles(b)               # the same 16 tiles, moved
+    assert torch.equal(y, synthetic_set("jigsaw", ImageSplit(x), "8bit", seed=1).images)
+    with pytest.raises(ValueError, match="must divide by 4"):
+        synthetic_set("jigsaw", ImageSplit(x[:, :, :6, :6]), "8bit")

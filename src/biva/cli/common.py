@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from pathlib import Path
 
 import torch
 
@@ -119,3 +120,28 @@ def parse_temperatures(text: str) -> list[float]:
     if not values or any(v < 0 for v in values):
         raise ValueError(f"--temperature: expected non-negative numbers, found {text!r}")
     return values
+
+
+def add_run_dir_argument(p, help: str = "a biva run directory") -> None:
+    """RUN_DIR, or ``--pretrained NAME`` for a shipped model (see biva.pretrained)."""
+    p.add_argument("run_dir", type=Path, nargs="?", default=None, help=f"{help} (or "
+                   "--pretrained NAME)")
+    p.add_argument("--pretrained", metavar="NAME", default=None,
+                   help="a shipped pretrained model instead of RUN_DIR (biva.pretrained."
+                   "list_models(); written once as runs/pretrained/NAME)")
+
+
+def resolve_run_dir(args) -> None:
+    """Set ``args.run_dir`` from ``--pretrained`` where the command takes one; refuse both
+    or neither."""
+    if not hasattr(args, "pretrained"):
+        return
+    if args.pretrained and args.run_dir is not None:
+        raise ValueError(f"give a run directory or --pretrained, not both ({args.run_dir}, "
+                         f"{args.pretrained})")
+    if args.pretrained:
+        from ..pretrained import materialize
+
+        args.run_dir = materialize(args.pretrained)
+    elif args.run_dir is None:
+        raise ValueError("a run directory is needed (or --pretrained NAME)")

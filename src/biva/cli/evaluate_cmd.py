@@ -14,6 +14,7 @@ from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
 from .common import (
     HelpFormatter,
+    add_run_dir_argument,
     add_runtime_options,
     nonnegative_int,
     positive_int,
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
         description="Compute L_1 (ELBO, with the KL of every latent group) and L_k on a split "
         "with the EMA weights of the best-validation (or latest) checkpoint; writes JSON.",
         formatter_class=HelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a biva run directory")
+    add_run_dir_argument(p, "a biva run directory")
     p.add_argument("--split", default="test", choices=["test", "valid", "train"],
                    help="the split to evaluate")
     p.add_argument("--k", type=positive_int, default=None,

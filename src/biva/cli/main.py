@@ -20,7 +20,7 @@ from . import (
     text_cmd,
     train_cmd,
 )
-from .common import BivaParser, HelpFormatter, unknown_options_error
+from .common import BivaParser, HelpFormatter, resolve_run_dir, unknown_options_error
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
                report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown_options_error(sub.choices[args.command], extra)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for worker processes
     try:
+        resolve_run_dir(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         # Training stops at a step boundary with a checkpoint (TrainingInterrupted says so);

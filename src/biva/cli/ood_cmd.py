@@ -30,7 +30,13 @@ from ..evaluation.ood_scores import SCORE_HELP, BoundSweep, parse_scores, score_
 from ..evaluation.ood_sets import SYNTHETIC, fit_to_shape, synthetic_set
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .common import add_runtime_options, parse_int_list, progress_bar, setup_runtime
+from .common import (
+    add_run_dir_argument,
+    add_runtime_options,
+    parse_int_list,
+    progress_bar,
+    setup_runtime,
+)
 
 _PATH_DATASETS = ("folder", "npz")
 
@@ -54,7 +60,7 @@ def add_parser(sub) -> None:
         "(detector.json), histograms and per-example scores (scores.npz/csv). Synthetic OOD "
         f"sets need no download: {', '.join(SYNTHETIC)}.",
         formatter_class=_Formatter)
-    p.add_argument("run_dir", type=Path, help="a biva run directory")
+    add_run_dir_argument(p, "a biva run directory")
     p.add_argument("--pair", choices=sorted(OOD_PAIRS), default=None,
                    help="a named experiment: sets --in-data and --ood-data "
                    "(fashion_vs_mnist is Table 5's binary pair)")

@@ -20,7 +20,7 @@ from ..evaluation.classification import (
 from ..evaluation.loading import load_trained
 from ..training import load_run_data
 from ..utils.atomic import atomic_write_json
-from .common import HelpFormatter, add_runtime_options, setup_runtime
+from .common import HelpFormatter, add_run_dir_argument, add_runtime_options, setup_runtime
 
 _IMAGE_KEYS = ("images", "x", "data", "X", "arr_0")
 _LABEL_KEYS = ("labels", "y", "targets")
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
         "images (--npz FILE, array 'images' or 'x', optional 'labels'). Writes an .npz with "
         "'probs' (N, C), 'pred' (N,) and 'labels' when known; prints the error if labels are "
         "known.", formatter_class=HelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a semi-supervised biva run directory")
+    add_run_dir_argument(p, "a semi-supervised biva run directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", choices=DATASET_NAMES, metavar="NAME",
                      help=f"a dataset ({', '.join(DATASET_NAMES)})")

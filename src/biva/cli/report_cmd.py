@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 
 from ..evaluation.report import write_report
-from .common import HelpFormatter, add_runtime_options, parse_temperatures, setup_runtime
+from .common import (
+    HelpFormatter,
+    add_run_dir_argument,
+    add_runtime_options,
+    parse_temperatures,
+    setup_runtime,
+)
 
 
 def add_parser(sub) -> None:
@@ -17,7 +23,7 @@ def add_parser(sub) -> None:
         "samples at several temperatures, generations from a fixed z_>i, reconstructions, an "
         "interpolation in the top latent. Also writes RUN_DIR/diagnostics.json.",
         formatter_class=HelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a biva run directory")
+    add_run_dir_argument(p, "a biva run directory")
     p.add_argument("--out", type=Path, default=None, help="HTML path (default: in run dir)")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path")
     p.add_argument("--temperature", default="1.0,0.85,0.7,0.5",

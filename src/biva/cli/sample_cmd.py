@@ -10,6 +10,7 @@ from ..evaluation.generation import samples_at_temperatures
 from ..evaluation.loading import load_trained
 from .common import (
     HelpFormatter,
+    add_run_dir_argument,
     add_runtime_options,
     parse_temperatures,
     positive_int,
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
         description="Draw images from the prior N(0, I) of the EMA model. Several "
         "temperatures (e.g. 1.0,0.8,0.6) give one row each, with the same latent noise.",
         formatter_class=HelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a biva run directory")
+    add_run_dir_argument(p, "a biva run directory")
     p.add_argument("-n", "--num", type=positive_int, default=64,
                    help="samples (per temperature)")
     p.add_argument("--temperature", default="1.0", help="one value or a comma-separated list")

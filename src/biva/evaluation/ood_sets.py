@@ -9,7 +9,10 @@ images: uint8 0..255) and returns a split of the same size and shape:
 * ``constant``: each image one value (half black, half white for binary images; a random
   colour for 8-bit ones);
 * ``hflip`` / ``vflip``: the images mirrored left-right / upside down;
-* ``invert``: 1 - x (binary) or 255 - x (8-bit).
+* ``invert``: 1 - x (binary) or 255 - x (8-bit);
+* ``jigsaw``: each image cut into a 4 x 4 grid of tiles put back in a random order: the
+  low-level statistics (pixels, edges, textures) of the data, its global structure destroyed
+  (a semantic shift without a download; the side must divide by 4).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 
 from ..data import ImageSplit
 
-SYNTHETIC = ("uniform", "mean_noise", "constant", "hflip", "vflip", "invert")
+SYNTHETIC = ("uniform", "mean_noise", "constant", "hflip", "vflip", "invert", "jigsaw")
+JIGSAW_GRID = 4
 
 
 def synthetic_set(name: str, reference: ImageSplit, kind: str, seed: int = 0) -> ImageSplit:
@@ -57,6 +61,8 @@ def synthetic_set(name: str, reference: ImageSplit, kind: str, seed: int = 0) ->
         out = x.flip(-2).contiguous()
     elif name == "invert":
         out = (top - x).to(torch.uint8)
+    elif name == "jigsaw":
+        out = _jigsaw(x, g)
     else:
         raise ValueError(f"unknown synthetic OOD set {name!r}; known: {', '.join(SYNTHETIC)}")
     return ImageSplit(out)
@@ -82,3 +88,17 @@ def fit_to_shape(split: ImageSplit, shape: tuple[int, int, int]) -> ImageSplit:
         xf = torch.nn.functional.interpolate(xf, size=(h, w), mode="bilinear", antialias=True,
                                              align_corners=False)
     return ImageSplit(xf.round().clamp(0, 255).to(torch.uint8).contiguous(), split.labels)
+
+
+def _jigsaw(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(N, C, H, W) -> the same images with their 4 x 4 tiles in a random order each."""
+    n, c, h, w = x.shape
+    t = JIGSAW_GRID
+    if h % t or w % t:
+        raise ValueError(f"jigsaw: the image side ({h}x{w}) must divide by {t}")
+    th, tw = h // t, w // t
+    tiles = x.reshape(n, c, t, th, t, tw).permute(0, 2, 4, 1, 3, 5).reshape(n, t * t, c, th, tw)
+    order = torch.stack([torch.randperm(t * t, generator=g) for _ in range(n)])
+    tiles = tiles[torch.arange(n)[:, None], order]
+    return (tiles.reshape(n, t, t, c, th, tw).permute(0, 3, 1, 4, 2, 5)
+            .reshape(n, c, h, w).contiguous())

@@ -1,0 +1,288 @@
+"""Pretrained models shipped with the package, and sharing in the Hugging Face Hub layout.
+
+A pretrained model is a folder (inside the package for the shipped ones, anywhere for
+:func:`from_pretrained`) holding:
+
+* ``config.json``: the run config (model, data, train, eval) it was trained with;
+* ``model.safetensors``: the EMA weights (float32, or float16 where the card's figures do not
+  move beyond their Monte Carlo error);
+* ``card.json``: the model card: data and split, the training command, commit, CPU-minutes
+  and steps, the expected scores with their Monte Carlo error, and the sha256 of
+  ``model.safetensors``;
+* ``README.md``: the card for people (the Hub's model page);
+* ``detector.json`` (optional): a fitted anomaly detector for it.
+
+``load(name)`` checks the checksum before it reads a weight: a mismatch is refused, naming the
+file, the expected and the found digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..training.config import RunConfig, read_run_config
+from ..utils.atomic import atomic_write_json, atomic_write_text
+
+#: Files every pretrained folder has.
+REQUIRED = ("config.json", "model.safetensors", "card.json")
+
+
+class ChecksumError(RuntimeError):
+    """A pretrained file whose sha256 is not the one its card states."""
+
+
+@dataclass
+class Pretrained:
+    """A loaded pretrained model: ``model`` (eval mode, float32), its ``config``, ``card``
+    (dict), the fitted ``detector`` (an :class:`~biva.evaluation.ood_detector.OODDetector`)
+    where one ships, and ``path``, the folder it came from."""
+
+    name: str
+    model: torch.nn.Module
+    config: RunConfig
+    card: dict[str, Any]
+    path: Path
+    detector: Any = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _shipped_root() -> Path:
+    return Path(str(resources.files("biva") / "pretrained"))
+
+
+def list_models() -> list[str]:
+    """Names of the pretrained models shipped with the package."""
+    root = _shipped_root()
+    return sorted(p.name for p in root.iterdir() if (p / "card.json").is_file())
+
+
+# ``biva.pretrained.list()``: the name users expect (as torch.hub.list).
+list = list_models  # noqa: A001
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    shipped = _shipped_root() / str(name_or_path)
+    if (shipped / "card.json").is_file():
+        return shipped
+    raise FileNotFoundError(f"pretrained model {str(name_or_path)!r}: not a shipped name "
+                            f"({', '.join(list_models()) or 'none shipped'}) nor a folder")
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The card.json of a pretrained folder, with the fields every card needs checked."""
+    path = folder / "card.json"
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON card ({e})") from e
+    for key in ("name", "sha256", "scores", "training"):
+        if key not in card:
+            raise ValueError(f"{path}: field {key!r} missing (expected name, sha256, scores, "
+                             f"training)")
+    return card
+
+
+def verify(folder: Path, card: dict[str, Any]) -> None:
+    """Raise :class:`ChecksumError` when a file's sha256 differs from the card's."""
+    for fname, expected in card["sha256"].items():
+        found = sha256_file(folder / fname)
+        if found != expected:
+            raise ChecksumError(f"{folder / fname}: sha256 {found} does not match the card's "
+                                f"{expected}; the file is damaged or not this model's")
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """A shipped model by name (see :func:`list_models`) or a pretrained folder: checksums
+    verified, weights loaded into the model its config describes (float32, eval mode)."""
+    from ..evaluation.loading import _build_run_model
+
+    folder = _folder(name_or_path)
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: pretrained folder without {', '.join(missing)}")
+    card = read_card(folder)
+    verify(folder, card)
+    cfg = read_run_config(folder / "config.json")
+    model = _build_run_model(cfg, folder)
+    weights = load_file(folder / "model.safetensors")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in weights.items()})
+    model = model.to(device).eval()
+    detector = None
+    if (folder / "detector.json").is_file():
+        from ..evaluation.ood_detector import OODDetector
+
+        detector = OODDetector.load(folder / "detector.json", model)
+    return Pretrained(card.get("name", folder.name), model, cfg, card, folder, detector)
+
+
+def from_pretrained(path_or_hub_id: str | Path,
+                    device: str | torch.device = "cpu") -> Pretrained:
+    """:func:`load` from a local folder, a shipped name, or a Hugging Face Hub id
+    ("owner/name", downloaded with ``huggingface_hub`` when it is installed)."""
+    text = str(path_or_hub_id)
+    if Path(text).is_dir() or "/" not in text or text.startswith((".", "/")):
+        return load(path_or_hub_id, device)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise ImportError(f"{text!r} looks like a Hub id; install huggingface_hub to download "
+                          "it, or pass a local folder") from e
+    return load(snapshot_download(text), device)
+
+
+def save_pretrained(run_dir: str | Path, out: str | Path, *, card: dict[str, Any],
+                    half: bool = False, which: str = "best") -> Path:
+    """Write a run's evaluation weights (EMA) as a pretrained folder in the Hub layout.
+
+    ``card``: the card's fields (name, description, data, training: command, commit,
+    cpu_minutes, steps; scores: a list of {metric, split, n_examples, seed, value,
+    mc_error}); the sha256 fields are added here. ``half`` stores floating tensors as float16.
+    A ``detector.json`` in the run directory is copied. Returns ``out``.
+    """
+    from ..evaluation.loading import find_checkpoint
+    from ..utils.checkpoint import load_checkpoint
+
+    run_dir, out = Path(run_dir), Path(out)
+    tensors, state = load_checkpoint(find_checkpoint(run_dir, which))
+    weights = tensors["ema"] if "ema" in tensors else tensors["model"]
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"))
+    shutil.copyfile(run_dir / "config.json", out / "config.json")
+    files = ["model.safetensors", "config.json"]
+    detector = run_dir / "ood" / "detector.json"
+    if (run_dir / "detector.json").is_file():
+        detector = run_dir / "detector.json"
+    if detector.is_file():
+        shutil.copyfile(detector, out / "detector.json")
+        files.append("detector.json")
+    full = {**card, "name": card.get("name", out.name), "step": state.get("step"),
+            "dtype": "float16" if half else "float32",
+            "sha256": {f: sha256_file(out / f) for f in files}}
+    atomic_write_json(out / "card.json", full)
+    atomic_write_text(out / "README.md", card_markdown(full))
+    return out
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The card as the README.md of a Hub model page: what it is, how it was made, the
+    scores it should give."""
+    t = card.get("training", {})
+    lines = [f"# {card['name']}", "", card.get("description", ""), "",
+             "- data: " + ", ".join(f"{k} {v}" for k, v in card.get("data", {}).items()
+                                   if v is not None),
+             f"- trained with: `{t.get('command', '?')}` (commit {t.get('commit', '?')}, "
+             f"{t.get('cpu_minutes', '?')} CPU-minutes, {t.get('steps', '?')} steps, "
+             f"{t.get('date', '?')})",
+             f"- weights: {card.get('dtype', 'float32')}, sha256 "
+             f"{card['sha256'].get('model.safetensors', '?')}", "",
+             "| score | split | examples | seed | expected | Monte Carlo error |",
+             "|---|---|---|---|---|---|"]
+    for s in card.get("scores", []):
+        lines.append(f"| {s['metric']} | {s['split']} | {s['n_examples']} | {s['seed']} | "
+                     f"{s['value']:.4f} | {s['mc_error']:.4f} |")
+    lines += ["", "Load it with `biva.pretrained.load(...)` or `biva.pretrained."
+              "from_pretrained(...)` (the biva library)."]
+    return "\n".join(lines) + "\n"
+
+
+def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> Path:
+    """A run directory for a pretrained model (``runs/pretrained/NAME`` by default): its
+    config.json and a ``checkpoints/best`` of its weights, so that every command that takes a
+    run directory takes it (``--pretrained NAME``). Written once; rewritten when the card's
+    checksum changes."""
+    from ..utils.checkpoint import save_checkpoint
+
+    folder = _folder(name_or_path)
+    card = read_card(folder)
+    verify(folder, card)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / "pretrained" / card["name"]
+    stamp = run_dir / "pretrained.json"
+    digest = card["sha256"]["model.safetensors"]
+    if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "config.json", run_dir / "config.json")
+    weights = {k: v.float() if v.is_floating_point() else v
+               for k, v in load_file(folder / "model.safetensors").items()}
+    save_checkpoint(run_dir / "checkpoints" / "best", tensors={"ema": weights},
+                    state={"step": card.get("step") or 0, "pretrained": card["name"]})
+    if (folder / "detector.json").is_file():
+        (run_dir / "ood").mkdir(exist_ok=True)
+        shutil.copyfile(folder / "detector.json", run_dir / "ood" / "detector.json")
+    atomic_write_json(stamp, {"name": card["name"], "sha256": digest, "from": str(folder)})
+    return run_dir
+
+
+def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.Tensor:
+    """The images of a folder (or one image file) as the input a model of ``config`` scores:
+    uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
+    binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
+    binarized test sets are. Files are taken in sorted order, recursively."""
+    from ..data.formats import IMAGE_EXTENSIONS, read_images
+    from ..data.types import ImageSplit
+    from ..evaluation.ood_sets import fit_to_shape
+
+    path = Path(path)
+    files = ([path] if path.is_file() else
+             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    shape = tuple(config.model.input_shape)
+    raw = torch.from_numpy(read_images(files, size=shape[-1]))
+    binary = config.model.likelihood == "bernoulli"
+    if binary and int(raw.max()) <= 1:
+        raw = raw * 255                                    # bilevel files: 0/1 -> 0/255
+    images = fit_to_shape(ImageSplit(raw.to(torch.uint8)), shape).images
+    if binary:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.bernoulli(images.float() / 255, generator=g).to(torch.uint8)
+    return images
+
+
+def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int = 200,
+            seed: int = 0, data_root: str | Path | None = None) -> float:
+    """One score of a card, re-measured: ``metric`` "L_1" or "L_K" (nats per example, K
+    importance samples) on the first ``n_examples`` of the seeded evaluation ``split`` of the
+    model's own dataset (read from ``data_root`` or the config's)."""
+    from dataclasses import replace
+
+    from ..evaluation import evaluate_bounds, evaluation_split
+    from ..training import load_run_data
+
+    if not (metric.startswith("L_") and metric[2:].isdigit()):
+        raise ValueError(f"metric {metric!r}: expected L_1 or L_K (K an int)")
+    cfg = p.config
+    if data_root is not None:
+        cfg = replace(cfg, data=replace(cfg.data, root=str(data_root)))
+    data = load_run_data(cfg)
+    examples = evaluation_split(data, split, seed=cfg.train.seed)
+    k = int(metric[2:])
+    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, k=max(k, 1),
+                          batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
+                          n_examples=n_examples, device=next(p.model.parameters()).device,
+                          seed=seed)
+    return float(res[metric])

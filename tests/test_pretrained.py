@@ -1,0 +1,138 @@
+"""Shipped pretrained models: every card's scores re-measured on its seeded slice of the real
+test data, checksums, the Hub-layout round trip, ``--pretrained`` and reading a folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from biva.cli.main import main
+from biva.pretrained import (
+    ChecksumError,
+    from_pretrained,
+    list_models,
+    load,
+    measure,
+    read_folder,
+    save_pretrained,
+)
+
+SHIPPED = list_models()
+MAX_BYTES = 25_000_000
+
+
+def test_at_least_the_demo_model_ships_and_all_fit_the_size_budget():
+    assert "digits" in SHIPPED
+    from biva.pretrained import _shipped_root
+
+    total = sum(f.stat().st_size for name in SHIPPED for f in (_shipped_root() / name).iterdir())
+    assert total <= MAX_BYTES, f"{total / 1e6:.1f} MB of checkpoints, over 25 MB"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_card_score_is_what_the_checkpoint_gives(name, monkeypatch):
+    """The card's seed-0 value on its slice, within its stated Monte Carlo error: a wrong
+    checkpoint, a changed bound or a changed data split fails."""
+    monkeypatch.chdir("/")  # data from the config's root or BIVA_DATA_DIR, not the cwd
+    p = load(name)
+    card = p.card
+    for key in ("data", "training", "scores", "sha256", "dtype"):
+        assert key in card, key
+    for key in ("command", "commit", "cpu_minutes", "steps", "date"):
+        assert key in card["training"], key
+    assert card["scores"], "a card with no score to check"
+    torch.set_num_threads(1)
+    for s in card["scores"]:
+        got = measure(p, s["metric"], split=s["split"], n_examples=s["n_examples"],
+                      seed=s["seed"])
+        tol = s["mc_error"] + 1e-3 * abs(s["value"])
+        assert abs(got - s["value"]) <= tol, (
+            f"{name} {s['metric']}: measured {got:.4f}, card {s['value']:.4f} +- {tol:.4f}")
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
+    src = load("digits").path
+    dst = tmp_path / "digits"
+    shutil.copytree(src, dst)
+    blob = bytearray((dst / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (dst / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ChecksumError, match=r"model.safetensors: sha256 .* does not match"):
+        load(dst)
+
+
+def test_missing_files_and_unknown_names_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a shipped name"):
+        load("no-such-model")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(FileNotFoundError, match="without config.json, model.safetensors"):
+        load(tmp_path / "x")
+
+
+def test_hub_ids_need_huggingface_hub(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(ImportError, match="install huggingface_hub"):
+        from_pretrained("someone/biva-model")
+
+
+def test_save_and_from_pretrained_round_trip_in_the_hub_layout(tmp_path):
+    from biva.evaluation.loading import load_trained
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", "digits", "--run-dir", str(run), "--steps", "4",
+                 "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
+                 "--set", "train.log_every=2", "--set", "train.finetune_steps=0",
+                 "--set", "model.filters=[8]", "--set", "model.blocks=1",
+                 "--threads", "1", "--no-progress"]) == 0
+    card = {"name": "tiny", "description": "a test", "data": {"name": "digits"},
+            "training": {"command": "biva train ...", "commit": "x", "cpu_minutes": 0.1,
+                         "steps": 4, "date": "2026-12-02"}, "scores": []}
+    out = save_pretrained(run, tmp_path / "hub", card=card)
+    assert {"config.json", "model.safetensors", "README.md", "card.json"} <= {
+        f.name for f in out.iterdir()}
+    assert "# tiny" in (out / "README.md").read_text()
+    p = from_pretrained(out)
+    ref, _, _ = load_trained(run)
+    x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.4))
+    torch.manual_seed(0)
+    a = p.model(x).log_weight
+    torch.manual_seed(0)
+    b = ref(x).log_weight
+    torch.testing.assert_close(a, b)
+    half = from_pretrained(save_pretrained(run, tmp_path / "hub16", card=card, half=True))
+    assert json.loads((tmp_path / "hub16" / "card.json").read_text())["dtype"] == "float16"
+    assert all(t.dtype == torch.float32 for t in half.model.state_dict().values()
+               if t.is_floating_point())
+
+
+def test_commands_take_a_pretrained_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--pretrained", "digits", "--k", "3", "--no-progress"]) == 0
+    assert (tmp_path / "runs" / "pretrained" / "digits" / "eval_test_k3.json").is_file()
+    assert main(["sample", "--pretrained", "digits", "-n", "4"]) == 0
+    assert main(["evaluate", "runs/x", "--pretrained", "digits"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["evaluate"]) == 2
+    assert "a run directory is needed (or --pretrained NAME)" in capsys.readouterr().err
+
+
+def test_read_folder_gives_the_models_input(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    p = load("digits")
+    x = read_folder(tmp_path, p.config)
+    assert x.dtype == torch.uint8 and x.shape == (3, 1, 8, 8)
+    assert set(x.unique().tolist()) <= {0, 1}          # a binary model: drawn to {0, 1}
+    torch.testing.assert_close(read_folder(tmp_path, p.config), x)   # a fixed draw
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        read_folder(tmp_path / "empty", p.config)
