@@ -95,8 +95,8 @@ def trained():
     for v in ALL_MODELS:
         torch.manual_seed(1)
         # The top-down models start with their priors' and projections' outputs scaled down
-        # (VDVAE's init): 300 steps make every group carry information.
-        steps, lr = (300, 1e-3) if v in ("vdvae", "nvae") else (100, 1e-3)
+        # (VDVAE's init): 400 steps make every group carry information.
+        steps, lr = (400, 1e-3) if v in ("vdvae", "nvae") else (100, 1e-3)
         out[v] = train(build_hierarchy(tiny_config(v)), steps=steps, lr=lr)
     return out
 

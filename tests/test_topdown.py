@@ -144,6 +144,7 @@ def test_nvae_cifar10_preset_parameter_count_by_hand():
     dec_cell = (bn(W) + _conv(W, E, 1) + bn(E) + _conv(E, E, 5, groups=E) + bn(E)
                 + _conv(E, W, 1) + bn(W) + se(W))
     total = _conv(3, W, 3) + 60 * enc_cell + W * 16 * 16
+    total += enc_cell + dec_cell          # one cell each at 32x32 (the spec starts at 16)
     for g in range(30):
         top = g == 0
         total += 0 if top else dec_cell + _conv(W, 2 * z, 3)   # cell, prior

@@ -70,8 +70,9 @@ def _digits(**kw) -> ModelConfig:
 
 
 #: Width of a top-down model relative to the BIVA-family model it replaces, so that a training
-#: step costs about as much: on natural32-cpu (32 photos, one thread, bf16) BIVA took 0.47 s
-#: a step, VDVAE-style at 3x its filters 0.48 s, NVAE-style at 1x 0.58 s (2026-12-02).
+#: step costs about as much: on natural32-cpu (32 photos, one thread, bf16, idle cores) BIVA
+#: took 0.47 s a step, VDVAE-style at 3x its filters 0.55 s, NVAE-style at 1x 0.77 s (its
+#: narrowest; 2026-12-02).
 EQUAL_COST_WIDTH = {"vdvae": 3, "nvae": 1}
 
 

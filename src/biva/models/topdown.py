@@ -4,8 +4,9 @@ Notation: ``model.spec`` lists resolutions r_1 > r_2 > ... (image side first) wi
 blocks at each; layer i = 1..L counts those blocks from the bottom, so z_1 is the decoder's
 last block (at r_1, nearest x) and z_L its first (at the lowest resolution).
 
-* Encoder (deterministic, once per image, shared by every importance sample): a 3x3 stem,
-  average-pooled to r_1 if r_1 < the image side; at each r_j its residual blocks
+* Encoder (deterministic, once per image, shared by every importance sample): a 3x3 stem;
+  if r_1 < the image side, one residual block there and an average pool to r_1; at each r_j
+  its residual blocks
   (``model.encoder_spec``); an average pool leads to r_{j+1}. Latent block i reads encoder
   features a_i at its resolution: VDVAE's last block output there (one for all the blocks at
   r_j); NVAE's output of the encoder group mirroring block i (the encoder's blocks at r_j split
@@ -23,7 +24,8 @@ last block (at r_1, nearest x) and z_L its first (at the lowest resolution).
 
 * The top layer z_L has the prior N(0, I) in both (NVAE's top group; VDVAE's learned constant
   state makes its top prior a learned Gaussian, which the posterior and decoder absorb).
-* After the last block: unpool to the image side if r_1 is smaller, a 1x1 conv to p(x|z).
+* After the last block: if r_1 is below the image side, unpool to it and one residual block
+  there; then a 1x1 conv to the parameters of p(x|z).
 
 Because q(z_i | x, z_>i) reads only the encoder and the layers above, drawing z_<=k from the
 conditional prior gives the bound L^{>k} exactly as for BIVA's family (see
@@ -159,6 +161,18 @@ class TopDownVAE(LatentHierarchy):
         enc = config.encoder_blocks()
         n_enc = sum(n for _, n in enc)
         self.stem = conv(c_in, W, 3)
+        # Below the image side, one block at the image resolution on each side (NVAE's pre-
+        # and post-processing cells; VDVAE has blocks there): without them p(x|z) would be
+        # one set of parameters per r_1 x r_1 patch of pixels.
+        self.in_block = self.out_block = None
+        if self.resolutions[0] < side:
+            if self.family == "vdvae":
+                self.in_block = BottleneckBlock(W, mid, W, side, residual=True,
+                                                out_scale=residual_scale(n_enc))
+                self.out_block = BottleneckBlock(W, mid, W, side, residual=True,
+                                                 out_scale=residual_scale(L))
+            else:
+                self.in_block, self.out_block = NVAEEncoderCell(W), NVAEDecoderCell(W, mid)
         self.encoder = nn.ModuleList()                         # one nn.Sequential per r_j
         for r, n in enc:
             if self.family == "vdvae":
@@ -195,8 +209,8 @@ class TopDownVAE(LatentHierarchy):
         """Encoder features a_i (N, W, r, r) of every layer, layer 1 first; computed on the B
         input rows once and repeated to N = n_samples * B rows (no sample enters them)."""
         h = self.stem(x)
-        if h.shape[-1] != self.resolutions[0]:
-            h = F.avg_pool2d(h, h.shape[-1] // self.resolutions[0])
+        if self.in_block is not None:
+            h = F.avg_pool2d(self.in_block(h), h.shape[-1] // self.resolutions[0])
         acts: list[Tensor] = []
         for j, stage in enumerate(self.encoder):
             n_latent = self.blocks_per_res[j][1]
@@ -235,8 +249,9 @@ class TopDownVAE(LatentHierarchy):
 
                 h = block.update(h, pick(layer, p, posterior))
                 layer -= 1
-        if h.shape[-1] != self._side:
-            h = F.interpolate(h, scale_factor=self._side // h.shape[-1], mode="nearest")
+        if self.out_block is not None:
+            h = self.out_block(F.interpolate(h, scale_factor=self._side // h.shape[-1],
+                                             mode="nearest"))
         return self.out_conv(h)
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
