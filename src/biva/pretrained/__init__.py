@@ -18,7 +18,6 @@ file, the expected and the found digest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..training.config import RunConfig, read_run_config
 from ..utils.atomic import atomic_write_json, atomic_write_text
+from ..utils.checkpoint import _sha256_file
 
 #: Files every pretrained folder has.
 REQUIRED = ("config.json", "model.safetensors", "card.json")
@@ -70,12 +70,14 @@ list = list_models  # noqa: A001
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file (the checkpoint module's chunked reader)."""
+    return _sha256_file(path)[0]
+
+
+def _float32_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors of a pretrained folder, floating tensors as float32."""
+    return {k: v.float() if v.is_floating_point() else v
+            for k, v in load_file(folder / "model.safetensors").items()}
 
 
 def _folder(name_or_path: str | Path) -> Path:
@@ -125,9 +127,7 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretra
     verify(folder, card)
     cfg = read_run_config(folder / "config.json")
     model = _build_run_model(cfg, folder)
-    weights = load_file(folder / "model.safetensors")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in weights.items()})
+    model.load_state_dict(_float32_weights(folder))
     model = model.to(device).eval()
     detector = None
     if (folder / "detector.json").is_file():
@@ -226,9 +226,7 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / "config.json", run_dir / "config.json")
-    weights = {k: v.float() if v.is_floating_point() else v
-               for k, v in load_file(folder / "model.safetensors").items()}
-    save_checkpoint(run_dir / "checkpoints" / "best", tensors={"ema": weights},
+    save_checkpoint(run_dir / "checkpoints" / "best", tensors={"ema": _float32_weights(folder)},
                     state={"step": card.get("step") or 0, "pretrained": card["name"]})
     if (folder / "detector.json").is_file():
         (run_dir / "ood").mkdir(exist_ok=True)
