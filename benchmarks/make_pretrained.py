@@ -1,15 +1,21 @@
 """Turn a finished run into a shipped pretrained model with its card (maintainers' tool).
 
-Writes src/biva/pretrained/NAME/ (config.json, model.safetensors, card.json, README.md and the
-run's detector.json if it has one). Each card score is measured on a fixed, seeded slice of the
-real test split at importance-sampling seeds 0, 1, 2: the card states the seed-0 value (what
+Writes src/biva/pretrained/NAME/ (config.json, model.safetensors, card.json, README.md and,
+with --detector, a detector.json). Each card score is measured on a fixed, seeded slice of the
+real test split at sampling seeds 0, 1, 2: the card states the seed-0 value (what
 tests/test_pretrained.py re-measures) and the standard deviation over the three seeds as its
-Monte Carlo error. With --half the weights are stored as float16 only if every score moves
+Monte Carlo error. With --half the weights are stored as float16 only if every bound moves
 by less than its Monte Carlo error; otherwise float32 is kept (and the card says which).
+--detector fits the no-examples density detector (``OODDetector(score="dos")``) on the
+first --n-valid validation images with the weights as shipped, after the precision is
+chosen; ``auroc:NAME`` metrics are measured with it. --data-path rewrites an absolute
+folder path in the config to one relative to the data root (e.g. photos32), so the card's
+test finds the data on any machine.
 
 Usage:
   python benchmarks/make_pretrained.py RUN_DIR NAME --description TEXT --command "biva ..."
-      --commit SHA --date YYYY-MM-DD [--metric L_1 --metric L_100] [--n-examples 200] [--half]
+      --commit SHA --date YYYY-MM-DD [--metric L_1 --metric L_100 --metric auroc:mnist]
+      [--n-examples 200] [--half] [--detector --n-valid 1000] [--data-path photos32]
 """
 
 from __future__ import annotations
@@ -25,9 +31,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from biva.pretrained import card_markdown, load, measure, save_pretrained  # noqa: E402
+from biva.pretrained import (  # noqa: E402
+    card_markdown,
+    load,
+    measure,
+    save_pretrained,
+    sha256_file,
+)
 from biva.utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from biva.utils.jsonl import read_jsonl  # noqa: E402
+
+UNITS = {"L": "nats", "bpd": "bits/dim", "auroc": "AUROC (OOD positive)"}
+
+
+def _unit(metric: str) -> str:
+    return UNITS[metric.split(":")[0].split("_")[0]]
 
 
 def _scores(folder: Path, metrics: list[str], n: int) -> list[dict]:
@@ -35,10 +53,44 @@ def _scores(folder: Path, metrics: list[str], n: int) -> list[dict]:
     out = []
     for metric in metrics:
         values = [measure(p, metric, n_examples=n, seed=s) for s in (0, 1, 2)]
-        out.append({"metric": metric, "unit": "nats", "split": "test", "n_examples": n,
+        out.append({"metric": metric, "unit": _unit(metric), "split": "test", "n_examples": n,
                     "seed": 0, "value": values[0],
                     "mc_error": statistics.stdev(values) if len(values) > 1 else 0.0})
+        print(f"{metric}: {values}", flush=True)
     return out
+
+
+def _fit_detector(folder: Path, run_dir: Path, n_valid: int) -> dict:
+    """A density (dos) detector fitted on the shipped weights and the run's validation
+    images, written into ``folder``; returns its summary for the card."""
+    import torch
+
+    from biva.evaluation import evaluation_split
+    from biva.evaluation.ood_detector import OODDetector
+    from biva.training import load_run_data
+
+    p = load(folder)
+    data = load_run_data(p.config)
+    valid = evaluation_split(data, "valid", p.config.train.seed)
+    valid = valid.subset(torch.arange(min(n_valid, len(valid))))
+    det = OODDetector(p.model, kind=data.kind, bits=p.config.model.bits,
+                      seed=p.config.train.seed).fit(valid.images)
+    det.save(folder / "detector.json")
+    return {"score": det.score_, "k": det.k_, "n_fit": det.n_fit_, "in_tpr": det.in_tpr,
+            "fitted_on": f"the first {det.n_fit_} validation images of {data.name}"}
+
+
+def _relative_data_path(folder: Path, data_path: str | None) -> None:
+    """Point the shipped config at a folder relative to the data root (and update the card's
+    checksum of config.json)."""
+    if data_path is None:
+        return
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["data"]["path"], cfg["data"]["root"] = data_path, None
+    atomic_write_json(folder / "config.json", cfg)
+    card = json.loads((folder / "card.json").read_text())
+    card["sha256"]["config.json"] = sha256_file(folder / "config.json")
+    atomic_write_json(folder / "card.json", card)
 
 
 def main() -> int:
@@ -52,8 +104,15 @@ def main() -> int:
     ap.add_argument("--metric", action="append", default=None)
     ap.add_argument("--n-examples", type=int, default=200)
     ap.add_argument("--half", action="store_true")
+    ap.add_argument("--detector", action="store_true")
+    ap.add_argument("--n-valid", type=int, default=1000)
+    ap.add_argument("--data-path", default=None)
     args = ap.parse_args()
     metrics = args.metric or ["L_1", "L_100"]
+    bounds = [m for m in metrics if not m.startswith("auroc:")]
+    aurocs = [m for m in metrics if m.startswith("auroc:")]
+    if aurocs and not args.detector:
+        ap.error("auroc:NAME metrics need --detector")
     out = ROOT / "src" / "biva" / "pretrained" / args.name
     cfg = json.loads((args.run_dir / "config.json").read_text())
     records = read_jsonl(args.run_dir / "metrics.jsonl")
@@ -67,13 +126,15 @@ def main() -> int:
     tmp = out.with_name(out.name + ".float32")
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(args.run_dir, tmp, card={**card, "scores": []})
-    scores = _scores(tmp, metrics, args.n_examples)
+    _relative_data_path(tmp, args.data_path)
+    scores = _scores(tmp, bounds, args.n_examples)
     chosen, half = tmp, False
     if args.half:
         tmp16 = out.with_name(out.name + ".float16")
         shutil.rmtree(tmp16, ignore_errors=True)
         save_pretrained(args.run_dir, tmp16, card={**card, "scores": []}, half=True)
-        s16 = _scores(tmp16, metrics, args.n_examples)
+        _relative_data_path(tmp16, args.data_path)
+        s16 = _scores(tmp16, bounds, args.n_examples)
         moved = [abs(a["value"] - b["value"]) for a, b in zip(scores, s16, strict=True)]
         if all(m < max(a["mc_error"], 1e-9) for m, a in zip(moved, scores, strict=True)):
             chosen, half, scores = tmp16, True, s16
@@ -84,6 +145,15 @@ def main() -> int:
     for extra in (tmp, out.with_name(out.name + ".float16")):
         shutil.rmtree(extra, ignore_errors=True)
     full = json.loads((out / "card.json").read_text())
+    (out / "detector.json").unlink(missing_ok=True)    # a run's own: fitted on other weights
+    full["sha256"].pop("detector.json", None)
+    if args.detector:
+        full["detector"] = _fit_detector(out, args.run_dir, args.n_valid)
+        full["sha256"]["detector.json"] = sha256_file(out / "detector.json")
+    full["sha256"]["config.json"] = sha256_file(out / "config.json")
+    full["scores"] = []
+    atomic_write_json(out / "card.json", full)
+    scores += _scores(out, aurocs, args.n_examples)
     full["scores"] = scores
     atomic_write_json(out / "card.json", full)
     atomic_write_text(out / "README.md", card_markdown(full))

@@ -175,14 +175,35 @@ def test_cli_writes_every_promised_file(tiny_run, capsys):
     # k chosen on validation images (the synthetic sets have them; --ood-split all has not).
     sel = metrics["selected_on_validation"]["lk"]
     assert set(sel) == {"invert", "uniform"} and sel["uniform"]["k"] in (0, 2)
+    # The default detector: the density of [L, LLR^{>2}] on the 40 validation digits alone.
     det = json.loads((out / "detector.json").read_text())
-    assert det["score"] in ("elbo", "lk", "llr", "llr_mean") and det["n_fit"] == 40
-    assert metrics["detector"]["chosen_on"] == ["invert", "uniform"]
+    assert det["score"] == "dos" and det["k"] == [2] and det["n_fit"] == 40
+    assert len(det["dos"]["reference"]) == 40 and det["dos"]["columns"] == ["L", "LLR_mean>2"]
+    assert metrics["detector"]["chosen_on"] == []
+    assert set(metrics["detector"]["test"]) == {"flipped", "invert", "uniform"}
+    assert all(0 <= m["auroc"] <= 1 for m in metrics["detector"]["test"].values())
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 120 and rows[0]["role"] == "in"
     assert float(rows[0]["L_gt0_nats"]) == first and "LLR_gt2_nats" in rows[0]
     assert "L^{>2}" in (out / "table.md").read_text()
     assert "k chosen by validation AUROC" in (out / "metrics.md").read_text()
+    assert "no anomaly examples" in (out / "metrics.md").read_text()
+
+
+def test_cli_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
+    run, _root = tiny_run
+    out = tmp_path / "ood"
+    assert main(["ood", str(run), "--ood-data", "invert", "uniform", "--k", "0,2",
+                 "--n-examples", "20", "--threads", "1", "--device", "cpu", "--n-valid", "30",
+                 "--bootstrap", "0", "--detector", "synthetic", "--out", str(out)]) == 0
+    det = json.loads((out / "detector.json").read_text())
+    assert det["score"] in ("elbo", "lk", "llr") and det["n_fit"] == 30
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["detector"]["chosen_on"] == ["invert", "uniform"]
+    assert main(["ood", str(run), "--ood-data", "invert", "--k", "0,2", "--n-examples", "20",
+                 "--threads", "1", "--device", "cpu", "--n-valid", "30", "--bootstrap", "0",
+                 "--detector", "none", "--out", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none" / "detector.json").exists()
 
 
 def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
@@ -336,7 +357,7 @@ def test_detector_for_run_fits_on_validation_never_the_test_split(tiny_run, monk
         return data
 
     monkeypatch.setattr(training, "load_run_data", poisoned)
-    det = detector_for_run(run, n_valid=60, synthetic=("uniform", "invert"))
+    det = detector_for_run(run, n_valid=60, score=None, synthetic=("uniform", "invert"))
     assert det.n_fit_ == 60 and det.score_ in ("llr", "lk", "elbo")
     assert {tuple(sorted(r["auroc"])) for r in det.selection_} == {("invert", "uniform")}
 
@@ -387,8 +408,11 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
         warnings.simplefilter("error")
         assert main(["ood", str(tiny_run[0]), "--ood-data", "uniform", "--n-examples", "1",
                      "--n-valid", "1", "--no-progress", "--out", str(out)]) == 0
-    for name in ("metrics.json", "table.json", "detector.json"):
+    for name in ("metrics.json", "table.json"):
         json.loads((out / name).read_text())
+    # A density of one image's statistics is not defined: said, and no detector.json.
+    assert "--n-valid >= 2" in capsys.readouterr().err
+    assert not (out / "detector.json").exists()
     # One image has no standard error: null, as biva evaluate writes it (it said 0.0).
     cells = json.loads((out / "table.json").read_text())["datasets"]
     assert all(c["stderr_nats"] is None for row in cells.values() for c in row["k"].values())

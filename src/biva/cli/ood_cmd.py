@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import DatasetSplits, ImageSplit, load_dataset
+from ..data import DatasetSplits, ImageSplit
 from ..evaluation import evaluation_split
+from ..evaluation.density_of_states import DOS_SWEEP_SCORES
 from ..evaluation.loading import load_trained
 from ..evaluation.ood import (
     METRIC_CONVENTION,
@@ -27,7 +28,7 @@ from ..evaluation.ood import (
 )
 from ..evaluation.ood_detector import OODDetector
 from ..evaluation.ood_scores import SCORE_HELP, BoundSweep, parse_scores, score_ks, sweep_split
-from ..evaluation.ood_sets import SYNTHETIC, fit_to_shape, synthetic_set
+from ..evaluation.ood_sets import SYNTHETIC, fit_to_shape, load_like_run, synthetic_set
 from ..training import load_run_data
 from ..utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .common import (
@@ -86,6 +87,11 @@ def add_parser(sub) -> None:
     p.add_argument("--n-valid", type=int, default=1000,
                    help="validation images per set for choosing k and fitting the detector "
                    "(0: no choice, no detector)")
+    p.add_argument("--detector", choices=["dos", "synthetic", "none"], default="dos",
+                   help="the detector.json fitted: dos = the density of [L_K, LLR^{>k} for "
+                   "each --k >= 1] on in-distribution validation images alone (no anomaly "
+                   "examples); synthetic = one (score, k) chosen against the synthetic "
+                   "--ood-data sets; none")
     p.add_argument("--bootstrap", type=int, default=200,
                    help="bootstrap replicates for the metrics' 95%% intervals (0: none)")
     p.add_argument("--n-samples", type=int, default=1,
@@ -127,24 +133,6 @@ def _label(name: str, path: str | None, taken: set[str]) -> str:
         label, i = f"{base}_{i}", i + 1
     taken.add(label)
     return label
-
-
-def load_like_run(name: str, path: str | None, data: DatasetSplits, *, root: str | None,
-                  seed: int) -> DatasetSplits:
-    """Load ``name`` with the run's preprocessing: binary runs use the same binarization mode
-    (already-binary files are used as they are), 8-bit runs stay 8-bit."""
-    mode = data.binarization if data.kind == "binary" else None
-    try:
-        other = load_dataset(name, root, binarization=mode, seed=seed, path=path)
-    except ValueError as err:
-        if data.kind != "binary" or "binarization=" not in str(err):
-            raise
-        other = load_dataset(name, root, binarization=None, seed=seed, path=path)
-    if other.kind != data.kind:
-        raise ValueError(f"{name}: loads as {other.kind!r} images but the model was trained "
-                         f"on {data.kind!r} images ({data.name}); they cannot be scored by one "
-                         "likelihood")
-    return other
 
 
 def _eval_images(data: DatasetSplits, which: str, seed: int) -> ImageSplit:
@@ -255,6 +243,10 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
     """Score every set, write the files; returns the metrics dict (also in metrics.json)."""
     in_name, ood_names = _resolve_sets(args)
     scores_wanted = parse_scores(args.score)
+    use_dos = args.detector == "dos" and args.n_valid > 0
+    # The density detector needs L_K and every LLR (prior means): swept along, not reported.
+    sweep_scores = list(dict.fromkeys(scores_wanted + (list(DOS_SWEEP_SCORES) if use_dos
+                                                       else [])))
     model, cfg, state = load_trained(args.run_dir, args.checkpoint, device)
     if args.data_root:
         cfg.data.root = args.data_root
@@ -278,10 +270,10 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
     valid_sweeps: dict[str, BoundSweep] = {}
     for label, _name, split, valid in sets:
         t = time.perf_counter()
-        sweeps[label] = _sweep(model, split, kind, bits, all_ks, scores_wanted, args,
+        sweeps[label] = _sweep(model, split, kind, bits, all_ks, sweep_scores, args,
                                args.n_examples, seed, f"{label} (test)")
         if args.n_valid > 0 and valid is not None:
-            valid_sweeps[label] = _sweep(model, valid, kind, bits, all_ks, scores_wanted, args,
+            valid_sweeps[label] = _sweep(model, valid, kind, bits, all_ks, sweep_scores, args,
                                          args.n_valid, seed + 1, f"{label} (valid)")
         n = sweeps[label].bounds[("sample", 0)].numel()
         n_valid = (valid_sweeps[label].bounds[("sample", 0)].numel()
@@ -346,30 +338,50 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
 
 def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, ks, seed,
                   out) -> dict | None:
-    """Fit an OODDetector on validation data, choosing (score, k) on the synthetic sets only
-    (no real OOD images), save it, and report how it does on every test OOD set."""
+    """Fit the ``--detector`` on validation data, save it, and report how it does on every
+    test OOD set. dos reads the in-distribution validation images alone; synthetic chooses
+    (score, k) on the synthetic sets only. Neither ever sees a real OOD image."""
     in_label = sets[0][0]
-    synth = {label: valid_sweeps[label] for label, name, _s, _v in sets[1:]
-             if name in SYNTHETIC and label in valid_sweeps}
-    if in_label not in valid_sweeps or not synth:
+    if args.detector == "none" or in_label not in valid_sweeps:
         return None
-    det = OODDetector(model, kind=kind, bits=bits, score=None, k=sorted(set(ks) | {0}),
-                      candidates=scores, n_samples=args.n_samples,
-                      batch_size=args.batch_size, seed=seed)
-    try:
-        det.fit_sweeps(valid_sweeps[in_label], synth)
-    except ValueError as err:
-        print(f"note: no detector fitted ({err})", file=sys.stderr)
-        return None
+    if args.detector == "dos":
+        if not any(k >= 1 for k in ks):
+            print("note: no detector fitted (dos needs a ratio: a --k >= 1)", file=sys.stderr)
+            return None
+        if valid_sweeps[in_label].bounds[("sample", 0)].numel() < 2:
+            print("note: no detector fitted (dos fits a density: --n-valid >= 2 images)",
+                  file=sys.stderr)
+            return None
+        det = OODDetector(model, kind=kind, bits=bits, score="dos", k=[k for k in ks if k >= 1],
+                          n_samples=args.n_samples, batch_size=args.batch_size, seed=seed)
+        det.fit_sweeps(valid_sweeps[in_label], {})
+        chosen_on = []
+    else:
+        synth = {label: valid_sweeps[label] for label, name, _s, _v in sets[1:]
+                 if name in SYNTHETIC and label in valid_sweeps}
+        if not synth:
+            print("note: no detector fitted (--detector synthetic needs a synthetic "
+                  "--ood-data set)", file=sys.stderr)
+            return None
+        det = OODDetector(model, kind=kind, bits=bits, score=None, k=sorted(set(ks) | {0}),
+                          candidates=scores, n_samples=args.n_samples,
+                          batch_size=args.batch_size, seed=seed)
+        try:
+            det.fit_sweeps(valid_sweeps[in_label], synth)
+        except ValueError as err:
+            print(f"note: no detector fitted ({err})", file=sys.stderr)
+            return None
+        chosen_on = sorted(synth)
     det.save(out / "detector.json")
-    a_in = sweeps[in_label].anomaly(det.score_, det.k_).numpy()
+    a_in = det.anomaly_from_sweep(sweeps[in_label])
     report = {"score": det.score_, "k": det.k_, "threshold": det.threshold_,
-              "chosen_on": sorted(synth), "test_in_flagged": float((a_in > det.threshold_)
-                                                                     .mean()), "test": {}}
+              "chosen_on": chosen_on, "fitted_on": f"{det.n_fit_} {in_label} validation images",
+              "test_in_flagged": float((a_in > det.threshold_).mean()), "test": {}}
     for label, _n, _s, _v in sets[1:]:
-        a_out = sweeps[label].anomaly(det.score_, det.k_).numpy()
-        m = ood_metrics(-a_in, -a_out)
-        report["test"][label] = {"auroc": m["auroc"], "auprc": m["auprc"],
+        a_out = det.anomaly_from_sweep(sweeps[label])
+        m = ood_metrics_ci(-a_in, -a_out, n_boot=args.bootstrap, seed=seed)
+        report["test"][label] = {"auroc": m["auroc"], "auroc_ci": m.get("auroc_ci"),
+                                 "auprc": m["auprc"], "fpr_at_95_tpr": m["fpr_at_95_tpr"],
                                  "flagged": float((a_out > det.threshold_).mean())}
     return report
 
@@ -407,12 +419,18 @@ def metrics_markdown(result: dict) -> str:
                              f"{m['fpr_at_95_tpr']:.3f} |")
     det = result.get("detector")
     if det:
-        lines += ["", f"Detector (detector.json): score {det['score']}, k = {det['k']}, chosen "
-                  f"on the synthetic validation sets {', '.join(det['chosen_on'])}; flags "
+        how = (f"(score, k) chosen on the synthetic validation sets {', '.join(det['chosen_on'])}"
+               if det["chosen_on"] else "the density of [L_K, LLR^{>k} (prior means)] fitted "
+               f"on {det.get('fitted_on', 'in-distribution validation images')}, no anomaly "
+               "examples")
+        ks = det["k"] if isinstance(det["k"], int) else ",".join(map(str, det["k"]))
+        lines += ["", f"Detector (detector.json): score {det['score']}, k = {ks}: {how}; flags "
                   f"{100 * det['test_in_flagged']:.1f}% of the in-distribution test images.", "",
                   "| OOD set | AUROC | flagged |", "|---|---|---|"]
         for label, m in det["test"].items():
-            lines.append(f"| {label} | {m['auroc']:.3f} | {100 * m['flagged']:.1f}% |")
+            ci = m.get("auroc_ci")
+            auroc = f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            lines.append(f"| {label} | {auroc} | {100 * m['flagged']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 

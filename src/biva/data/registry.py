@@ -742,18 +742,25 @@ def load_dataset(
     only: explicitly no binarization). ``valid_size`` / ``test_size``: examples (int) or a
     fraction (float) carved with ``seed``; see the module docstring for the defaults (e.g.
     digits: test 297, valid 150, train 1350; MNIST: valid 5000 of the 60000 training images).
-    ``path`` points at the dataset's own folder or file (required for "folder" / "npz");
-    ``image_size`` crops and resizes folder images to a square; ``verify`` checks known
-    SHA-256/MD5 checksums (memoised per file).
+    ``path`` points at the dataset's own folder or file (required for "folder" / "npz"); a
+    relative path not found from the working directory is looked up under the data root
+    (how a shipped pretrained model names its folder, e.g. "photos32"); ``image_size``
+    crops and resizes folder images to a square; ``verify`` checks known SHA-256/MD5
+    checksums (memoised per file).
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
     if image_size is not None and name not in ("celeba64", "imagenet32", "folder", "npz"):
         raise ValueError(f"image_size applies to image-folder datasets, not {name!r}")
+    data_root = resolve_data_root(root)
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_absolute() and not path.exists() and (data_root / path).exists():
+            path = data_root / path
     ctx = _Ctx(
         name=name,
-        root=resolve_data_root(root),
-        path=None if path is None else Path(path).expanduser(),
+        root=data_root,
+        path=path,
         download=download,
         verify=verify,
         image_size=image_size,

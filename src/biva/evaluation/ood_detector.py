@@ -1,15 +1,18 @@
 """An out-of-distribution detector with scikit-learn's outlier-detector conventions.
 
->>> det = OODDetector(model, kind="binary", score="llr", k=None).fit(x_valid, x_out_valid)
+>>> det = OODDetector(model, kind="binary").fit(x_valid)   # in-distribution images only
 >>> det.predict(x)             # +1 in-distribution, -1 out-of-distribution
 >>> det.score_samples(x)       # higher = more normal (minus the anomaly score)
 >>> det.decision_function(x)   # score_samples - offset_: negative = flagged
 >>> det.save("run/ood/detector.json"); OODDetector.load("run/ood/detector.json", model)
 
-``fit`` sees in-distribution *validation* images (never the test split) and, optionally,
-validation OOD images (e.g. the synthetic sets of :mod:`biva.evaluation.ood_sets`): with them
-and ``k=None`` (or ``score=None``) it picks the (score, k) of highest validation AUROC. The
-threshold keeps ``in_tpr`` (default 95%) of the in-distribution validation images.
+The default score, ``"dos"`` (:mod:`biva.evaluation.density_of_states`), needs no anomaly
+examples: it fits the density of every image's [L_K, LLR^{>k} for every k] on in-distribution
+*validation* images (never the test split) and flags the improbable ones, in either direction.
+The single scores (``"llr"``, ``"lk"``, ``"elbo"``, ...) need a k: fixed, or chosen in ``fit``
+with ``k=None`` (or ``score=None``) by the highest AUROC against validation OOD images (real
+ones, or the synthetic sets of :mod:`biva.evaluation.ood_sets`). The threshold keeps
+``in_tpr`` (default 95%) of the in-distribution validation images.
 """
 
 from __future__ import annotations
@@ -24,29 +27,42 @@ from torch import Tensor, nn
 
 from ..data import ImageSplit, to_model_input
 from ..utils.atomic import atomic_write_json
+from .density_of_states import (
+    DOS_SWEEP_SCORES,
+    DensityOfStates,
+    dos_columns,
+    dos_ks,
+    dos_statistics,
+)
 from .ood import ood_metrics
 from .ood_scores import SCORES, BoundSweep, score_ks, sweep_batches
 
+#: What a detector can score with: the single scores, and "dos" (no anomaly examples needed).
+DETECTOR_SCORES = (*SCORES, "dos")
+
 
 class OODDetector:
-    """Flags images a trained hierarchy does not explain: anomaly = LLR^{>k}, -L^{>k} or -L.
+    """Flags images a trained hierarchy does not explain (anomaly: see ``score``).
 
-    ``model``: a trained :class:`~biva.models.HierarchicalVAE`; ``kind``: ``"binary"`` (a
-    Bernoulli model) or ``"8bit"`` (a discretized-logistic model), and ``bits``: how images
-    become model input (see ``to_model_input``). ``score``: one of ``SCORES`` or None (chosen
-    in ``fit`` among ``candidates``); ``k``: an int, candidate ints, or None (any k; chosen in
-    ``fit``). Methods take
+    ``model``: a trained hierarchy (:class:`~biva.models.LatentHierarchy`); ``kind``:
+    ``"binary"`` (a Bernoulli model) or ``"8bit"`` (a discretized-logistic model), and
+    ``bits``: how images become model input (see ``to_model_input``). ``score``: ``"dos"``
+    (default: the density of [L_K, LLR^{>k} for each k], fitted on in-distribution images
+    alone; ``k`` = the ratios' k, None for 1..L-1), one of ``SCORES`` (anomaly LLR^{>k},
+    -L^{>k} or -L_K), or None (chosen in ``fit`` among ``candidates``); for a single score
+    ``k`` is an int, candidate ints, or None (any k; chosen in ``fit``). Methods take
     x (N, C, H, W) uint8 images ready for evaluation (binary images drawn) or model-input
     floats, and return numpy arrays (N,).
     """
 
-    def __init__(self, model: nn.Module, *, kind: str, bits: int = 8, score: str | None = "llr",
+    def __init__(self, model: nn.Module, *, kind: str, bits: int = 8, score: str | None = "dos",
                  k: int | Sequence[int] | None = None,
                  candidates: Sequence[str] = ("llr", "lk", "elbo"),
                  n_samples: int = 1, in_tpr: float = 0.95, batch_size: int = 100,
                  seed: int = 0):
-        if score is not None and score not in SCORES:
-            raise ValueError(f"score: expected one of {SCORES} or None, found {score!r}")
+        if score is not None and score not in DETECTOR_SCORES:
+            raise ValueError(f"score: expected one of {DETECTOR_SCORES} or None, found "
+                             f"{score!r}")
         bad = [c for c in candidates if c not in SCORES]
         if bad:
             raise ValueError(f"candidates: unknown scores {bad}; known: {SCORES}")
@@ -56,6 +72,8 @@ class OODDetector:
         ks = [] if k is None else ([k] if isinstance(k, int) else list(k))
         if (k is not None and not ks) or any(not 0 <= v < n_layers for v in ks):
             raise ValueError(f"k: expected values in 0..{n_layers - 1} or None, found {k}")
+        if score == "dos" and n_layers < 2:
+            raise ValueError("score 'dos' needs a hierarchy (L >= 2) for its likelihood ratios")
         self.model, self.kind, self.bits = model, kind, bits
         self.score, self.k, self.candidates = score, k, tuple(candidates)
         self.n_samples, self.in_tpr, self.batch_size, self.seed = (
@@ -87,7 +105,21 @@ class OODDetector:
     def anomaly_score(self, x) -> np.ndarray:
         """Anomaly score of the fitted (score, k) for x: (N,) float64, higher = more anomalous."""
         self._check_fitted()
-        sweep = self._sweep(x, [self.score_], [self.k_])
+        return self.anomaly_from_sweep(self._sweep(x, *self.sweep_needs()))
+
+    def sweep_needs(self) -> tuple[list[str], list[int]]:
+        """The (scores, ks) a :func:`bound_sweep` must hold for the fitted detector."""
+        self._check_fitted()
+        if self.score_ == "dos":
+            return list(DOS_SWEEP_SCORES), [0, *self.k_]
+        return [self.score_], [self.k_]
+
+    def anomaly_from_sweep(self, sweep: BoundSweep) -> np.ndarray:
+        """The fitted detector's anomaly (N,) from bounds already computed (a sweep holding
+        :meth:`sweep_needs`)."""
+        self._check_fitted()
+        if self.score_ == "dos":
+            return self.dos_.anomaly(dos_statistics(sweep, self.k_))
         return sweep.anomaly(self.score_, self.k_).double().numpy()
 
     def score_samples(self, x) -> np.ndarray:
@@ -104,13 +136,20 @@ class OODDetector:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, x_in, x_out=None) -> OODDetector:
-        """Choose (score, k) and the threshold on validation data; returns self.
+        """Fit on validation data: the density (``"dos"``) or the choice of (score, k), and
+        the threshold; returns self.
 
         ``x_in``: in-distribution validation images; ``x_out``: optional validation OOD images
         (a tensor or a dict of named sets) for the choice of (score, k) by AUROC. Without them
         both must be given (``score`` and ``k`` not None), except that a single candidate
-        needs no choice.
+        needs no choice. ``"dos"`` never takes OOD images: it is fitted on ``x_in`` alone.
         """
+        if self.score == "dos":
+            if x_out is not None:
+                raise ValueError("fit: score 'dos' is fitted on in-distribution images alone; "
+                                 "x_out would not be used (leave it out)")
+            ks = dos_ks(self.model.n_layers, None if self.k is None else self._k_list())
+            return self.fit_sweeps(self._sweep(x_in, list(DOS_SWEEP_SCORES), [0, *ks]), {})
         pairs = self._candidates()
         scores = sorted({s for s, _ in pairs})
         ks = sorted({k for _, k in pairs})
@@ -126,7 +165,13 @@ class OODDetector:
     def fit_sweeps(self, sweep_in: BoundSweep, sweeps_out: dict[str, BoundSweep]
                    ) -> OODDetector:
         """:meth:`fit` on bounds already computed (:func:`bound_sweep` results that hold every
-        candidate's (mode, k)): in-distribution validation, and named validation OOD sets."""
+        candidate's (mode, k)): in-distribution validation, and named validation OOD sets
+        (never read for ``"dos"``)."""
+        if self.score == "dos":
+            self.score_, self.selection_ = "dos", []
+            self.k_ = dos_ks(self.model.n_layers, None if self.k is None else self._k_list())
+            self.dos_ = DensityOfStates().fit(dos_statistics(sweep_in, self.k_))
+            return self._set_threshold(self.dos_.fit_anomaly_)
         pairs = self._candidates()
         self.selection_ = []
         if len(pairs) > 1:
@@ -143,12 +188,17 @@ class OODDetector:
             self.score_, self.k_ = best["score"], best["k"]
         else:
             self.score_, self.k_ = pairs[0]
-        a_in = sweep_in.anomaly(self.score_, self.k_).double().numpy()
+        return self._set_threshold(sweep_in.anomaly(self.score_, self.k_).double().numpy())
+
+    def _set_threshold(self, a_in: np.ndarray) -> OODDetector:
         # Keep in_tpr of the in-distribution images: flag above their in_tpr quantile.
         self.threshold_ = float(np.quantile(a_in, self.in_tpr, method="higher"))
         self.offset_ = -self.threshold_
         self.n_fit_ = int(a_in.size)
         return self
+
+    def _k_list(self) -> list[int]:
+        return [self.k] if isinstance(self.k, int) else list(self.k)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
@@ -159,14 +209,18 @@ class OODDetector:
         """The fitted state as JSON-ready values; the model is identified, not included
         (``model_sha256``: :func:`model_fingerprint` of the weights it was fitted with)."""
         self._check_fitted()
+        extra = ({"dos": {"columns": dos_columns(self.k_), **self.dos_.to_dict()}}
+                 if self.score_ == "dos" else {})
         return {"score": self.score_, "k": self.k_, "threshold": self.threshold_,
                 "in_tpr": self.in_tpr, "n_samples": self.n_samples, "kind": self.kind,
                 "bits": self.bits, "seed": self.seed, "batch_size": self.batch_size,
                 "n_fit": self.n_fit_, "selection": self.selection_,
                 "model_sha256": model_fingerprint(self.model),
                 "likelihood": self.model.config.likelihood, "n_layers": self.model.n_layers,
-                "convention": "anomaly = LLR^{>k} for llr scores, minus the bound otherwise; "
-                              "flagged (predict -1) when anomaly > threshold"}
+                "convention": "anomaly = LLR^{>k} for llr scores, minus the bound for the "
+                              "bounds, minus the summed log densities of the statistics for "
+                              "dos (k: the ratios' k); flagged (predict -1) when anomaly > "
+                              "threshold", **extra}
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted state to a JSON file (atomically); returns its path."""
@@ -197,6 +251,11 @@ class OODDetector:
         det.threshold_ = float(d["threshold"])
         det.offset_ = -det.threshold_
         det.n_fit_, det.selection_ = d["n_fit"], d["selection"]
+        if d["score"] == "dos":
+            try:
+                det.dos_ = DensityOfStates.from_dict(d.get("dos") or {}, 1 + len(d["k"]))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from err
         return det
 
 
@@ -235,11 +294,18 @@ def _validated(d, path: Path, model: nn.Module) -> dict:
 
     if not isinstance(d, dict):
         fail("(top level)", "a JSON object")
-    if d.get("score") not in SCORES:
-        fail("score", f"one of {SCORES}")
-    integer("k", 0, model.n_layers - 1)
-    if d["k"] not in score_ks(d["score"], [d["k"]]):
-        fail("k", f"a k that score {d['score']!r} is defined for (elbo: 0; ratios: >= 1)")
+    if d.get("score") not in DETECTOR_SCORES:
+        fail("score", f"one of {DETECTOR_SCORES}")
+    if d["score"] == "dos":
+        ks = d.get("k")
+        if (not isinstance(ks, list) or not ks or ks != sorted(set(ks)) or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < model.n_layers
+                for v in ks)):
+            fail("k", f"for dos, an increasing list of the ratios' k in 1..{model.n_layers - 1}")
+    else:
+        integer("k", 0, model.n_layers - 1)
+        if d["k"] not in score_ks(d["score"], [d["k"]]):
+            fail("k", f"a k that score {d['score']!r} is defined for (elbo: 0; ratios: >= 1)")
     t = d.get("threshold")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         fail("threshold", "a finite number (a NaN or infinite threshold flags all or nothing)")
@@ -271,16 +337,21 @@ def _validated(d, path: Path, model: nn.Module) -> dict:
 
 
 def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="cpu",
+                     score: str | None = "dos",
                      synthetic: Sequence[str] = ("uniform", "mean_noise", "constant", "hflip",
                                                  "vflip", "invert"),
                      n_valid: int = 1000, data_root: str | None = None,
                      threads: int | None = None, verbose: bool = True, **kwargs
                      ) -> OODDetector:
     """A detector for a trained run, fitted on the first ``n_valid`` images of its validation
-    split, (score, k) chosen against ``synthetic`` sets made from them: no OOD download and
-    never the test split. ``kwargs`` go to :class:`OODDetector` (default: every score and k).
-    ``threads`` sets torch's CPU threads; ``verbose`` says on stderr what it is doing (the
-    fit scores every set for every k: minutes on a CPU for a large model).
+    split: no OOD image, no download, never the test split.
+
+    ``score="dos"`` (default) fits the density of the bound statistics and needs nothing
+    else; ``score=None`` instead chooses a single (score, k) against ``synthetic`` sets made
+    from the validation images (which misses semantic shifts: see the anomaly-detection
+    guide). ``kwargs`` go to :class:`OODDetector`. ``threads`` sets torch's CPU threads;
+    ``verbose`` says on stderr what it is doing (a sweep over every k: minutes on a CPU for a
+    large model).
 
     >>> det = detector_for_run("runs/fmnist")
     >>> det.predict(images)      # images (N, C, H, W) uint8 like the run's data: +1 / -1
@@ -302,18 +373,18 @@ def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="c
     valid = evaluation_split(data, "valid", cfg.train.seed)
     if n_valid:
         valid = valid.subset(torch.arange(min(n_valid, len(valid))))
-    kwargs.setdefault("score", None)
     kwargs.setdefault("candidates", ("llr", "lk", "elbo"))
     det = OODDetector(model, kind=data.kind, bits=cfg.model.bits, seed=cfg.train.seed,
-                      **kwargs)
+                      score=score, **kwargs)
+    synthetic = () if score == "dos" else tuple(synthetic)
     if verbose:
-        print(f"fitting a detector for {run_dir}: {len(valid)} validation images and "
-              f"{len(synthetic)} synthetic sets ({', '.join(synthetic)}) scored for every "
-              f"(score, k) on {torch.get_num_threads()} thread(s) ...", file=sys.stderr,
-              flush=True)
+        what = (f"and {len(synthetic)} synthetic sets ({', '.join(synthetic)}) scored for "
+                "every (score, k)" if synthetic else "scored for the density of its bounds")
+        print(f"fitting a detector for {run_dir}: {len(valid)} validation images {what} on "
+              f"{torch.get_num_threads()} thread(s) ...", file=sys.stderr, flush=True)
     det = fit_on_run_validation(det, valid, synthetic=synthetic, seed=cfg.train.seed)
     if verbose:
-        print(f"chose {det.score_} at k = {det.k_}, threshold {det.threshold_:.3f} nats "
+        print(f"{det.score_} at k = {det.k_}, threshold {det.threshold_:.3f} "
               f"(keeps {100 * det.in_tpr:.0f}% of the validation images), in "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return det

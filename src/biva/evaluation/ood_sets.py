@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import ImageSplit
+from ..data import DatasetSplits, ImageSplit, load_dataset
 
 SYNTHETIC = ("uniform", "mean_noise", "constant", "hflip", "vflip", "invert", "jigsaw")
 JIGSAW_GRID = 4
@@ -102,3 +102,22 @@ def _jigsaw(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     tiles = tiles[torch.arange(n)[:, None], order]
     return (tiles.reshape(n, t, t, c, th, tw).permute(0, 3, 1, 4, 2, 5)
             .reshape(n, c, h, w).contiguous())
+
+
+def load_like_run(name: str, path: str | None, data: DatasetSplits, *, root: str | None,
+                  seed: int) -> DatasetSplits:
+    """Load dataset ``name`` with a run's preprocessing (``data``: the run's own dataset):
+    binary runs use the same binarization mode (already-binary files are used as they are),
+    8-bit runs stay 8-bit. A ValueError says when the two kinds of image cannot meet."""
+    mode = data.binarization if data.kind == "binary" else None
+    try:
+        other = load_dataset(name, root, binarization=mode, seed=seed, path=path)
+    except ValueError as err:
+        if data.kind != "binary" or "binarization=" not in str(err):
+            raise
+        other = load_dataset(name, root, binarization=None, seed=seed, path=path)
+    if other.kind != data.kind:
+        raise ValueError(f"{name}: loads as {other.kind!r} images but the model was trained "
+                         f"on {data.kind!r} images ({data.name}); they cannot be scored by one "
+                         "likelihood")
+    return other

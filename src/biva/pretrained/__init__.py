@@ -19,6 +19,7 @@ file, the expected and the found digest.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from importlib import resources
@@ -198,12 +199,19 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{t.get('cpu_minutes', '?')} CPU-minutes, {t.get('steps', '?')} steps, "
              f"{t.get('date', '?')})",
              f"- weights: {card.get('dtype', 'float32')}, sha256 "
-             f"{card['sha256'].get('model.safetensors', '?')}", "",
-             "| score | split | examples | seed | expected | Monte Carlo error |",
-             "|---|---|---|---|---|---|"]
+             f"{card['sha256'].get('model.safetensors', '?')}"]
+    det = card.get("detector")
+    if det:
+        lines.append(f"- anomaly detector (detector.json): {det['score']} (the density of "
+                     "L_K and LLR^{>k} for k = " + ",".join(map(str, det["k"])) + "), fitted "
+                     f"on {det['fitted_on']}, no anomaly examples; keeps "
+                     f"{100 * det['in_tpr']:.0f}% of them")
+    lines += ["", "| score | unit | split | examples | seed | expected | Monte Carlo error |",
+              "|---|---|---|---|---|---|---|"]
     for s in card.get("scores", []):
-        lines.append(f"| {s['metric']} | {s['split']} | {s['n_examples']} | {s['seed']} | "
-                     f"{s['value']:.4f} | {s['mc_error']:.4f} |")
+        lines.append(f"| {s['metric']} | {s.get('unit', 'nats')} | {s['split']} | "
+                     f"{s['n_examples']} | {s['seed']} | {s['value']:.4f} | "
+                     f"{s['mc_error']:.4f} |")
     lines += ["", "Load it with `biva.pretrained.load(...)` or `biva.pretrained."
               "from_pretrained(...)` (the biva library)."]
     return "\n".join(lines) + "\n"
@@ -263,24 +271,60 @@ def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.
 
 def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int = 200,
             seed: int = 0, data_root: str | Path | None = None) -> float:
-    """One score of a card, re-measured: ``metric`` "L_1" or "L_K" (nats per example, K
-    importance samples) on the first ``n_examples`` of the seeded evaluation ``split`` of the
-    model's own dataset (read from ``data_root`` or the config's)."""
+    """One score of a card, re-measured on the first ``n_examples`` of the seeded evaluation
+    ``split`` of the model's own dataset (read from ``data_root`` or the config's):
+
+    * ``L_1``, ``L_K``: the bound in nats per example (K importance samples, sample ``seed``);
+    * ``bpd_1``, ``bpd_K``: the same in bits per dimension, -L / (D ln 2);
+    * ``auroc:NAME``: the shipped detector's AUROC against the first ``n_examples`` of
+      dataset NAME's test split (read like the model's data; 8-bit images brought to its
+      shape), its draws at ``seed``.
+    """
     from dataclasses import replace
 
     from ..evaluation import evaluate_bounds, evaluation_split
     from ..training import load_run_data
 
-    if not (metric.startswith("L_") and metric[2:].isdigit()):
-        raise ValueError(f"metric {metric!r}: expected L_1 or L_K (K an int)")
     cfg = p.config
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=str(data_root)))
     data = load_run_data(cfg)
     examples = evaluation_split(data, split, seed=cfg.train.seed)
-    k = int(metric[2:])
-    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, k=max(k, 1),
+    if metric.startswith("auroc:"):
+        return _measure_auroc(p, metric[len("auroc:"):], data, examples, cfg, n_examples, seed)
+    kind, _, k = metric.partition("_")
+    if kind not in ("L", "bpd") or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"metric {metric!r}: expected L_K or bpd_K (K >= 1, e.g. L_1, "
+                         "bpd_100) or auroc:DATASET")
+    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, k=int(k),
                           batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
                           n_examples=n_examples, device=next(p.model.parameters()).device,
                           seed=seed)
-    return float(res[metric])
+    value = float(res[f"L_{k}"])
+    if kind == "bpd":
+        dims = math.prod(cfg.model.input_shape)
+        value = -value / (dims * math.log(2.0))
+    return value
+
+
+def _measure_auroc(p: Pretrained, name: str, data, examples, cfg: RunConfig, n: int,
+                   seed: int) -> float:
+    """The shipped detector's test AUROC, ``examples`` (in) against dataset ``name``."""
+    import copy
+
+    from ..evaluation import evaluation_split
+    from ..evaluation.ood import ood_metrics
+    from ..evaluation.ood_sets import fit_to_shape, load_like_run
+
+    if p.detector is None:
+        raise ValueError(f"{p.name}: auroc:{name} needs a shipped detector (detector.json)")
+    other = load_like_run(name, None, data, root=cfg.data.root, seed=cfg.train.seed)
+    ood = evaluation_split(other, "test", seed=cfg.train.seed)
+    shape = tuple(cfg.model.input_shape)
+    if other.kind == "8bit" and tuple(ood.images.shape[1:]) != shape:
+        ood = fit_to_shape(ood, shape)
+    det = copy.copy(p.detector)
+    det.seed = seed
+    a_in = det.anomaly_score(examples.images[:n])
+    a_out = det.anomaly_score(ood.images[:n])
+    return float(ood_metrics(-a_in, -a_out)["auroc"])
