@@ -77,7 +77,8 @@ def _fit_detector(folder: Path, run_dir: Path, n_valid: int) -> dict:
                       seed=p.config.train.seed).fit(valid.images)
     det.save(folder / "detector.json")
     return {"score": det.score_, "k": det.k_, "n_fit": det.n_fit_, "in_tpr": det.in_tpr,
-            "fitted_on": f"the first {det.n_fit_} validation images of {data.name}"}
+            "fitted_on": f"the first {det.n_fit_} validation images of "
+                         f"{p.config.data.path or data.name}"}
 
 
 def _relative_data_path(folder: Path, data_path: str | None) -> None:
@@ -119,7 +120,9 @@ def main() -> int:
     cpu = max((r["cpu_s"] for r in records if "cpu_s" in r), default=math.nan) / 60
     steps = max((r["step"] for r in records if "step" in r), default=0)
     card = {"name": args.name, "description": args.description,
-            "data": {"name": cfg["data"]["name"], "split_seed": cfg["data"].get("split_seed"),
+            "data": {"name": cfg["data"]["name"],
+                     "path": args.data_path or cfg["data"].get("path"),
+                     "split_seed": cfg["data"].get("split_seed"),
                      "binarization": cfg["data"].get("binarization")},
             "training": {"command": args.command, "commit": args.commit, "date": args.date,
                          "cpu_minutes": round(cpu, 1), "steps": steps}}

@@ -199,7 +199,8 @@ def test_the_readmes_three_examples_run_on_small_real_data(photo_folders):
     bash = [cmd for _, text in code_blocks(readme, "bash") for cmd in shell_commands(text)]
     train = next(c for c in bash if c.startswith("biva run --data"))
     evaluate = next(c for c in bash if c.startswith("biva evaluate"))
-    python = next(text for _, text in code_blocks(readme, "python") if "detector_for_run" in text)
+    python = next(text for _, text in code_blocks(readme, "python") if "detector_for_run" in text
+                  and "pretrained.load" in text)
     biva = [sys.executable, "-m", "biva.cli.main"]
     small = ["--set", "train.max_cpu_minutes=0", "--set", "train.steps=4",
              "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
