@@ -150,8 +150,10 @@ def test_cli_writes_every_promised_file(tiny_run, capsys):
     assert (out / "histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(out / "scores.npz", allow_pickle=False) as z:
         sets = ("digits", "flipped", "invert", "uniform")
-        want = {f"{s}_{q}" for s in sets for q in ("k0", "k2", "llr_k2", "llr_mean_k2")}
+        want = {f"{s}_{q}" for s in sets
+                for q in ("k0", "k2", "llr_k2", "llr_mean_k2", "detector")}
         assert set(z.files) == want
+        detector_anomaly = {s: z[f"{s}_detector"] for s in sets}
         assert all(z[f].shape == (30,) and z[f].dtype == np.float64 for f in z.files)
         assert np.all(np.isfinite(z["flipped_k2"])) and np.all(z["digits_k0"] < 0)
         # LLR^{>k} = L - L^{>k} on the same images and draws, as written.
@@ -182,9 +184,15 @@ def test_cli_writes_every_promised_file(tiny_run, capsys):
     assert metrics["detector"]["chosen_on"] == []
     assert set(metrics["detector"]["test"]) == {"flipped", "invert", "uniform"}
     assert all(0 <= m["auroc"] <= 1 for m in metrics["detector"]["test"].values())
+    # The per-example anomalies written are the ones the report's figures come from.
+    flagged = (detector_anomaly["digits"] > det["threshold"]).mean()
+    assert flagged == pytest.approx(metrics["detector"]["test_in_flagged"])
+    m = ood_metrics(-detector_anomaly["digits"], -detector_anomaly["uniform"])
+    assert m["auroc"] == pytest.approx(metrics["detector"]["test"]["uniform"]["auroc"])
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 120 and rows[0]["role"] == "in"
     assert float(rows[0]["L_gt0_nats"]) == first and "LLR_gt2_nats" in rows[0]
+    assert float(rows[0]["detector_anomaly"]) == detector_anomaly["digits"][0]
     assert "L^{>2}" in (out / "table.md").read_text()
     assert "k chosen by validation AUROC" in (out / "metrics.md").read_text()
     assert "no anomaly examples" in (out / "metrics.md").read_text()

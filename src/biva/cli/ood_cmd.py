@@ -173,22 +173,29 @@ _KEYS = {"lk": "{name}_k{k}", "llr": "{name}_llr_k{k}", "lk_mean": "{name}_mean_
 
 
 def _write_scores(out: Path, sweeps: dict[str, BoundSweep], in_label: str, ks: list[int],
-                  scores: list[str]) -> None:
-    """scores.npz / scores.csv: L^{>k} for every k (k = 0 is L_K) and each ratio requested."""
+                  scores: list[str], detector_anomaly: dict[str, np.ndarray] | None = None
+                  ) -> None:
+    """scores.npz / scores.csv: L^{>k} for every k (k = 0 is L_K), each ratio requested, and
+    the fitted detector's anomaly score ({name}_detector / detector_anomaly) when there is one."""
     kinds = ["lk"] + [s for s in ("llr", "lk_mean", "llr_mean") if s in scores]
     cols = [(kind, k) for kind in kinds for k in (ks if kind == "lk" else score_ks(kind, ks))]
     arrays = {_KEYS[kind].format(name=name, k=k): sw.value(kind, k).double().numpy()
               for name, sw in sweeps.items() for kind, k in cols}
+    det = detector_anomaly or {}
+    arrays.update({f"{name}_detector": a for name, a in det.items()})
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(out / "scores.npz", buf.getvalue())
     with atomic_open(out / "scores.csv", "w") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["dataset", "role", "index"] + [_COLUMNS[kind].format(k=k)
-                                                   for kind, k in cols])
+                                                   for kind, k in cols]
+                   + (["detector_anomaly"] if det else []))
         for name, sw in sweeps.items():
             role = "in" if name == in_label else "ood"
             values = [sw.value(kind, k).tolist() for kind, k in cols]
+            if det:
+                values.append(det[name].tolist())
             for i, row in enumerate(zip(*values, strict=True)):
                 w.writerow([name, role, i] + [repr(float(v)) for v in row])
 
@@ -312,8 +319,8 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
                                           "valid_auroc_per_k": {str(k): v for k, v in
                                                                 valid_auroc.items()},
                                           **metrics[score][label][str(k_best)]}
-    detector = _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps,
-                             scores_wanted, ks, seed, out)
+    detector, detector_anomaly = _fit_detector(model, kind, bits, args, sets, valid_sweeps,
+                                               sweeps, scores_wanted, ks, seed, out)
     result = {"convention": METRIC_CONVENTION, "in_distribution": in_label, "ks": ks,
               "scores": scores_wanted, "score_help": {s: SCORE_HELP[s] for s in scores_wanted},
               "n_samples": args.n_samples, "n_valid": args.n_valid, **meta,
@@ -332,26 +339,27 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
                                     kind="binary", dims=dims, ks=sorted(vals[in_label],
                                                                          reverse=True),
                                     quantity="LLR" if score == "llr" else "LLR (mean)")
-    _write_scores(out, sweeps, in_label, ks, scores_wanted)
+    _write_scores(out, sweeps, in_label, ks, scores_wanted, detector_anomaly)
     return {"out": out, "table": table, "metrics": result}
 
 
 def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, ks, seed,
-                  out) -> dict | None:
+                  out) -> tuple[dict | None, dict[str, np.ndarray] | None]:
     """Fit the ``--detector`` on validation data, save it, and report how it does on every
-    test OOD set. dos reads the in-distribution validation images alone; synthetic chooses
-    (score, k) on the synthetic sets only. Neither ever sees a real OOD image."""
+    test OOD set; returns (that report, each set's test anomaly scores), or (None, None).
+    dos reads the in-distribution validation images alone; synthetic chooses (score, k) on
+    the synthetic sets only. Neither ever sees a real OOD image."""
     in_label = sets[0][0]
     if args.detector == "none" or in_label not in valid_sweeps:
-        return None
+        return None, None
     if args.detector == "dos":
         if not any(k >= 1 for k in ks):
             print("note: no detector fitted (dos needs a ratio: a --k >= 1)", file=sys.stderr)
-            return None
+            return None, None
         if valid_sweeps[in_label].bounds[("sample", 0)].numel() < 2:
             print("note: no detector fitted (dos fits a density: --n-valid >= 2 images)",
                   file=sys.stderr)
-            return None
+            return None, None
         det = OODDetector(model, kind=kind, bits=bits, score="dos", k=[k for k in ks if k >= 1],
                           n_samples=args.n_samples, batch_size=args.batch_size, seed=seed)
         det.fit_sweeps(valid_sweeps[in_label], {})
@@ -362,7 +370,7 @@ def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, k
         if not synth:
             print("note: no detector fitted (--detector synthetic needs a synthetic "
                   "--ood-data set)", file=sys.stderr)
-            return None
+            return None, None
         det = OODDetector(model, kind=kind, bits=bits, score=None, k=sorted(set(ks) | {0}),
                           candidates=scores, n_samples=args.n_samples,
                           batch_size=args.batch_size, seed=seed)
@@ -370,20 +378,21 @@ def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, k
             det.fit_sweeps(valid_sweeps[in_label], synth)
         except ValueError as err:
             print(f"note: no detector fitted ({err})", file=sys.stderr)
-            return None
+            return None, None
         chosen_on = sorted(synth)
     det.save(out / "detector.json")
-    a_in = det.anomaly_from_sweep(sweeps[in_label])
+    anomaly = {label: det.anomaly_from_sweep(sw) for label, sw in sweeps.items()}
+    a_in = anomaly[in_label]
     report = {"score": det.score_, "k": det.k_, "threshold": det.threshold_,
               "chosen_on": chosen_on, "fitted_on": f"{det.n_fit_} {in_label} validation images",
               "test_in_flagged": float((a_in > det.threshold_).mean()), "test": {}}
     for label, _n, _s, _v in sets[1:]:
-        a_out = det.anomaly_from_sweep(sweeps[label])
+        a_out = anomaly[label]
         m = ood_metrics_ci(-a_in, -a_out, n_boot=args.bootstrap, seed=seed)
         report["test"][label] = {"auroc": m["auroc"], "auroc_ci": m.get("auroc_ci"),
                                  "auprc": m["auprc"], "fpr_at_95_tpr": m["fpr_at_95_tpr"],
                                  "flagged": float((a_out > det.threshold_).mean())}
-    return report
+    return report, anomaly
 
 
 def metrics_markdown(result: dict) -> str:
