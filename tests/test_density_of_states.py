@@ -184,3 +184,42 @@ def test_a_saved_density_detector_gives_the_same_decisions(digits_run, tmp_path)
         with pytest.raises(ValueError, match=match) as info:
             OODDetector.load(bad, p.model)
         assert str(bad) in str(info.value)
+
+
+def test_biva_detect_flags_a_folder_and_fits_a_detector_once(tiny_run, tmp_path, capsys):
+    """The CLI path of the README's example: a folder in, one row per file out, +1 / -1 by
+    the saved detector's threshold; a run without a detector gets one fitted and saved."""
+    import csv
+    import shutil
+
+    from PIL import Image
+
+    from biva.cli.main import main
+    from biva.evaluation.loading import load_trained
+    from biva.evaluation.ood_detector import OODDetector
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")    # the shared run stays detector-free
+    folder = tmp_path / "new"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "flags.csv"
+    assert main(["detect", str(run), str(folder), "--out", str(out), "--threads", "1",
+                 "--n-valid", "40"]) == 0
+    saved = run / "ood" / "detector.json"
+    assert saved.is_file() and "fitted and saved" in capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == [str(folder / f"{i}.png") for i in range(5)]
+    model, _, _ = load_trained(run, "best", "cpu")
+    det = OODDetector.load(saved, model)
+    assert all(int(r["flag"]) == (-1 if float(r["anomaly"]) > det.threshold_ else 1)
+               for r in rows)
+    mtime = saved.stat().st_mtime_ns
+    assert main(["detect", str(run), str(folder / "0.png"), "--out", str(out),
+                 "--threads", "1"]) == 0
+    assert saved.stat().st_mtime_ns == mtime            # reused, not refitted
+    assert len(list(csv.DictReader(out.open()))) == 1
+    assert main(["detect", str(run), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such folder or file" in capsys.readouterr().err

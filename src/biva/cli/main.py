@@ -10,6 +10,7 @@ from . import (
     ablation_cmd,
     configs_cmd,
     densities_cmd,
+    detect_cmd,
     download_cmd,
     evaluate_cmd,
     ood_cmd,
@@ -23,7 +24,7 @@ from . import (
 from .common import BivaParser, HelpFormatter, resolve_run_dir, unknown_options_error
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
-               report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
+               detect_cmd, report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

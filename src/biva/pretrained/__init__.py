@@ -243,20 +243,31 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     return run_dir
 
 
-def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.Tensor:
-    """The images of a folder (or one image file) as the input a model of ``config`` scores:
-    uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
-    binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
-    binarized test sets are. Files are taken in sorted order, recursively."""
-    from ..data.formats import IMAGE_EXTENSIONS, read_images
-    from ..data.types import ImageSplit
-    from ..evaluation.ood_sets import fit_to_shape
+def image_files(path: str | Path) -> list[Path]:
+    """The image files :func:`read_folder` reads, in its order: ``path`` itself if it is a
+    file, else every image below it (recursively), sorted."""
+    from ..data.formats import IMAGE_EXTENSIONS
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or file")
     files = ([path] if path.is_file() else
              sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
     if not files:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.Tensor:
+    """The images of a folder (or one image file) as the input a model of ``config`` scores:
+    uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
+    binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
+    binarized test sets are. Files are taken in sorted order, recursively (:func:`image_files`)."""
+    from ..data.formats import read_images
+    from ..data.types import ImageSplit
+    from ..evaluation.ood_sets import fit_to_shape
+
+    files = image_files(path)
     shape = tuple(config.model.input_shape)
     raw = torch.from_numpy(read_images(files, size=shape[-1]))
     binary = config.model.likelihood == "bernoulli"
