@@ -29,10 +29,10 @@ def test_the_fitted_images_leave_their_own_kernel_out():
     """The threshold is set on fit_anomaly_: each fitted image's density without its own
     kernel, as a new image would get (with it, every fitted image looks typical)."""
     rng = np.random.default_rng(1)
-    stats = rng.normal(size=(40, 2))
+    stats = rng.normal(size=(2100, 2))     # more than one chunk of 2048 points
     dos = DensityOfStates().fit(stats)
     h = dos.bandwidth_
-    for i in (0, 17, 39):
+    for i in (0, 17, 2047, 2048, 2099):
         others = np.delete(stats, i, axis=0)
         dens = [np.mean(np.exp(-0.5 * ((stats[i, j] - others[:, j]) / h[j]) ** 2))
                 / (h[j] * np.sqrt(2 * np.pi)) for j in range(2)]
