@@ -60,25 +60,17 @@ def _scores(folder: Path, metrics: list[str], n: int) -> list[dict]:
     return out
 
 
-def _fit_detector(folder: Path, run_dir: Path, n_valid: int) -> dict:
-    """A density (dos) detector fitted on the shipped weights and the run's validation
-    images, written into ``folder``; returns its summary for the card."""
-    import torch
-
-    from biva.evaluation import evaluation_split
-    from biva.evaluation.ood_detector import OODDetector
-    from biva.training import load_run_data
+def _fit_detector(folder: Path, n_valid: int) -> dict:
+    """A density (dos) detector fitted on the shipped weights and the validation images of
+    the config, written into ``folder``; returns its summary for the card."""
+    from biva.evaluation.ood_detector import detector_for_model
 
     p = load(folder)
-    data = load_run_data(p.config)
-    valid = evaluation_split(data, "valid", p.config.train.seed)
-    valid = valid.subset(torch.arange(min(n_valid, len(valid))))
-    det = OODDetector(p.model, kind=data.kind, bits=p.config.model.bits,
-                      seed=p.config.train.seed).fit(valid.images)
+    det = detector_for_model(p.model, p.config, n_valid=n_valid, name=p.name)
     det.save(folder / "detector.json")
     return {"score": det.score_, "k": det.k_, "n_fit": det.n_fit_, "in_tpr": det.in_tpr,
             "fitted_on": f"the first {det.n_fit_} validation images of "
-                         f"{p.config.data.path or data.name}"}
+                         f"{p.config.data.path or p.config.data.name}"}
 
 
 def _relative_data_path(folder: Path, data_path: str | None) -> None:
@@ -151,11 +143,10 @@ def main() -> int:
     (out / "detector.json").unlink(missing_ok=True)    # a run's own: fitted on other weights
     full["sha256"].pop("detector.json", None)
     if args.detector:
-        full["detector"] = _fit_detector(out, args.run_dir, args.n_valid)
+        full["detector"] = _fit_detector(out, args.n_valid)
         full["sha256"]["detector.json"] = sha256_file(out / "detector.json")
-    full["sha256"]["config.json"] = sha256_file(out / "config.json")
-    full["scores"] = []
-    atomic_write_json(out / "card.json", full)
+    full["scores"] = scores
+    atomic_write_json(out / "card.json", full)     # load() of the AUROCs checks the detector
     scores += _scores(out, aurocs, args.n_examples)
     full["scores"] = scores
     atomic_write_json(out / "card.json", full)

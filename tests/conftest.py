@@ -33,6 +33,33 @@ def tiny_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture
+def poisoned_test_split(monkeypatch):
+    """``biva.training.load_run_data`` patched so that reading a run's *test* split (its
+    images, labels or a subset) raises; returns the real loader."""
+    import biva.training as training
+    from biva.data import ImageSplit
+
+    real = training.load_run_data
+
+    class Untouchable(ImageSplit):
+        armed = False
+
+        def __getattribute__(self, name):
+            if name in ("images", "labels", "subset") and object.__getattribute__(self, "armed"):
+                raise AssertionError("the detector touched the test split")
+            return super().__getattribute__(name)
+
+    def poisoned(cfg):
+        data = real(cfg)
+        data.test = Untouchable(data.test.images)
+        data.test.armed = True
+        return data
+
+    monkeypatch.setattr(training, "load_run_data", poisoned)
+    return real
+
+
 def pytest_collection_modifyitems(config, items):
     """Under mutmut (``MUTANT_UNDER_TEST`` set), run the tests marked slow last: with ``-x``
     a mutant then stops at the first fast test that fails, and only survivors pay for the

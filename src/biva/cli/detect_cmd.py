@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.loading import load_trained
-from ..evaluation.ood_detector import OODDetector, detector_for_run
+from ..evaluation.ood_detector import OODDetector, detector_for_model
 from ..utils.atomic import atomic_open
 from .common import HelpFormatter, add_run_dir_argument, add_runtime_options, setup_runtime
 
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
         det = OODDetector.load(path, model)
         print(f"detector: {path} ({det.score_}, k = {det.k_})", file=sys.stderr)
     else:
-        det = detector_for_run(args.run_dir, checkpoint=args.checkpoint, device=device,
-                               n_valid=args.n_valid)
+        det = detector_for_model(model, cfg, n_valid=args.n_valid, name=str(args.run_dir))
         det.save(path)
         print(f"detector fitted and saved: {path}", file=sys.stderr)
     files = image_files(args.images)

@@ -148,8 +148,8 @@ class OODDetector:
             if x_out is not None:
                 raise ValueError("fit: score 'dos' is fitted on in-distribution images alone; "
                                  "x_out would not be used (leave it out)")
-            ks = dos_ks(self.model.n_layers, None if self.k is None else self._k_list())
-            return self.fit_sweeps(self._sweep(x_in, list(DOS_SWEEP_SCORES), [0, *ks]), {})
+            return self.fit_sweeps(
+                self._sweep(x_in, list(DOS_SWEEP_SCORES), [0, *self._dos_ks()]), {})
         pairs = self._candidates()
         scores = sorted({s for s, _ in pairs})
         ks = sorted({k for _, k in pairs})
@@ -169,7 +169,7 @@ class OODDetector:
         (never read for ``"dos"``)."""
         if self.score == "dos":
             self.score_, self.selection_ = "dos", []
-            self.k_ = dos_ks(self.model.n_layers, None if self.k is None else self._k_list())
+            self.k_ = self._dos_ks()
             self.dos_ = DensityOfStates().fit(dos_statistics(sweep_in, self.k_))
             return self._set_threshold(self.dos_.fit_anomaly_)
         pairs = self._candidates()
@@ -197,8 +197,10 @@ class OODDetector:
         self.n_fit_ = int(a_in.size)
         return self
 
-    def _k_list(self) -> list[int]:
-        return [self.k] if isinstance(self.k, int) else list(self.k)
+    def _dos_ks(self) -> list[int]:
+        """The ratios' k of the dos statistics: from ``k`` (>= 1 kept), or 1..L-1."""
+        ks = None if self.k is None else [self.k] if isinstance(self.k, int) else self.k
+        return dos_ks(self.model.n_layers, ks)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
@@ -337,38 +339,46 @@ def _validated(d, path: Path, model: nn.Module) -> dict:
 
 
 def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="cpu",
-                     score: str | None = "dos",
-                     synthetic: Sequence[str] = ("uniform", "mean_noise", "constant", "hflip",
-                                                 "vflip", "invert"),
-                     n_valid: int = 1000, data_root: str | None = None,
-                     threads: int | None = None, verbose: bool = True, **kwargs
-                     ) -> OODDetector:
-    """A detector for a trained run, fitted on the first ``n_valid`` images of its validation
-    split: no OOD image, no download, never the test split.
+                     data_root: str | None = None, threads: int | None = None,
+                     verbose: bool = True, **kwargs) -> OODDetector:
+    """A detector for a trained run (its ``checkpoint``): :func:`detector_for_model` on the
+    run's model and config, its data read from ``data_root`` if given. ``threads`` sets
+    torch's CPU threads; ``kwargs`` go to :func:`detector_for_model`.
+
+    >>> det = detector_for_run("runs/fmnist")
+    >>> det.predict(images)      # images (N, C, H, W) uint8 like the run's data: +1 / -1
+    """
+    from .loading import load_trained
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, cfg, _ = load_trained(run_dir, checkpoint, device)
+    if data_root is not None:
+        cfg.data.root = data_root
+    return detector_for_model(model, cfg, name=str(run_dir), verbose=verbose, **kwargs)
+
+
+def detector_for_model(model: nn.Module, cfg, *, score: str | None = "dos",
+                       synthetic: Sequence[str] = ("uniform", "mean_noise", "constant",
+                                                   "hflip", "vflip", "invert"),
+                       n_valid: int = 1000, name: str = "the model", verbose: bool = True,
+                       **kwargs) -> OODDetector:
+    """A detector for ``model`` fitted on the first ``n_valid`` images of the validation split
+    of its run config ``cfg``: no OOD image, no download, never the test split.
 
     ``score="dos"`` (default) fits the density of the bound statistics and needs nothing
     else; ``score=None`` instead chooses a single (score, k) against ``synthetic`` sets made
     from the validation images (which misses semantic shifts: see the anomaly-detection
-    guide). ``kwargs`` go to :class:`OODDetector`. ``threads`` sets torch's CPU threads;
-    ``verbose`` says on stderr what it is doing (a sweep over every k: minutes on a CPU for a
-    large model).
-
-    >>> det = detector_for_run("runs/fmnist")
-    >>> det.predict(images)      # images (N, C, H, W) uint8 like the run's data: +1 / -1
+    guide). ``kwargs`` go to :class:`OODDetector`. ``verbose`` says on stderr what it is doing
+    (a sweep over every k: minutes on a CPU for a large model).
     """
     import sys
     import time
 
     from ..training import load_run_data  # the run's own data loading, config and all
     from .bounds import evaluation_split
-    from .loading import load_trained
 
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
-    model, cfg, _ = load_trained(run_dir, checkpoint, device)
-    if data_root is not None:
-        cfg.data.root = data_root
     data = load_run_data(cfg)
     valid = evaluation_split(data, "valid", cfg.train.seed)
     if n_valid:
@@ -380,7 +390,7 @@ def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="c
     if verbose:
         what = (f"and {len(synthetic)} synthetic sets ({', '.join(synthetic)}) scored for "
                 "every (score, k)" if synthetic else "scored for the density of its bounds")
-        print(f"fitting a detector for {run_dir}: {len(valid)} validation images {what} on "
+        print(f"fitting a detector for {name}: {len(valid)} validation images {what} on "
               f"{torch.get_num_threads()} thread(s) ...", file=sys.stderr, flush=True)
     det = fit_on_run_validation(det, valid, synthetic=synthetic, seed=cfg.train.seed)
     if verbose:

@@ -19,7 +19,6 @@ file, the expected and the found digest.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import dataclass, field
 from importlib import resources
@@ -311,11 +310,7 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
                           batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
                           n_examples=n_examples, device=next(p.model.parameters()).device,
                           seed=seed)
-    value = float(res[f"L_{k}"])
-    if kind == "bpd":
-        dims = math.prod(cfg.model.input_shape)
-        value = -value / (dims * math.log(2.0))
-    return value
+    return float(res[f"L_{k}_bpd" if kind == "bpd" else f"L_{k}"])
 
 
 def _measure_auroc(p: Pretrained, name: str, data, examples, cfg: RunConfig, n: int,
