@@ -76,7 +76,7 @@ def test_fit_checks_its_input_and_the_saved_state_round_trips():
 
 
 def test_statistic_names_and_ks():
-    assert dos_ks(4) == [1, 2, 3] and dos_ks(4, [0, 2]) == [2]
+    assert dos_ks(4) == [1, 2] and dos_ks(2) == [1] and dos_ks(4, [0, 3]) == [3]
     assert dos_columns([1, 3]) == ["L", "LLR_mean>1", "LLR_mean>3"]
     with pytest.raises(ValueError, match="1..3"):
         dos_ks(4, [4])

@@ -212,6 +212,11 @@ def test_cli_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
                  "--threads", "1", "--device", "cpu", "--n-valid", "30", "--bootstrap", "0",
                  "--detector", "none", "--out", str(tmp_path / "none")]) == 0
     assert not (tmp_path / "none" / "detector.json").exists()
+    # Ratios alone (no score that draws L^{>k}): the table of L^{>k} is still written.
+    assert main(["ood", str(run), "--ood-data", "invert", "--k", "0,2", "--n-examples", "20",
+                 "--threads", "1", "--device", "cpu", "--n-valid", "30", "--bootstrap", "0",
+                 "--score", "elbo,llr_mean", "--out", str(tmp_path / "ratios")]) == 0
+    assert "L^{>2}" in (tmp_path / "ratios" / "table.md").read_text()
 
 
 def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):

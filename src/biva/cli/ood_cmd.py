@@ -15,7 +15,7 @@ import torch
 
 from ..data import DatasetSplits, ImageSplit
 from ..evaluation import evaluation_split
-from ..evaluation.density_of_states import DOS_SWEEP_SCORES
+from ..evaluation.density_of_states import DOS_DEFAULT_KS, DOS_SWEEP_SCORES
 from ..evaluation.loading import load_trained
 from ..evaluation.ood import (
     METRIC_CONVENTION,
@@ -88,10 +88,10 @@ def add_parser(sub) -> None:
                    help="validation images per set for choosing k and fitting the detector "
                    "(0: no choice, no detector)")
     p.add_argument("--detector", choices=["dos", "synthetic", "none"], default="dos",
-                   help="the detector.json fitted: dos = the density of [L_K, LLR^{>k} for "
-                   "each --k >= 1] on in-distribution validation images alone (no anomaly "
-                   "examples); synthetic = one (score, k) chosen against the synthetic "
-                   "--ood-data sets; none")
+                   help="the detector.json fitted: dos = the density of [L_K, LLR^{>1}, "
+                   "LLR^{>2}] (the --k among 1, 2; the --k >= 1 if neither is swept) on "
+                   "in-distribution validation images alone (no anomaly examples); synthetic = "
+                   "one (score, k) chosen against the synthetic --ood-data sets; none")
     p.add_argument("--bootstrap", type=int, default=200,
                    help="bootstrap replicates for the metrics' 95%% intervals (0: none)")
     p.add_argument("--n-samples", type=int, default=1,
@@ -251,9 +251,10 @@ def run_ood(args: argparse.Namespace, device: torch.device) -> dict:
     in_name, ood_names = _resolve_sets(args)
     scores_wanted = parse_scores(args.score)
     use_dos = args.detector == "dos" and args.n_valid > 0
-    # The density detector needs L_K and every LLR (prior means): swept along, not reported.
-    sweep_scores = list(dict.fromkeys(scores_wanted + (list(DOS_SWEEP_SCORES) if use_dos
-                                                       else [])))
+    # The table needs L^{>k} for every k ("lk") and the density detector L_K and every LLR
+    # (prior means): swept along whatever --score asks for.
+    sweep_scores = list(dict.fromkeys(scores_wanted + ["lk"] + (list(DOS_SWEEP_SCORES)
+                                                                if use_dos else [])))
     model, cfg, state = load_trained(args.run_dir, args.checkpoint, device)
     if args.data_root:
         cfg.data.root = args.data_root
@@ -360,7 +361,8 @@ def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, k
             print("note: no detector fitted (dos fits a density: --n-valid >= 2 images)",
                   file=sys.stderr)
             return None, None
-        det = OODDetector(model, kind=kind, bits=bits, score="dos", k=[k for k in ks if k >= 1],
+        dos_k = ([k for k in ks if k in DOS_DEFAULT_KS] or [k for k in ks if k >= 1])
+        det = OODDetector(model, kind=kind, bits=bits, score="dos", k=dos_k,
                           n_samples=args.n_samples, batch_size=args.batch_size, seed=seed)
         det.fit_sweeps(valid_sweeps[in_label], {})
         chosen_on = []

@@ -11,7 +11,15 @@ flagged as surely as one it finds less likely.
 
 Here the statistics of an image x are the bound sweep's own quantities (nats):
 
-    s(x) = [L_K(x), LLR^{>1}(x), ..., LLR^{>L-1}(x)]      (LLR with z_<=k at the prior means)
+    s(x) = [L_K(x), LLR^{>1}(x), LLR^{>2}(x)]      (LLR with z_<=k at the prior means)
+
+The two lowest ratios by default, as Havtorn et al. (2021) advise: replacing the lowest latents
+by their prior means removes the low-level statistics that dominate the likelihood, and what
+the ratio then measures is the image's content. The upper ratios are stable properties of the
+image too, but they carry little about a change of content, and each adds a log density to the
+sum: measured on Fashion-MNIST against MNIST on three models, keeping all ratios lowered the
+AUROC by 0.04-0.06, and on photos against MNIST it made no difference (both 1.000; see the
+anomaly-detection guide). Any other set of ratios can be asked for.
 
 and the density is DoSE's per-statistic one: a Gaussian kernel density estimate of each
 statistic (Scott's bandwidth, std * n^(-1/5)) on the in-distribution validation images, the
@@ -30,10 +38,15 @@ from .ood_scores import BoundSweep
 #: The scores a sweep must hold for :func:`dos_statistics`.
 DOS_SWEEP_SCORES = ("elbo", "llr_mean")
 
+#: The ratios' k of the statistics unless asked otherwise: the two lowest (those below L).
+DOS_DEFAULT_KS = (1, 2)
+
 
 def dos_ks(n_layers: int, ks: Sequence[int] | None = None) -> list[int]:
-    """The k of the likelihood ratios among the statistics: ``ks`` (each >= 1) or 1..L-1."""
-    ks = list(range(1, n_layers)) if ks is None else sorted({int(k) for k in ks if k >= 1})
+    """The k of the likelihood ratios among the statistics: ``ks`` (each >= 1; k = 0 is
+    dropped), or ``DOS_DEFAULT_KS`` below L."""
+    ks = ([k for k in DOS_DEFAULT_KS if k < n_layers] if ks is None
+          else sorted({int(k) for k in ks if k >= 1}))
     if any(not 1 <= k < n_layers for k in ks):
         raise ValueError(f"k: expected ratios' k in 1..{n_layers - 1}, found {ks}")
     return ks

@@ -7,7 +7,7 @@
 >>> det.save("run/ood/detector.json"); OODDetector.load("run/ood/detector.json", model)
 
 The default score, ``"dos"`` (:mod:`biva.evaluation.density_of_states`), needs no anomaly
-examples: it fits the density of every image's [L_K, LLR^{>k} for every k] on in-distribution
+examples: it fits the density of every image's [L_K, LLR^{>1}, LLR^{>2}] on in-distribution
 *validation* images (never the test split) and flags the improbable ones, in either direction.
 The single scores (``"llr"``, ``"lk"``, ``"elbo"``, ...) need a k: fixed, or chosen in ``fit``
 with ``k=None`` (or ``score=None``) by the highest AUROC against validation OOD images (real
@@ -48,7 +48,8 @@ class OODDetector:
     ``"binary"`` (a Bernoulli model) or ``"8bit"`` (a discretized-logistic model), and
     ``bits``: how images become model input (see ``to_model_input``). ``score``: ``"dos"``
     (default: the density of [L_K, LLR^{>k} for each k], fitted on in-distribution images
-    alone; ``k`` = the ratios' k, None for 1..L-1), one of ``SCORES`` (anomaly LLR^{>k},
+    alone; ``k`` = the ratios' k, None for the two lowest, 1 and 2), one of ``SCORES``
+    (anomaly LLR^{>k},
     -L^{>k} or -L_K), or None (chosen in ``fit`` among ``candidates``); for a single score
     ``k`` is an int, candidate ints, or None (any k; chosen in ``fit``). Methods take
     x (N, C, H, W) uint8 images ready for evaluation (binary images drawn) or model-input
@@ -198,7 +199,7 @@ class OODDetector:
         return self
 
     def _dos_ks(self) -> list[int]:
-        """The ratios' k of the dos statistics: from ``k`` (>= 1 kept), or 1..L-1."""
+        """The ratios' k of the dos statistics: from ``k`` (>= 1 kept), or 1 and 2."""
         ks = None if self.k is None else [self.k] if isinstance(self.k, int) else self.k
         return dos_ks(self.model.n_layers, ks)
 
