@@ -15,7 +15,7 @@ import torch
 
 from ..data import DatasetSplits, ImageSplit
 from ..evaluation import evaluation_split
-from ..evaluation.density_of_states import DOS_DEFAULT_KS, DOS_SWEEP_SCORES
+from ..evaluation.density_of_states import DOS_SWEEP_SCORES, dos_ks_among
 from ..evaluation.loading import load_trained
 from ..evaluation.ood import (
     METRIC_CONVENTION,
@@ -361,8 +361,7 @@ def _fit_detector(model, kind, bits, args, sets, valid_sweeps, sweeps, scores, k
             print("note: no detector fitted (dos fits a density: --n-valid >= 2 images)",
                   file=sys.stderr)
             return None, None
-        dos_k = ([k for k in ks if k in DOS_DEFAULT_KS] or [k for k in ks if k >= 1])
-        det = OODDetector(model, kind=kind, bits=bits, score="dos", k=dos_k,
+        det = OODDetector(model, kind=kind, bits=bits, score="dos", k=dos_ks_among(ks),
                           n_samples=args.n_samples, batch_size=args.batch_size, seed=seed)
         det.fit_sweeps(valid_sweeps[in_label], {})
         chosen_on = []

@@ -52,6 +52,12 @@ def dos_ks(n_layers: int, ks: Sequence[int] | None = None) -> list[int]:
     return ks
 
 
+def dos_ks_among(swept: Sequence[int]) -> list[int]:
+    """The ratios' k for a density of bounds already swept at ``swept``: the default ones
+    among them, else every swept k >= 1."""
+    return [k for k in swept if k in DOS_DEFAULT_KS] or [k for k in swept if k >= 1]
+
+
 def dos_columns(ks: Sequence[int]) -> list[str]:
     """Names of the statistics, in the column order of :func:`dos_statistics`."""
     return ["L"] + [f"LLR_mean>{k}" for k in ks]

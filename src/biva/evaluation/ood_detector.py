@@ -47,11 +47,11 @@ class OODDetector:
     ``model``: a trained hierarchy (:class:`~biva.models.LatentHierarchy`); ``kind``:
     ``"binary"`` (a Bernoulli model) or ``"8bit"`` (a discretized-logistic model), and
     ``bits``: how images become model input (see ``to_model_input``). ``score``: ``"dos"``
-    (default: the density of [L_K, LLR^{>k} for each k], fitted on in-distribution images
-    alone; ``k`` = the ratios' k, None for the two lowest, 1 and 2), one of ``SCORES``
-    (anomaly LLR^{>k},
-    -L^{>k} or -L_K), or None (chosen in ``fit`` among ``candidates``); for a single score
-    ``k`` is an int, candidate ints, or None (any k; chosen in ``fit``). Methods take
+    (default: the density of [L_K, LLR^{>k} for each ratio's k], fitted on in-distribution
+    images alone; ``k`` = the ratios' k, None for the two lowest, 1 and 2), one of
+    ``SCORES`` (anomaly LLR^{>k}, -L^{>k} or -L_K), or None (chosen in ``fit`` among
+    ``candidates``); for a single score ``k`` is an int, candidate ints, or None (any k;
+    chosen in ``fit``). Methods take
     x (N, C, H, W) uint8 images ready for evaluation (binary images drawn) or model-input
     floats, and return numpy arrays (N,).
     """
