@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from biva.data.formats import read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -175,8 +178,8 @@ def test_every_python_example_compiles_and_names_what_exists():
 
 @pytest.fixture(scope="module")
 def photo_folders(shared_data_dir, tmp_path_factory):
-    """path/to/photos (2 classes x 40 real photos) and new_photos (6 others), as the README
-    names them."""
+    """path/to/photos (2 classes x 40 real photos), new_photos (6 others) and new_clothes (6
+    Fashion-MNIST test images as PNG files), as the README names them."""
     src = shared_data_dir / "photos32"
     if not src.is_dir():
         pytest.skip("photos32 not found")
@@ -189,6 +192,12 @@ def photo_folders(shared_data_dir, tmp_path_factory):
     (root / "new_photos").mkdir()
     for f in sorted((src / "ship").iterdir())[:6]:
         shutil.copy(f, root / "new_photos" / f.name)
+    fashion = shared_data_dir / "fashion_mnist" / "t10k-images-idx3-ubyte.gz"
+    if not fashion.is_file():
+        pytest.skip("Fashion-MNIST not found")
+    (root / "new_clothes").mkdir()
+    for i, image in enumerate(read_idx(fashion, (28, 28))[:6]):
+        Image.fromarray(image).save(root / "new_clothes" / f"item{i}.png")
     return root
 
 
@@ -216,8 +225,11 @@ def test_the_readmes_three_examples_run_on_small_real_data(photo_folders):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (photo_folders / "runs/photos/eval_test_k3.json").is_file()
-    code = python + "\nimport numpy as np\nassert set(np.unique(flags)) <= {-1, 1}\n" \
-        "assert flags.shape == (6,) and images.shape == (6, 3, 32, 32)\n"
+    code = python + "\nimport numpy as np\n" \
+        "for f in (flags, photo_flags, run_flags):\n" \
+        "    assert f.shape == (6,) and set(np.unique(f)) <= {-1, 1}\n" \
+        "assert images.shape == (6, 1, 28, 28) and int(images.max()) == 1\n" \
+        "assert new_photos.shape == (6, 3, 32, 32)\n"
     run = subprocess.run([sys.executable, "-c", code], cwd=photo_folders, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
