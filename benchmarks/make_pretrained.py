@@ -8,7 +8,8 @@ Monte Carlo error. With --half the weights are stored as float16 only if every b
 by less than its Monte Carlo error; otherwise float32 is kept (and the card says which).
 --detector fits the no-examples density detector (``OODDetector(score="dos")``) on the
 first --n-valid validation images with the weights as shipped, after the precision is
-chosen; ``auroc:NAME`` metrics are measured with it. --data-path rewrites an absolute
+chosen; ``auroc:NAME`` metrics are measured with it. --detector-samples K gives its bounds K
+importance samples (K passes a scored image; default 1). --data-path rewrites an absolute
 folder path in the config to one relative to the data root (e.g. photos32), so the card's
 test finds the data on any machine.
 
@@ -18,8 +19,10 @@ re-measures the card's ``auroc:NAME`` scores; weights, config and bounds stay as
 Usage:
   python benchmarks/make_pretrained.py RUN_DIR NAME --description TEXT --command "biva ..."
       --commit SHA --date YYYY-MM-DD [--metric L_1 --metric L_100 --metric auroc:mnist]
-      [--n-examples 200] [--half] [--detector --n-valid 1000] [--data-path photos32]
+      [--n-examples 200] [--half] [--detector --n-valid 1000 --detector-samples 10]
+      [--data-path photos32]
   python benchmarks/make_pretrained.py --refit-detector NAME [--n-valid 1000]
+      [--detector-samples 10]
 """
 
 from __future__ import annotations
@@ -64,26 +67,29 @@ def _scores(folder: Path, metrics: list[str], n: int) -> list[dict]:
     return out
 
 
-def _fit_detector(folder: Path, n_valid: int) -> dict:
+def _fit_detector(folder: Path, n_valid: int, n_samples: int = 1) -> dict:
     """A density (dos) detector fitted on the shipped weights and the validation images of
-    the config, written into ``folder``; returns its summary for the card."""
+    the config, written into ``folder``; its bounds are L_K with K = ``n_samples`` (cost a
+    scored image: K passes). Returns its summary for the card."""
     from biva.evaluation.ood_detector import detector_for_model
 
     p = load(folder)
-    det = detector_for_model(p.model, p.config, n_valid=n_valid, name=p.name)
+    det = detector_for_model(p.model, p.config, n_valid=n_valid, name=p.name,
+                             n_samples=n_samples)
     det.save(folder / "detector.json")
     return {"score": det.score_, "k": det.k_, "n_fit": det.n_fit_, "in_tpr": det.in_tpr,
+            "n_samples": det.n_samples,
             "fitted_on": f"the first {det.n_fit_} validation images of "
                          f"{p.config.data.path or p.config.data.name}"}
 
 
-def refit_detector(name: str, n_valid: int) -> int:
+def refit_detector(name: str, n_valid: int, n_samples: int = 1) -> int:
     """Refit the shipped ``name``'s detector and re-measure its card's AUROCs (same slice,
     seeds 0, 1, 2); the card records the new detector, its checksum and scores."""
     out = ROOT / "src" / "biva" / "pretrained" / name
     card = json.loads((out / "card.json").read_text())
     old = {s["metric"]: s["value"] for s in card["scores"]}
-    card["detector"] = _fit_detector(out, n_valid)
+    card["detector"] = _fit_detector(out, n_valid, n_samples)
     card["sha256"]["detector.json"] = sha256_file(out / "detector.json")
     atomic_write_json(out / "card.json", card)     # load() checks the detector's checksum
     for i, score in enumerate(card["scores"]):
@@ -114,8 +120,9 @@ def main() -> int:
         ap = argparse.ArgumentParser(description="refit a shipped model's detector")
         ap.add_argument("--refit-detector", required=True, metavar="NAME")
         ap.add_argument("--n-valid", type=int, default=1000)
+        ap.add_argument("--detector-samples", type=int, default=1, metavar="K")
         args = ap.parse_args()
-        return refit_detector(args.refit_detector, args.n_valid)
+        return refit_detector(args.refit_detector, args.n_valid, args.detector_samples)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("name")
@@ -128,6 +135,8 @@ def main() -> int:
     ap.add_argument("--half", action="store_true")
     ap.add_argument("--detector", action="store_true")
     ap.add_argument("--n-valid", type=int, default=1000)
+    ap.add_argument("--detector-samples", type=int, default=1, metavar="K",
+                    help="importance samples of the detector's bounds (K passes an image)")
     ap.add_argument("--data-path", default=None)
     args = ap.parse_args()
     metrics = args.metric or ["L_1", "L_100"]
@@ -172,7 +181,7 @@ def main() -> int:
     (out / "detector.json").unlink(missing_ok=True)    # a run's own: fitted on other weights
     full["sha256"].pop("detector.json", None)
     if args.detector:
-        full["detector"] = _fit_detector(out, args.n_valid)
+        full["detector"] = _fit_detector(out, args.n_valid, args.detector_samples)
         full["sha256"]["detector.json"] = sha256_file(out / "detector.json")
     full["scores"] = scores
     atomic_write_json(out / "card.json", full)     # load() of the AUROCs checks the detector

@@ -201,8 +201,10 @@ def card_markdown(card: dict[str, Any]) -> str:
              f"{card['sha256'].get('model.safetensors', '?')}"]
     det = card.get("detector")
     if det:
+        at_k = f" at K = {det['n_samples']}" if "n_samples" in det else ""
         lines.append(f"- anomaly detector (detector.json): {det['score']} (the density of "
-                     "L_K and LLR^{>k} for k = " + ",".join(map(str, det["k"])) + "), fitted "
+                     "L_K and LLR^{>k} for k = " + ",".join(map(str, det["k"])) + at_k +
+                     "), fitted "
                      f"on {det['fitted_on']}, no anomaly examples; keeps "
                      f"{100 * det['in_tpr']:.0f}% of them")
     lines += ["", "| score | unit | split | examples | seed | expected | Monte Carlo error |",
