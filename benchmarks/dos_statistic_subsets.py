@@ -37,6 +37,11 @@ from biva.evaluation.ood_sets import load_like_run
 from biva.training import load_run_data
 
 
+def subset_name(ks: list[int]) -> str:
+    """The key of a density on L_K and the ratios at ``ks``: "L,1,2"."""
+    return "L" + "".join(f",{k}" for k in ks)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
@@ -84,15 +89,15 @@ def main() -> None:
         for subset in itertools.combinations(range(1, len(columns)), r):
             cols = [0, *subset]
             dos = DensityOfStates().fit(stats["valid_a"][:, cols])
-            name = "L" + "".join(f",{ks[j - 1]}" for j in subset)
-            result["dos_auroc"][name] = auroc(dos.anomaly(stats["test"][:, cols]),
-                                              dos.anomaly(stats["ood"][:, cols]))
+            key = subset_name([ks[j - 1] for j in subset])
+            result["dos_auroc"][key] = auroc(dos.anomaly(stats["test"][:, cols]),
+                                             dos.anomaly(stats["ood"][:, cols]))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for key in ("reliability", "single_auroc"):
         print(key, {c: round(v, 3) for c, v in result[key].items()})
     for name, v in sorted(result["dos_auroc"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"dos [{name}]: {v:.3f}")
-    print(f"dos [all]: {result['dos_auroc'][name]:.3f}")      # the last subset: every ratio
+    print(f"dos [all]: {result['dos_auroc'][subset_name(ks)]:.3f}")
 
 
 if __name__ == "__main__":

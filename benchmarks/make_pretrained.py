@@ -83,12 +83,15 @@ def _fit_detector(folder: Path, n_valid: int, n_samples: int = 1) -> dict:
                          f"{p.config.data.path or p.config.data.name}"}
 
 
-def refit_detector(name: str, n_valid: int, n_samples: int = 1) -> int:
+def refit_detector(name: str, n_valid: int, n_samples: int | None = None) -> int:
     """Refit the shipped ``name``'s detector and re-measure its card's AUROCs (same slice,
-    seeds 0, 1, 2); the card records the new detector, its checksum and scores."""
+    seeds 0, 1, 2); the card records the new detector, its checksum and scores. K
+    (``n_samples``) stays the shipped detector's unless given."""
     out = ROOT / "src" / "biva" / "pretrained" / name
     card = json.loads((out / "card.json").read_text())
     old = {s["metric"]: s["value"] for s in card["scores"]}
+    if n_samples is None:
+        n_samples = card.get("detector", {}).get("n_samples", 1)
     card["detector"] = _fit_detector(out, n_valid, n_samples)
     card["sha256"]["detector.json"] = sha256_file(out / "detector.json")
     atomic_write_json(out / "card.json", card)     # load() checks the detector's checksum
@@ -120,7 +123,8 @@ def main() -> int:
         ap = argparse.ArgumentParser(description="refit a shipped model's detector")
         ap.add_argument("--refit-detector", required=True, metavar="NAME")
         ap.add_argument("--n-valid", type=int, default=1000)
-        ap.add_argument("--detector-samples", type=int, default=1, metavar="K")
+        ap.add_argument("--detector-samples", type=int, default=None, metavar="K",
+                        help="K of the refitted detector (default: the shipped one's)")
         args = ap.parse_args()
         return refit_detector(args.refit_detector, args.n_valid, args.detector_samples)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
