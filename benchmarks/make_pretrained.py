@@ -9,9 +9,9 @@ by less than its Monte Carlo error; otherwise float32 is kept (and the card says
 --detector fits the no-examples density detector (``OODDetector(score="dos")``) on the
 first --n-valid validation images with the weights as shipped, after the precision is
 chosen; ``auroc:NAME`` metrics are measured with it. --detector-samples K gives its bounds K
-importance samples (K passes a scored image; default 1). --data-path rewrites an absolute
-folder path in the config to one relative to the data root (e.g. photos32), so the card's
-test finds the data on any machine.
+importance samples (K passes a scored image; default 1). The shipped config never keeps the
+run's absolute data root; --data-path rewrites an absolute folder path in it to one relative
+to the data root (e.g. photos32), so the card's test finds the data on any machine.
 
 --refit-detector NAME refits a shipped model's detector (with the current default rule) and
 re-measures the card's ``auroc:NAME`` scores; weights, config and bounds stay as they are.
@@ -21,6 +21,7 @@ Usage:
       --commit SHA --date YYYY-MM-DD [--metric L_1 --metric L_100 --metric auroc:mnist]
       [--n-examples 200] [--half] [--detector --n-valid 1000 --detector-samples 10]
       [--data-path photos32]
+  (a semi-supervised run: --metric error --metric L_1, the test error of q(y|x))
   python benchmarks/make_pretrained.py --refit-detector NAME [--n-valid 1000]
       [--detector-samples 10]
 """
@@ -48,7 +49,8 @@ from biva.pretrained import (  # noqa: E402
 from biva.utils.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from biva.utils.jsonl import read_jsonl  # noqa: E402
 
-UNITS = {"L": "nats", "bpd": "bits/dim", "auroc": "AUROC (OOD positive)"}
+UNITS = {"L": "nats", "bpd": "bits/dim", "auroc": "AUROC (OOD positive)",
+         "error": "fraction of test images"}
 
 
 def _unit(metric: str) -> str:
@@ -106,12 +108,15 @@ def refit_detector(name: str, n_valid: int, n_samples: int | None = None) -> int
 
 
 def _relative_data_path(folder: Path, data_path: str | None) -> None:
-    """Point the shipped config at a folder relative to the data root (and update the card's
-    checksum of config.json)."""
-    if data_path is None:
-        return
+    """Drop this machine's data root from the shipped config (the data is then read from
+    $BIVA_DATA_DIR or the default folder) and point it at ``data_path``, a folder relative to
+    the data root, when given; update the card's checksum of config.json."""
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["data"]["path"], cfg["data"]["root"] = data_path, None
+    if data_path is None and cfg["data"].get("root") is None:
+        return
+    cfg["data"]["root"] = None
+    if data_path is not None:
+        cfg["data"]["path"] = data_path
     atomic_write_json(folder / "config.json", cfg)
     card = json.loads((folder / "card.json").read_text())
     card["sha256"]["config.json"] = sha256_file(folder / "config.json")

@@ -136,3 +136,42 @@ def test_read_folder_gives_the_models_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
         read_folder(tmp_path / "empty", p.config)
+
+
+def test_the_shipped_classifier_reads_raw_digits_and_the_cli_agrees(shared_data_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """mnist-100-labels classifies raw grey MNIST test images (uint8 0..255, drawn to {0, 1}
+    once) through ``Pretrained.predict``; ``biva predict --pretrained`` gives the same error on
+    the same images; a model without a classifier says so instead of returning nonsense."""
+    from biva.data.formats import read_idx
+
+    torch.set_num_threads(1)
+    p = load("mnist-100-labels")
+    assert p.is_classifier
+    n = 300
+    images = read_idx(shared_data_dir / "mnist" / "t10k-images-idx3-ubyte.gz", (28, 28))[:n]
+    labels = torch.from_numpy(read_idx(shared_data_dir / "mnist" /
+                                       "t10k-labels-idx1-ubyte.gz")[:n].astype(np.int64))
+    probs = p.predict_proba(images)
+    assert probs.shape == (n, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(n))
+    pred = p.predict(images)
+    torch.testing.assert_close(pred, probs.argmax(1))
+    error = float((pred != labels).float().mean())
+    assert error < 0.10, f"{error:.3f} of {n} real test digits misclassified"
+    # Wrongly shaped input is named, not broadcast.
+    with pytest.raises(ValueError, match=r"expected \(N, 1, 28, 28\)"):
+        p.predict(images[:, :20])
+    np.savez(tmp_path / "digits.npz", images=images, labels=labels.numpy())
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--pretrained", "mnist-100-labels", "--npz",
+                 str(tmp_path / "digits.npz"), "--out", str(tmp_path / "pred.json"),
+                 "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.split("written")[0])["error"] == pytest.approx(
+        error)
+    digits = load("digits")
+    assert not digits.is_classifier
+    with pytest.raises(ValueError, match="digits: not a classifier .*mnist-100-labels"):
+        digits.predict(np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="metric 'error' needs a classifier"):
+        measure(digits, "error")

@@ -186,6 +186,8 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
         bad = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))
         raise ValueError(f"images: {len(bad)} non-finite values (NaN or inf), the first in "
                          f"image {int(bad[0, 0])}")
+    if not arr.flags.writeable:     # e.g. read_idx's view of a file buffer
+        arr = arr.copy()
     x = torch.as_tensor(arr)
     c, h, w = input_shape
     if x.dim() == 3:

@@ -54,6 +54,31 @@ class Pretrained:
     detector: Any = None
     files: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the model has a classifier q(y|x) (a semi-supervised model)."""
+        return hasattr(self.model, "classify")
+
+    def predict_proba(self, images, *, n_samples: int = 1, seed: int = 0,
+                      batch_size: int = 100) -> torch.Tensor:
+        """q(y | x) for raw images (N, H, W), (N, H, W, C) or (N, C, H, W), as
+        :func:`read_folder` gives them: (N, num_classes) float32, rows sum to 1; each row
+        averages ``n_samples`` draws of z^BU at ``seed``."""
+        from ..evaluation.classification import images_to_model_input, predict_proba
+
+        if not self.is_classifier:
+            raise ValueError(f"{self.name}: not a classifier (a semi-supervised model has "
+                             f"one; shipped ones: {', '.join(_classifiers()) or 'none'})")
+        cfg = self.config.model
+        kind = "binary" if cfg.likelihood == "bernoulli" else "8bit"
+        x = images_to_model_input(images, kind, cfg.bits, tuple(cfg.input_shape), seed)
+        return predict_proba(self.model, x, batch_size=batch_size, n_samples=n_samples,
+                             seed=seed)
+
+    def predict(self, images, *, n_samples: int = 1, seed: int = 0) -> torch.Tensor:
+        """The most probable class of each raw image under q(y | x): (N,) int64."""
+        return self.predict_proba(images, n_samples=n_samples, seed=seed).argmax(1)
+
 
 def _shipped_root() -> Path:
     return Path(str(resources.files("biva") / "pretrained"))
@@ -67,6 +92,14 @@ def list_models() -> list[str]:
 
 # ``biva.pretrained.list()``: the name users expect (as torch.hub.list).
 list = list_models  # noqa: A001
+
+
+def _classifiers() -> list[str]:
+    """Shipped names whose config is semi-supervised (labels_per_class > 0)."""
+    root = _shipped_root()
+    return [n for n in list_models()
+            if json.loads((root / n / "config.json").read_text())["data"].get(
+                "labels_per_class", 0) > 0]
 
 
 def sha256_file(path: Path) -> str:
@@ -290,7 +323,9 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
     * ``bpd_1``, ``bpd_K``: the same in bits per dimension, -L / (D ln 2);
     * ``auroc:NAME``: the shipped detector's AUROC against the first ``n_examples`` of
       dataset NAME's test split (read like the model's data; 8-bit images brought to its
-      shape), its draws at ``seed``.
+      shape), its draws at ``seed``;
+    * ``error``: a classifier's error, the fraction of the ``n_examples`` whose most probable
+      class under q(y|x) (one z^BU draw at ``seed``) is not the label.
     """
     from dataclasses import replace
 
@@ -304,10 +339,20 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
     examples = evaluation_split(data, split, seed=cfg.train.seed)
     if metric.startswith("auroc:"):
         return _measure_auroc(p, metric[len("auroc:"):], data, examples, cfg, n_examples, seed)
+    if metric == "error":
+        from ..evaluation.classification import evaluate_classification
+
+        if not p.is_classifier:
+            raise ValueError(f"{p.name}: metric 'error' needs a classifier (a semi-supervised "
+                             "model)")
+        res = evaluate_classification(p.model, examples, data.kind, cfg.model.bits,
+                                      batch_size=cfg.eval.batch_size, n_examples=n_examples,
+                                      seed=seed, with_bounds=False)
+        return float(res["error"])
     kind, _, k = metric.partition("_")
     if kind not in ("L", "bpd") or not k.isdigit() or int(k) < 1:
         raise ValueError(f"metric {metric!r}: expected L_K or bpd_K (K >= 1, e.g. L_1, "
-                         "bpd_100) or auroc:DATASET")
+                         "bpd_100), auroc:DATASET or error")
     res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, k=int(k),
                           batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
                           n_examples=n_examples, device=next(p.model.parameters()).device,
