@@ -170,11 +170,12 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def conv_peak(batch: int, channels: int, size: int, device: torch.device, reps: int = 5,
-              kernel: int = 3) -> dict[str, float]:
+              kernel: int = 3, group_gflop: float = 20.0) -> dict[str, float]:
     """GFLOP/s of one 3x3 conv (batch, channels, size, size), forward, by dtype and layout.
 
     The best one can hope from the model's convolutions on this machine: fp32 NCHW and
-    channels-last, bf16 channels-last (median of ``reps`` timed groups of calls).
+    channels-last, bf16 channels-last (median of ``reps`` timed groups of calls, each about
+    ``group_gflop`` GFLOP; a dry run takes a small one).
     """
     flop = 2 * batch * size * size * channels * channels * kernel * kernel
     variants = {}
@@ -184,8 +185,9 @@ def conv_peak(batch: int, channels: int, size: int, device: torch.device, reps: 
         x = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
         w = torch.randn(channels, channels, kernel, kernel, device=device, dtype=dtype) * 0.05
         x, w = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
-        # Enough calls per timed group (~20 GFLOP) that one group lasts tens of milliseconds.
-        calls = max(4, round(2e10 / flop)) * (10 if device.type == "cuda" else 1)
+        # Enough calls per timed group (~20 GFLOP) that one group lasts tens of milliseconds
+        # on a GPU (seconds on a CPU).
+        calls = max(4, round(group_gflop * 1e9 / flop)) * (10 if device.type == "cuda" else 1)
 
         def run(x=x, w=w, calls=calls):
             for _ in range(calls):

@@ -1,13 +1,16 @@
 """Table and curves of semi-supervised runs: validation error against CPU minutes (PNG), best
 validation error, and the test error of the best checkpoint (from `biva evaluate`).
 
-Usage: python benchmarks/ssl_summary.py OUT_DIR [--at 20,60,120] [--draws]   (writes
-OUT_DIR/summary.md/json and valid_error_vs_cpu.png; each run dir holds eval_test_k1.json).
-``--at``: also the best validation error each run reached within that many CPU-minutes (equal
-budgets for runs that trained for different times). ``--draws``: runs named RECIPE_seedS are
-label draws of one recipe (``SEEDS=... ssl_recipes.sh``); writes OUT_DIR/draws.json, one object
-per recipe with its ``variant``, the ``test_errors`` of its draws (fractions, 10,000 test
-images each) and their mean and standard deviation, as the paper's Table 3.
+Usage: python benchmarks/ssl_summary.py OUT_DIR [--at 20,60,120] [--at-steps 12000] [--draws]
+(writes OUT_DIR/summary.md/json and valid_error_vs_cpu.png; each run dir holds
+eval_test_k1.json). ``--at``: also the best validation error each run reached within that many
+CPU-minutes (equal budgets for runs that trained for different times); ``--at-steps``: within
+that many steps (equal training for models that cost different CPU time a step).
+``--draws``: runs named RECIPE_seedS are label draws of one recipe (``SEEDS=...
+ssl_recipes.sh``); writes OUT_DIR/draws.json, one object per recipe with its ``variant``, the
+``test_errors`` of its draws (fractions, 10,000 test images each) and their mean and standard
+deviation, as the paper's Table 3 (with ``--at-steps``, each draw's validation error within
+each step budget and their mean).
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ def best_within(valid: list[dict], minutes: float) -> float | None:
     return min((r["valid_error"] for r in valid if r["cpu_s"] <= 60 * minutes), default=None)
 
 
-def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
+def best_within_steps(valid: list[dict], steps: int) -> float | None:
+    """The lowest validation error among the evaluations at or before step ``steps``."""
+    return min((r["valid_error"] for r in valid if r["step"] <= steps), default=None)
+
+
+def summarize(run: Path, at: tuple[float, ...] = (), at_steps: tuple[int, ...] = ()
+              ) -> dict | None:
     """One row for a semi-supervised run directory; None when it has no validation yet.
     ``at``: CPU-minute budgets for the ``valid_at`` column (best validation error within each;
-    None when the run has not trained that long)."""
+    None when the run has not trained that long); ``at_steps``: the same within step budgets
+    (``valid_at_steps``)."""
     records = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     valid = [r for r in records if r.get("kind") == "valid"]
     train = [r for r in records if r.get("kind") == "train"]
@@ -42,6 +52,9 @@ def summarize(run: Path, at: tuple[float, ...] = ()) -> dict | None:
     if at:
         row["valid_at"] = {f"{t:g}": best_within(valid, t) if row["cpu_minutes"] >= t - 0.5
                            else None for t in at}
+    if at_steps:
+        row["valid_at_steps"] = {str(n): best_within_steps(valid, n) if row["steps"] >= n
+                                 else None for n in at_steps}
     test = run / "eval_test_k1.json"
     if test.is_file():
         cls = json.loads(test.read_text())["classification"]
@@ -69,35 +82,49 @@ def draws(rows: list[dict], out: Path) -> list[dict]:
         rs.sort(key=lambda r: r["seed"])
         cfg = json.loads((out / rs[0]["recipe"] / "config.json").read_text())
         errors = [r["test_error"] for r in rs]
+        extra = {}
+        if "valid_at_steps" in rs[0]:
+            # Equal steps: validation error of every draw within each step budget, and its mean
+            # over the draws that reached it.
+            extra["valid_at_steps"] = {
+                n: {"errors": [r["valid_at_steps"][n] for r in rs],
+                    "mean": statistics.fmean(v) if (v := [r["valid_at_steps"][n] for r in rs
+                                                         if r["valid_at_steps"][n] is not None])
+                    else None} for n in rs[0]["valid_at_steps"]}
         result.append({"recipe": recipe, "variant": cfg["model"]["variant"],
                        "classifier_input": cfg["model"].get("classifier_input", "sample"),
                        "seeds": [r["seed"] for r in rs], "test_errors": errors,
                        "test_examples": [r["test_examples"] for r in rs],
                        "cpu_minutes": [r["cpu_minutes"] for r in rs],
                        "mean": statistics.fmean(errors),
-                       "std": statistics.stdev(errors) if len(errors) > 1 else None})
+                       "std": statistics.stdev(errors) if len(errors) > 1 else None, **extra})
     (out / "draws.json").write_text(json.dumps(result, indent=1) + "\n")
     for g in result:
         spread = f" ± {100 * g['std']:.2f}" if g["std"] is not None else ""
+        steps = "".join(f"; validation error within {n} steps {100 * v['mean']:.2f}% (mean)"
+                        for n, v in g.get("valid_at_steps", {}).items() if v["mean"] is not None)
         print(f"{g['recipe']} ({g['variant']}, {len(g['test_errors'])} draws): "
-              f"{100 * g['mean']:.2f}%{spread}")
+              f"{100 * g['mean']:.2f}%{spread}{steps}")
     return result
 
 
-def main(out: Path, at: tuple[float, ...] = (), by_draw: bool = False) -> None:
+def main(out: Path, at: tuple[float, ...] = (), by_draw: bool = False,
+         at_steps: tuple[int, ...] = ()) -> None:
     runs = sorted(d for d in out.iterdir() if (d / "metrics.jsonl").is_file())
-    rows = [r for d in runs if (r := summarize(d, at))]
+    rows = [r for d in runs if (r := summarize(d, at, at_steps))]
     at_head = "".join(f" best valid error within {t:g} CPU-min |" for t in at)
+    at_head += "".join(f" best valid error within {n} steps |" for n in at_steps)
     lines = ["| recipe | CPU min | steps | best valid error (step) | last valid error |" + at_head
              + " test error (10,000) | generative model's error | nats about y (at most log C) "
-             "| same class as q |", "|---" * (9 + len(at)) + "|"]
+             "| same class as q |", "|---" * (9 + len(at) + len(at_steps)) + "|"]
     for r in rows:
         test = f"{100 * r['test_error']:.2f}%" if "test_error" in r else "-"
         gen = (f"{100 * r['generative_error']:.2f}% | {r['class_information_nats']:.2f} | "
                f"{100 * r['agreement_with_q']:.1f}%" if "generative_error" in r
                else "- | - | -")
         within = "".join(f" {100 * v:.1f}% |" if v is not None else " - |"
-                         for v in r.get("valid_at", {}).values())
+                         for v in [*r.get("valid_at", {}).values(),
+                                   *r.get("valid_at_steps", {}).values()])
         lines.append(f"| {r['recipe']} | {r['cpu_minutes']} | {r['steps']} | "
                      f"{100 * r['best_valid_error']:.1f}% ({r['best_step']}) | "
                      f"{100 * r['last_valid_error']:.1f}% |{within} {test} | {gen} |")
@@ -114,7 +141,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory of semi-supervised run directories")
     parser.add_argument("--at", default="", help="comma-separated CPU-minute budgets")
+    parser.add_argument("--at-steps", default="", help="comma-separated step budgets")
     parser.add_argument("--draws", action="store_true",
                         help="mean and std over the label draws RECIPE_seedS (draws.json)")
     args = parser.parse_args()
-    main(args.out, tuple(float(t) for t in args.at.split(",") if t), args.draws)
+    main(args.out, tuple(float(t) for t in args.at.split(",") if t), args.draws,
+         tuple(int(n) for n in args.at_steps.split(",") if n))

@@ -32,7 +32,8 @@ from biva.models.semi_supervised import SemiSupervisedBIVA
 VARIANTS = ("vae", "lvae", "lvae+", "biva")
 # BIVA with one prior Gaussian for z^BU_i and z^TD_i (model.biva_prior = "shared"), and the
 # top-down families (TopDownVAE: VDVAE's and NVAE's blocks, NVAE's residual-normal posterior).
-ALL_MODELS = (*VARIANTS, "biva_shared", "vdvae", "nvae")
+DENSE_MODELS = (*VARIANTS, "biva_shared")
+TOPDOWN = ("vdvae", "nvae")     # checked in test_bound_exact_topdown.py (another xdist worker)
 K = 65536          # importance samples per image
 N_PRIOR = 262144   # ancestral samples for the brute-force marginal
 
@@ -88,17 +89,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """One trained tiny model per variant (a few seconds in all)."""
-    out = {}
-    for v in ALL_MODELS:
+class TrainedOnDemand(dict):
+    """variant -> its trained tiny model, trained at first use (seconds; a module trains only
+    the variants it checks). Each is seeded on its own, so the order of use changes nothing."""
+
+    def __missing__(self, variant: str) -> HierarchicalVAE:
         torch.manual_seed(1)
         # The top-down models start with their priors' and projections' outputs scaled down
         # (VDVAE's init): 400 steps make every group carry information.
-        steps, lr = (400, 1e-3) if v in ("vdvae", "nvae") else (100, 1e-3)
-        out[v] = train(build_hierarchy(tiny_config(v)), steps=steps, lr=lr)
-    return out
+        steps = 400 if variant in TOPDOWN else 100
+        self[variant] = train(build_hierarchy(tiny_config(variant)), steps=steps, lr=1e-3)
+        return self[variant]
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainedOnDemand:
+    """One trained tiny model per variant."""
+    return TrainedOnDemand()
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,19 @@ def images():
     uniq = torch.unique(x.flatten(1), dim=0)[:4]
     assert len(uniq) == 4
     return uniq.view(4, 1, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def exact_log_px(trained, images):
+    """variant -> brute-force (log p(images), s.e.) of ``trained[variant]``, computed once: the
+    seeded ancestral draws give the same value at every call, and they are the slow part."""
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if variant not in cache:
+            cache[variant] = brute_force_log_px(trained[variant], images)
+        return cache[variant]
+    return get
 
 
 @torch.no_grad()
@@ -141,12 +161,9 @@ def iw_log_px(model, x: torch.Tensor, k: int, **kw) -> tuple[torch.Tensor, torch
     return log_mean_exp(torch.cat(lw))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ALL_MODELS)
-def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
-                                                                          variant):
-    model = trained[variant]
-    exact, se_exact = brute_force_log_px(model, images)
+def check_unbiased(model, images: torch.Tensor, exact: torch.Tensor, se_exact: torch.Tensor,
+                   variant: str) -> None:
+    """Every L^{>k} weight of ``model``, k = 0..L-1, log-mean over K samples = brute force."""
     assert (se_exact < 0.02).all(), "brute force too noisy to be a reference"
     for k in range(model.n_layers):
         est, se = iw_log_px(model, images, k)
@@ -158,11 +175,8 @@ def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(traine
             f"{exact.tolist()} (tolerance {tol.tolist()})")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ALL_MODELS)
-def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, variant):
-    """The test above is only sharp if q differs from p and every layer matters."""
-    model = trained[variant]
+def check_sensitive(model, images: torch.Tensor, exact: torch.Tensor) -> None:
+    """:func:`check_unbiased` is only sharp if q differs from p and every layer matters."""
     torch.manual_seed(0)   # the draws must not depend on which tests ran before
     with torch.no_grad():
         kl = model(images.repeat(256, 1, 1, 1)).kl_per_group.mean(0)
@@ -170,10 +184,23 @@ def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, var
     assert (kl > 0.01).all() and kl.sum() > 0.5, dict(zip(model.group_names, kl.tolist(),
                                                           strict=True))
     # ELBO well below log p(x): the weights are far from constant.
-    exact, _ = brute_force_log_px(model, images)
     with torch.no_grad():
         elbo = model(images, n_samples=4096).elbo
     assert ((exact - elbo) > 0.05).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", DENSE_MODELS)
+def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
+                                                                          exact_log_px, variant):
+    check_unbiased(trained[variant], images, *exact_log_px(variant), variant)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", DENSE_MODELS)
+def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, exact_log_px,
+                                                            variant):
+    check_sensitive(trained[variant], images, exact_log_px(variant)[0])
 
 
 def test_l_greater_k_draws_the_lower_layers_from_the_conditional_prior(trained, images):
@@ -294,12 +321,13 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["biva", "lvae"])
-def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, variant):
+def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, exact_log_px,
+                                                        variant):
     """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""
     from biva.evaluation.ood_scores import bound_sweep
 
     model = trained[variant]
-    exact, se_exact = brute_force_log_px(model, images)
+    exact, se_exact = exact_log_px(variant)
     torch.manual_seed(9)
     ks = list(range(model.n_layers))
     sweep = bound_sweep(model, images, ks, scores=("lk",), n_samples=K, max_batch=4 * 4096)

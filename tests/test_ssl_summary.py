@@ -42,3 +42,18 @@ def test_draws_are_grouped_by_recipe_with_mean_and_sample_std(tmp_path, capsys):
     assert abs(g["std"] - 0.01) < 1e-12                  # sample std, not population
     assert groups["m2"]["variant"] == "vae" and len(groups["m2"]["test_errors"]) == 2
     assert "means (biva, 3 draws): 5.00% ± 1.00" in capsys.readouterr().out
+
+
+def test_equal_steps_take_the_best_validation_error_up_to_each_step_budget(tmp_path):
+    """--at-steps compares models that cost different CPU time a step at equal training."""
+    _run(tmp_path, "means_seed0", "biva", 0.05, [0.3, 0.1, 0.2])      # steps 50, 100, 150
+    _run(tmp_path, "means_seed1", "biva", 0.06, [0.4, 0.2])           # steps 50, 100
+    ssl_summary.main(tmp_path, by_draw=True, at_steps=(50, 100, 150))
+    g = json.loads((tmp_path / "draws.json").read_text())[0]["valid_at_steps"]
+    assert g["50"]["errors"] == [0.3, 0.4] and abs(g["50"]["mean"] - 0.35) < 1e-12
+    assert g["100"]["errors"] == [0.1, 0.2]               # the best so far, not the last
+    assert g["150"]["errors"] == [0.1, None]              # draw 1 never trained 150 steps
+    assert g["150"]["mean"] == 0.1
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert rows["means_seed0"]["valid_at_steps"] == {"50": 0.3, "100": 0.1, "150": 0.1}
+    assert "best valid error within 100 steps" in (tmp_path / "summary.md").read_text()

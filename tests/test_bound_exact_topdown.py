@@ -1,0 +1,31 @@
+"""The brute-force bound checks of ``test_bound_exact.py`` on the top-down families (VDVAE-
+and NVAE-style, ``TopDownVAE``): every importance weight, for every k, is an unbiased estimate
+of the brute-force p(x), and the tiny models are sensitive enough for that to be sharp. A file
+of its own so that the two halves run on different pytest-xdist workers (files stay whole)."""
+
+from __future__ import annotations
+
+import pytest
+from test_bound_exact import (  # fixtures, found by pytest by name
+    TOPDOWN,
+    check_sensitive,
+    check_unbiased,
+    exact_log_px,
+    images,
+    one_thread,
+    trained,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", TOPDOWN)
+def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
+                                                                          exact_log_px, variant):
+    check_unbiased(trained[variant], images, *exact_log_px(variant), variant)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", TOPDOWN)
+def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, exact_log_px,
+                                                            variant):
+    check_sensitive(trained[variant], images, exact_log_px(variant)[0])
