@@ -86,11 +86,12 @@ def draws(rows: list[dict], out: Path) -> list[dict]:
         if "valid_at_steps" in rs[0]:
             # Equal steps: validation error of every draw within each step budget, and its mean
             # over the draws that reached it.
-            extra["valid_at_steps"] = {
-                n: {"errors": [r["valid_at_steps"][n] for r in rs],
-                    "mean": statistics.fmean(v) if (v := [r["valid_at_steps"][n] for r in rs
-                                                         if r["valid_at_steps"][n] is not None])
-                    else None} for n in rs[0]["valid_at_steps"]}
+            extra["valid_at_steps"] = {}
+            for n in rs[0]["valid_at_steps"]:
+                per_draw = [r["valid_at_steps"][n] for r in rs]
+                reached = [v for v in per_draw if v is not None]
+                extra["valid_at_steps"][n] = {
+                    "errors": per_draw, "mean": statistics.fmean(reached) if reached else None}
         result.append({"recipe": recipe, "variant": cfg["model"]["variant"],
                        "classifier_input": cfg["model"].get("classifier_input", "sample"),
                        "seeds": [r["seed"] for r in rs], "test_errors": errors,

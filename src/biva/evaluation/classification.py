@@ -211,6 +211,15 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
     return to_model_input(x, kind, bits)
 
 
+def predict_raw(model, model_cfg, images: np.ndarray | Tensor, *, n_samples: int = 1,
+                batch_size: int = 100, seed: int = 0) -> Tensor:
+    """Class probabilities (N, C) of a semi-supervised ``model`` (its ``ModelConfig``
+    ``model_cfg``) for raw ``images``, read as :func:`images_to_model_input` reads them."""
+    kind = "binary" if model_cfg.likelihood == "bernoulli" else "8bit"
+    x = images_to_model_input(images, kind, model_cfg.bits, tuple(model_cfg.input_shape), seed)
+    return predict_proba(model, x, batch_size=batch_size, n_samples=n_samples, seed=seed)
+
+
 def predict(run_dir: str | Path, images: np.ndarray | Tensor, *, checkpoint: str = "best",
             device: str | torch.device = "cpu", n_samples: int = 1, batch_size: int = 100,
             seed: int = 0) -> Tensor:
@@ -220,9 +229,8 @@ def predict(run_dir: str | Path, images: np.ndarray | Tensor, *, checkpoint: str
     model, cfg, _ = load_trained(run_dir, checkpoint, device)
     if not hasattr(model, "classify"):
         raise ValueError(f"{run_dir} is not a semi-supervised run (data.labels_per_class = 0)")
-    kind = "binary" if cfg.model.likelihood == "bernoulli" else "8bit"
-    x = images_to_model_input(images, kind, cfg.model.bits, tuple(cfg.model.input_shape), seed)
-    return predict_proba(model, x, batch_size=batch_size, n_samples=n_samples, seed=seed)
+    return predict_raw(model, cfg.model, images, n_samples=n_samples, batch_size=batch_size,
+                       seed=seed)
 
 
 def write_class_samples(model, kind: str, out: str | Path, per_class: int = 10,

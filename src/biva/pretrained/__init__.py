@@ -64,16 +64,13 @@ class Pretrained:
         """q(y | x) for raw images (N, H, W), (N, H, W, C) or (N, C, H, W), as
         :func:`read_folder` gives them: (N, num_classes) float32, rows sum to 1; each row
         averages ``n_samples`` draws of z^BU at ``seed``."""
-        from ..evaluation.classification import images_to_model_input, predict_proba
+        from ..evaluation.classification import predict_raw
 
         if not self.is_classifier:
             raise ValueError(f"{self.name}: not a classifier (a semi-supervised model has "
                              f"one; shipped ones: {', '.join(_classifiers()) or 'none'})")
-        cfg = self.config.model
-        kind = "binary" if cfg.likelihood == "bernoulli" else "8bit"
-        x = images_to_model_input(images, kind, cfg.bits, tuple(cfg.input_shape), seed)
-        return predict_proba(self.model, x, batch_size=batch_size, n_samples=n_samples,
-                             seed=seed)
+        return predict_raw(self.model, self.config.model, images, n_samples=n_samples,
+                           batch_size=batch_size, seed=seed)
 
     def predict(self, images, *, n_samples: int = 1, seed: int = 0) -> torch.Tensor:
         """The most probable class of each raw image under q(y | x): (N,) int64."""
