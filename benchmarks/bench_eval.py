@@ -7,7 +7,7 @@ and for the reference implementation's method, K sequential fp32 forward passes 
 on ``--seq-passes`` passes (interleaved with the fused runs) and scaled to K: its per-pass cost
 does not depend on K. All figures are test images per second for the whole L_k.
 
-    python benchmarks/bench_eval.py --k 1000 --n 4
+    python benchmarks/bench_eval.py --samples 1000 --n 4
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def sequential_bound(model, x: torch.Tensor, passes: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="binary")
-    p.add_argument("--k", type=int, default=1000, help="importance samples")
+    p.add_argument("--samples", type=int, default=1000, help="importance samples K")
     p.add_argument("--n", type=int, default=0, help="test images (0: 4 on CPU, 100 on CUDA)")
     p.add_argument("--seq-batch", type=int, default=48,
                    help="test images per sequential pass of the baseline")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = setup(args)
     n = args.n or (100 if device.type == "cuda" else 4)
-    k = args.k
+    k = args.samples
     if args.quick:
         n, k, args.seq_batch = min(n, 2), min(k, 50), min(args.seq_batch, 8)
     seq_passes = args.seq_passes or min(k, 5 if args.quick else 20)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from biva.nn.blocks import use_channels_last
 
     if args.run_dir:
-        from biva.evaluation.loading import load_trained
+        from biva.runs.loading import load_trained
 
         plain, run_cfg, _ = load_trained(args.run_dir, "best", device)
         args.preset = f"{args.run_dir} ({run_cfg.model.description or 'trained'})"

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     reps = args.reps or (1 if args.quick else 5)
 
     from biva import HierarchicalVAE, preset
-    from biva.evaluation.ood_scores import bound_sweep, needed_bounds, parse_scores
+    from biva.ood.scores import bound_sweep, needed_bounds, parse_scores
 
     cfg = preset(args.preset, variant=args.variant)
     x, source = model_input(cfg, n, args.data_root)

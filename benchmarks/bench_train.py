@@ -40,9 +40,9 @@ REFERENCE_CPU = {("binary", 48): 7.4, ("natural32", 8): 0.8}
 
 def make_trainer(preset: str, x: torch.Tensor, run_dir: Path, device: torch.device, **train):
     """A real Trainer on an in-memory dataset made of ``x`` (no files read)."""
+    from biva.config.run import resolve_config
     from biva.data.types import DatasetSplits, ImageSplit
     from biva.training import Trainer
-    from biva.training.config import resolve_config
 
     cfg = resolve_config({"model": {"preset": preset},
                           "train": {"batch_size": x.shape[0], "init_batch": x.shape[0],

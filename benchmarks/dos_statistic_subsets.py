@@ -9,7 +9,7 @@ the dos AUROC of the density fitted on the first validation draw for every subse
 this measures candidate rules, it is not a detector.
 
 Usage: python benchmarks/dos_statistic_subsets.py RUN_DIR --ood-data mnist --n-valid 1000 \
-    --n-test 500 --n-samples 10 --out dos_subsets.json
+    --n-test 500 --samples 10 --out dos_subsets.json
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from biva.evaluation.bounds import evaluation_split
-from biva.evaluation.density_of_states import (
+from biva.data import evaluation_split, load_run_data
+from biva.ood.density_of_states import (
     DOS_SWEEP_SCORES,
     DensityOfStates,
     dos_columns,
     dos_statistics,
 )
-from biva.evaluation.loading import load_trained
-from biva.evaluation.ood_scores import sweep_split
-from biva.evaluation.ood_sets import load_like_run
-from biva.training import load_run_data
+from biva.ood.scores import sweep_split
+from biva.ood.sets import load_like_run
+from biva.runs.loading import load_trained
 
 
 def subset_name(ks: list[int]) -> str:
@@ -48,7 +47,7 @@ def main() -> None:
     p.add_argument("--ood-data", default="mnist")
     p.add_argument("--n-valid", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--n-samples", type=int, default=10, help="importance samples K")
+    p.add_argument("--samples", type=int, default=10, help="importance samples K")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -67,7 +66,7 @@ def main() -> None:
     for name, (split, n, draw_seed) in sets.items():
         torch.manual_seed(draw_seed)          # valid_a and valid_b: two independent draws
         sweep = sweep_split(model, split, data.kind, cfg.model.bits, [0, *ks],
-                            scores=DOS_SWEEP_SCORES, n_samples=args.n_samples, n_examples=n)
+                            scores=DOS_SWEEP_SCORES, n_samples=args.samples, n_examples=n)
         stats[name] = dos_statistics(sweep, ks)
         print(f"{name}: {len(stats[name])} images", flush=True)
     columns = dos_columns(ks)
@@ -77,7 +76,7 @@ def main() -> None:
         return float(roc_auc_score(y, np.r_[a_in, a_out]))
 
     result = {"run_dir": str(args.run_dir), "step": state.get("step"),
-              "ood_data": args.ood_data, "n_samples": args.n_samples,
+              "ood_data": args.ood_data, "n_samples": args.samples,
               "n_valid": len(stats["valid_a"]), "n_test": len(stats["test"]),
               "reliability": {}, "single_auroc": {}, "dos_auroc": {}}
     for j, c in enumerate(columns):

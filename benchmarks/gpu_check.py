@@ -75,18 +75,18 @@ def parts(out: Path, device: str, quick: bool, data_root: str | None) -> list[di
                         "--set", "model.filters=[8]",
                         "--set", "model.blocks=1", "--set", "train.eval_every=6",
                         "--set", "train.checkpoint_every=6", "--set", "train.log_every=3"]
-        ev1 = biva + ["evaluate", str(run), "--k", "1", "--split", "test", *dev,
+        ev1 = biva + ["evaluate", str(run), "--samples", "1", "--split", "test", *dev,
                       "--n-examples", "50", "--out", str(out / "eval_test_k1.json")]
-        evk = biva + ["evaluate", str(run), "--k", "20", "--split", "test", *dev,
+        evk = biva + ["evaluate", str(run), "--samples", "20", "--split", "test", *dev,
                       "--n-examples", "10", "--out", str(out / "eval_test_k1000_500.json")]
     else:
         train = biva + ["train", "--config", "static_mnist", "--run-dir", str(run), *dev,
                         *root, "--no-progress", "--amp", "bf16", "--set",
                         "train.max_minutes=5", "--set", "train.eval_every=1000000",
                         "--set", "train.checkpoint_every=1000000", "--set", "train.log_every=200"]
-        ev1 = biva + ["evaluate", str(run), "--k", "1", "--split", "test", *dev, *root,
+        ev1 = biva + ["evaluate", str(run), "--samples", "1", "--split", "test", *dev, *root,
                       "--amp", "bf16", "--out", str(out / "eval_test_k1.json")]
-        evk = biva + ["evaluate", str(run), "--k", "1000", "--split", "test", "--n-examples",
+        evk = biva + ["evaluate", str(run), "--samples", "1000", "--split", "test", "--n-examples",
                       "500", *dev, *root, "--amp", "bf16",
                       "--out", str(out / "eval_test_k1000_500.json")]
     bench = [py, str(BENCH / "bench_train.py"), *dev, *q, *root]
@@ -101,7 +101,7 @@ def parts(out: Path, device: str, quick: bool, data_root: str | None) -> list[di
         {"name": "train_binary_b48", "cmd": bench + ["--preset", binary, "--batch", "48"]
          + (["--no-baseline"] if quick else []), "cap": 45},
         {"name": "eval_l1000", "cmd": [py, str(BENCH / "bench_eval.py"), "--preset", binary,
-                                       "--k", "1000", *dev, *q, *root], "cap": 60},
+                                       "--samples", "1000", *dev, *q, *root], "cap": 60},
         {"name": "sample", "cmd": [py, str(BENCH / "bench_sample.py"), "--preset", binary,
                                    *dev, *q], "cap": 30},
         {"name": "timed_training", "cmd": train, "cap": 30 if quick else 345},

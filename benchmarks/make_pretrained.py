@@ -73,7 +73,7 @@ def _fit_detector(folder: Path, n_valid: int, n_samples: int = 1) -> dict:
     """A density (dos) detector fitted on the shipped weights and the validation images of
     the config, written into ``folder``; its bounds are L_K with K = ``n_samples`` (cost a
     scored image: K passes). Returns its summary for the card."""
-    from biva.evaluation.ood_detector import detector_for_model
+    from biva.ood.detector import detector_for_model
 
     p = load(folder)
     det = detector_for_model(p.model, p.config, n_valid=n_valid, name=p.name,

@@ -10,9 +10,9 @@ minutes=${3:-60}
 root=${4:-../shared/data}
 
 if [ -f "$run/config.json" ]; then
-  biva run --resume "$run" --k 100 --no-progress
+  biva run --resume "$run" --samples 100 --no-progress
 else
-  biva run --data "$folder" --run-dir "$run" --threads 1 --no-progress --k 100 \
+  biva run --data "$folder" --run-dir "$run" --threads 1 --no-progress --samples 100 \
     --set "train.max_minutes=$minutes"
 fi
 biva sample "$run" -n 16 --temperature 1.0,0.7 --out "$run/figures/samples_t1.0_t0.7.png"

@@ -4,7 +4,7 @@ Prints one JSON line (top ops by self time, forward time per module group) and, 
 ``--table``, the profiler's tables on stderr.
 
     python benchmarks/profile_step.py --what train --preset binary --batch 48 --variant fast
-    python benchmarks/profile_step.py --what eval --preset binary-cpu --n 10 --k 100
+    python benchmarks/profile_step.py --what eval --preset binary-cpu --n 10 --samples 100
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="binary")
     p.add_argument("--batch", type=int, default=48, help="training batch")
     p.add_argument("--n", type=int, default=10, help="eval: images")
-    p.add_argument("--k", type=int, default=100, help="eval: importance samples")
+    p.add_argument("--samples", type=int, default=100, help="eval: importance samples K")
     p.add_argument("--variant", choices=["plain", "cl", "bf16", "fast"], default="fast",
                    help="plain: fp32 NCHW; cl: fp32 channels-last; bf16: bf16 autocast NCHW; "
                    "fast: bf16 autocast + channels-last")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def evaluate():
         with amp:
-            importance_weighted_bound(model, x, args.k)
+            importance_weighted_bound(model, x, args.samples)
 
     fn = train_step if args.what == "train" else evaluate
     fn()  # warm-up

@@ -9,5 +9,5 @@ PY=${PYTHON:-.venv/bin/python}
 $PY benchmarks/bench_conv.py --preset binary "$@"
 $PY benchmarks/bench_train.py --preset binary --batch 48 "$@"
 $PY benchmarks/bench_train.py --preset natural32 --batch 8 "$@"
-$PY benchmarks/bench_eval.py --preset binary --k 1000 "$@"
+$PY benchmarks/bench_eval.py --preset binary --samples 1000 "$@"
 $PY benchmarks/bench_sample.py --preset binary "$@"

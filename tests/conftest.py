@@ -35,12 +35,12 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def poisoned_test_split(monkeypatch):
-    """``biva.training.load_run_data`` patched so that reading a run's *test* split (its
-    images, labels or a subset) raises; returns the real loader."""
-    import biva.training as training
+    """``load_run_data`` as the detector module sees it, patched so that reading a run's *test*
+    split (its images, labels or a subset) raises; returns the real loader."""
+    import biva.ood.detector as detector
     from biva.data import ImageSplit
 
-    real = training.load_run_data
+    real = detector.load_run_data
 
     class Untouchable(ImageSplit):
         armed = False
@@ -56,7 +56,7 @@ def poisoned_test_split(monkeypatch):
         data.test.armed = True
         return data
 
-    monkeypatch.setattr(training, "load_run_data", poisoned)
+    monkeypatch.setattr(detector, "load_run_data", poisoned)
     return real
 
 

@@ -12,6 +12,8 @@ import torch
 
 from biva import HierarchicalVAE, ModelConfig
 from biva.cli.main import main
+from biva.config.presets import preset
+from biva.config.run import TrainConfig
 from biva.experiments.ablation import (
     ABLATION_VARIANTS,
     NVAE_SPECTRAL_REG,
@@ -26,8 +28,6 @@ from biva.experiments.ablation import (
     summarize,
 )
 from biva.models import build_hierarchy
-from biva.presets import preset
-from biva.training.config import TrainConfig
 
 
 def small(**kw) -> ModelConfig:
@@ -181,7 +181,7 @@ def test_best_within_cpu_ignores_later_records():
 def ablation_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
     args = ["ablation", "--config", "digits", "--out", str(out), "--variants", "lvae,biva,nvae",
-            "--seeds", "0", "--steps", "6", "--k", "3", "--eval-examples", "40"]
+            "--seeds", "0", "--steps", "6", "--samples", "3", "--eval-examples", "40"]
     for s in ("train.eval_every=1", "train.checkpoint_every=3", "train.log_every=3",
               "train.finetune_steps=0", "model.filters=[8]", "model.blocks=1",
               "train.batch_size=16"):
@@ -242,10 +242,8 @@ def test_ablation_command_resumes_without_retraining(ablation_dir):
 
 def test_per_layer_kl_and_active_units_match_a_hand_computation(ablation_dir):
     out, _ = ablation_dir
-    from biva.data import to_model_input
-    from biva.evaluation import evaluation_split
-    from biva.evaluation.loading import load_trained
-    from biva.training import load_run_data
+    from biva.data import evaluation_split, load_run_data, to_model_input
+    from biva.runs.loading import load_trained
     from biva.utils.rng import seeded_eval
 
     run = AblationRun("biva", 0, out / "biva" / "seed0")

@@ -324,7 +324,7 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
 def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, exact_log_px,
                                                         variant):
     """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""
-    from biva.evaluation.ood_scores import bound_sweep
+    from biva.ood.scores import bound_sweep
 
     model = trained[variant]
     exact, se_exact = exact_log_px(variant)

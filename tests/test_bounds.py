@@ -126,7 +126,7 @@ def test_evaluate_bounds_seeds_its_draws_and_leaves_the_callers_rng():
     """A seed fixes L_1 and L_k of every example and leaves the global RNG where it was, and
     the model's training mode is restored; seed=None draws from the global RNG."""
     from biva.data import ImageSplit
-    from biva.evaluation.bounds import evaluate_bounds
+    from biva.objectives.splits import evaluate_bounds
 
     torch.manual_seed(0)
     model = HierarchicalVAE(preset("digits", filters=(8,), blocks=1))
@@ -135,7 +135,7 @@ def test_evaluate_bounds_seeds_its_draws_and_leaves_the_callers_rng():
     model.train()
 
     def run(seed):
-        return evaluate_bounds(model, split, "binary", 1, k=3, batch_size=4,
+        return evaluate_bounds(model, split, "binary", 1, n_samples=3, batch_size=4,
                                seed=seed)["per_example"]
 
     torch.manual_seed(5)
@@ -156,14 +156,14 @@ def test_kl_per_group_keeps_the_hierarchy_order_in_the_written_json(tmp_path):
 
     from biva.config import ModelConfig
     from biva.data import ImageSplit
-    from biva.evaluation.bounds import evaluate_bounds
+    from biva.objectives.splits import evaluate_bounds
     from biva.utils.atomic import atomic_write_json
 
     cfg = ModelConfig(input_shape=(1, 8, 8), latents=(2,) * 11, filters=(4,), kernels=(3,),
                       strides=(1,) * 11, blocks=1, dropout_q=0.0, dropout_p=0.0)
     model = HierarchicalVAE(cfg)
     split = ImageSplit((torch.rand(4, 1, 8, 8) > 0.5).to(torch.uint8))
-    res = evaluate_bounds(model, split, "binary", 1, k=1, batch_size=4)
+    res = evaluate_bounds(model, split, "binary", 1, n_samples=1, batch_size=4)
     atomic_write_json(tmp_path / "eval.json", res)
     written = json.loads((tmp_path / "eval.json").read_text())["kl_per_group"]
     assert list(written) == model.group_names

@@ -156,9 +156,9 @@ def test_top_log_prior_hook_and_mlp_conversion():
 
 def test_quick_cli_run_writes_json_and_figures(tmp_path, capsys):
     out = tmp_path / "dens"
-    args = ["densities", "--models", "biva", "--potentials", "2", "--seeds", "1", "--quick",
+    args = ["densities", "--variants", "biva", "--potentials", "2", "--seeds", "1", "--quick",
             "--iterations", "6", "--eval-samples", "3000", "--batch-size", "64",
-            "--workers", "1", "--out", str(out)]
+            "--jobs", "1", "--out", str(out)]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
@@ -175,16 +175,16 @@ def test_quick_cli_run_writes_json_and_figures(tmp_path, capsys):
 
 def test_parallel_workers(tmp_path):
     out = tmp_path / "par"
-    assert main(["densities", "--models", "vae,lvae", "--potentials", "1", "--seeds", "1",
+    assert main(["densities", "--variants", "vae,lvae", "--potentials", "1", "--seeds", "1",
                  "--iterations", "3", "--eval-samples", "500", "--batch-size", "32",
-                 "--workers", "2", "--out", str(out)]) == 0
+                 "--jobs", "2", "--out", str(out)]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [r["model"] for r in runs] == ["vae", "lvae"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CUDA-less torch")
 def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, capsys):
-    assert main(["densities", "--models", "vae", "--potentials", "1", "--seeds", "1", "--quick",
-                 "--device", "cuda", "--workers", "1", "--out", str(tmp_path / "d")]) == 2
+    assert main(["densities", "--variants", "vae", "--potentials", "1", "--seeds", "1", "--quick",
+                 "--device", "cuda", "--jobs", "1", "--out", str(tmp_path / "d")]) == 2
     assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from biva.evaluation.density_of_states import DensityOfStates, dos_columns, dos_ks
+from biva.ood.density_of_states import DensityOfStates, dos_columns, dos_ks
 
 
 def test_one_statistic_is_scipys_gaussian_kde_and_several_add_up():
@@ -95,8 +95,7 @@ def digits_run(tmp_path_factory):
 
 def _to_8x8_binary(images: torch.Tensor) -> torch.Tensor:
     """28x28 uint8 images as the digits model's input: area resize, ink >= 64 is 1."""
-    from biva.data import ImageSplit
-    from biva.evaluation.ood_sets import fit_to_shape
+    from biva.data import ImageSplit, fit_to_shape
 
     return (fit_to_shape(ImageSplit(images), (1, 8, 8)).images >= 64).to(torch.uint8)
 
@@ -109,11 +108,10 @@ def test_the_default_detector_never_reads_an_anomaly_and_catches_known_shifts(
     are digits; noise, inverted and shuffled images are not. With the likelihood alone the
     clothes are missed more often (AUROC 0.81 against the density's 0.89)."""
     import biva.data as data_mod
-    import biva.evaluation.ood_sets as ood_sets
-    from biva.data import load_dataset
-    from biva.evaluation import evaluation_split
-    from biva.evaluation.ood_detector import OODDetector, detector_for_run
-    from biva.training.config import read_run_config
+    import biva.ood.sets as ood_sets
+    from biva.config.run import read_run_config
+    from biva.data import evaluation_split, load_dataset
+    from biva.ood.detector import OODDetector, detector_for_run
 
     real = poisoned_test_split      # the test split raises during the fit
 
@@ -148,7 +146,7 @@ def test_the_default_detector_never_reads_an_anomaly_and_catches_known_shifts(
 
 
 def test_a_saved_density_detector_gives_the_same_decisions(digits_run, tmp_path):
-    from biva.evaluation.ood_detector import OODDetector
+    from biva.ood.detector import OODDetector
     from biva.pretrained import load
 
     p = load("digits")
@@ -179,8 +177,8 @@ def test_biva_detect_flags_a_folder_and_fits_a_detector_once(tiny_run, tmp_path,
     from PIL import Image
 
     from biva.cli.main import main
-    from biva.evaluation.loading import load_trained
-    from biva.evaluation.ood_detector import OODDetector
+    from biva.ood.detector import OODDetector
+    from biva.runs.loading import load_trained
 
     run = shutil.copytree(tiny_run, tmp_path / "run")    # the shared run stays detector-free
     folder = tmp_path / "new"

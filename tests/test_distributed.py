@@ -28,8 +28,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from biva.config import load_run_config
+from biva.data import load_run_data
 from biva.nn.gaussian import DiagonalGaussian
-from biva.training import Trainer, load_run_config, load_run_data
+from biva.training import Trainer
 from biva.training.distributed import destroy_distributed, init_distributed
 from biva.utils.checkpoint import list_checkpoints, load_checkpoint
 from biva.utils.jsonl import read_jsonl
@@ -40,7 +42,7 @@ GLOBAL_BATCH = 32        # 16 rows per rank
 WORLD = 2
 TINY = ["train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4",
         f"train.batch_size={GLOBAL_BATCH}", "train.progress=false", "train.init_batch=64",
-        "train.threads=1", "train.eval_batches=1", "train.finetune_steps=0", "eval.k=2",
+        "train.threads=1", "train.eval_batches=1", "train.finetune_steps=0", "eval.n_samples=2",
         "model.filters=[8]", "model.blocks=1", "data.valid_size=1150"]
 EQUIV_STEPS = 4
 RUN_STEPS = 8

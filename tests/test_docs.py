@@ -59,7 +59,7 @@ def config_fields() -> set[str]:
     import dataclasses
 
     from biva.config import ModelConfig
-    from biva.training.config import DataConfig, EvalConfig, TrainConfig
+    from biva.config.run import DataConfig, EvalConfig, TrainConfig
 
     return {f"{s}.{f.name}" for s, cls in (("model", ModelConfig), ("data", DataConfig),
                                            ("train", TrainConfig), ("eval", EvalConfig))
@@ -84,7 +84,7 @@ def test_the_docs_hold_commands_and_examples_to_check():
 def test_every_biva_command_in_the_docs_parses_with_real_options_and_fields():
     """A renamed subcommand, option or config field fails here, naming the page and line."""
     from biva.cli.main import build_parser
-    from biva.training.config import shipped_configs
+    from biva.config.run import shipped_configs
 
     fields, shipped = config_fields(), set(shipped_configs())
     parser = build_parser()
@@ -214,13 +214,13 @@ def test_the_readmes_three_examples_run_on_small_real_data(photo_folders):
     small = ["--set", "train.max_cpu_minutes=0", "--set", "train.steps=4",
              "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2",
              "--set", "train.batch_size=8", "--set", "eval.batch_size=8", "--no-progress",
-             "--k", "2", "--threads", "1"]
+             "--samples", "2", "--threads", "1"]
     run = subprocess.run(biva + shlex.split(train)[1:] + small, cwd=photo_folders,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert (photo_folders / "runs/photos/eval_test_k2.json").is_file()
     ev = shlex.split(evaluate)[1:]
-    ev[ev.index("--k") + 1] = "3"
+    ev[ev.index("--samples") + 1] = "3"
     run = subprocess.run(biva + ev + ["--no-progress", "--threads", "1"], cwd=photo_folders,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]

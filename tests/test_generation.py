@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from biva.cli.main import main
-from biva.data import to_model_input
-from biva.evaluation import evaluation_split, validation_elbo
+from biva.data import evaluation_split, load_run_data, to_model_input
 from biva.evaluation import generation as gen
 from biva.evaluation.diagnostics import (
     ACTIVE_UNIT_THRESHOLD,
@@ -22,11 +21,10 @@ from biva.evaluation.diagnostics import (
     ess_statistics,
     kl_per_epoch,
     training_curves,
-    validation_statistics,
 )
-from biva.evaluation.loading import load_trained
 from biva.nn.gaussian import DiagonalGaussian
-from biva.training import load_run_data
+from biva.objectives.splits import validation_elbo, validation_statistics
+from biva.runs.loading import load_trained
 from biva.utils.jsonl import read_jsonl
 
 

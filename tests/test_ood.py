@@ -10,13 +10,15 @@ import torch
 
 from biva import HierarchicalVAE, LinearGaussianHierarchy, preset
 from biva.cli.main import main
-from biva.evaluation.ood import (
+from biva.ood.experiment import OODSettings, run_ood
+from biva.ood.metrics import (
     gaussian_kde,
     ood_metrics,
     ood_table,
     score_samples,
     table_markdown,
 )
+from biva.runs.evaluate import EvalSettings, evaluate_run
 
 
 def _tiny(variant):
@@ -136,7 +138,8 @@ def tiny_run(tmp_path_factory):
 def test_cli_writes_every_promised_file(tiny_run, capsys):
     run, root = tiny_run
     rc = main(["ood", str(run), "--ood-data", "npz", "invert", "uniform", "--ood-path",
-               str(root / "flipped.npz"), "--k", "0,2", "--n-examples", "30", "--ood-split",
+               str(root / "flipped.npz"), "--prior-layers", "0,2", "--n-examples", "30",
+               "--ood-split",
                "all", "--threads", "1", "--device", "cpu", "--n-valid", "40",
                "--score", "elbo,lk,llr,llr-mean", "--bootstrap", "20"])
     assert rc == 0
@@ -198,24 +201,21 @@ def test_cli_writes_every_promised_file(tiny_run, capsys):
     assert "no anomaly examples" in (out / "metrics.md").read_text()
 
 
-def test_cli_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
+def test_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
     run, _root = tiny_run
+    base = dict(run_dir=run, ood_data=["invert"], prior_layers="0,2", n_examples=20,
+                n_valid=30, bootstrap=0)
     out = tmp_path / "ood"
-    assert main(["ood", str(run), "--ood-data", "invert", "uniform", "--k", "0,2",
-                 "--n-examples", "20", "--threads", "1", "--device", "cpu", "--n-valid", "30",
-                 "--bootstrap", "0", "--detector", "synthetic", "--out", str(out)]) == 0
+    run_ood(OODSettings(**{**base, "ood_data": ["invert", "uniform"]}, detector="synthetic",
+                        out=out))
     det = json.loads((out / "detector.json").read_text())
     assert det["score"] in ("elbo", "lk", "llr") and det["n_fit"] == 30
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["detector"]["chosen_on"] == ["invert", "uniform"]
-    assert main(["ood", str(run), "--ood-data", "invert", "--k", "0,2", "--n-examples", "20",
-                 "--threads", "1", "--device", "cpu", "--n-valid", "30", "--bootstrap", "0",
-                 "--detector", "none", "--out", str(tmp_path / "none")]) == 0
+    run_ood(OODSettings(**base, detector="none", out=tmp_path / "none"))
     assert not (tmp_path / "none" / "detector.json").exists()
     # Ratios alone (no score that draws L^{>k}): the table of L^{>k} is still written.
-    assert main(["ood", str(run), "--ood-data", "invert", "--k", "0,2", "--n-examples", "20",
-                 "--threads", "1", "--device", "cpu", "--n-valid", "30", "--bootstrap", "0",
-                 "--score", "elbo,llr_mean", "--out", str(tmp_path / "ratios")]) == 0
+    run_ood(OODSettings(**base, score="elbo,llr_mean", out=tmp_path / "ratios"))
     assert "L^{>2}" in (tmp_path / "ratios" / "table.md").read_text()
 
 
@@ -226,7 +226,7 @@ def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "(1, 10, 10)" in err and "(1, 8, 8)" in err
     assert main(base + ["--ood-data", "npz", "--ood-path", str(root / "flipped.npz"),
-                        "--k", "3"]) == 2
+                        "--prior-layers", "3"]) == 2
     assert "0..2" in capsys.readouterr().err
     assert main(base + ["--ood-data", "npz"]) == 2
     assert "--ood-path" in capsys.readouterr().err
@@ -249,7 +249,7 @@ def toy_model():
 def test_detector_separates_known_in_and_out_distributions(toy_model, tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from biva.evaluation.ood_detector import OODDetector
+    from biva.ood.detector import OODDetector
 
     model, toy_data = toy_model
     x_valid, x_test = toy_data(400, seed=11), toy_data(400, seed=12)
@@ -295,7 +295,7 @@ def test_detector_separates_known_in_and_out_distributions(toy_model, tmp_path):
 def test_a_saved_detector_is_checked_field_by_field(toy_model, tmp_path, field, value, match):
     """A NaN threshold flagged 100% of images without a word, batch_size -5 made predict
     return nothing, and a detector loaded onto any model."""
-    from biva.evaluation.ood_detector import OODDetector
+    from biva.ood.detector import OODDetector
 
     model, toy_data = toy_model
     det = OODDetector(model, kind="binary", score="llr", k=1).fit(toy_data(50, seed=3))
@@ -314,7 +314,7 @@ def test_a_saved_detector_is_checked_field_by_field(toy_model, tmp_path, field, 
 def test_a_detector_is_refused_on_other_weights_and_old_files_warn(toy_model, tmp_path):
     import copy
 
-    from biva.evaluation.ood_detector import OODDetector, model_fingerprint
+    from biva.ood.detector import OODDetector, model_fingerprint
 
     model, toy_data = toy_model
     path = OODDetector(model, kind="binary", score="lk", k=1).fit(toy_data(50, seed=3)).save(
@@ -333,7 +333,7 @@ def test_a_detector_is_refused_on_other_weights_and_old_files_warn(toy_model, tm
 
 
 def test_detector_needs_choices_or_ood_data(toy_model):
-    from biva.evaluation.ood_detector import OODDetector
+    from biva.ood.detector import OODDetector
 
     model, toy_data = toy_model
     x = toy_data(50, seed=3)
@@ -349,7 +349,7 @@ def test_detector_needs_choices_or_ood_data(toy_model):
 
 def test_detector_for_run_fits_on_validation_never_the_test_split(tiny_run,
                                                                   poisoned_test_split):
-    from biva.evaluation.ood_detector import detector_for_run
+    from biva.ood.detector import detector_for_run
 
     run, _root = tiny_run
     det = detector_for_run(run, n_valid=60, score=None, synthetic=("uniform", "invert"))
@@ -358,7 +358,7 @@ def test_detector_for_run_fits_on_validation_never_the_test_split(tiny_run,
 
 
 def test_metrics_with_intervals_by_hand():
-    from biva.evaluation.ood import ood_metrics_ci
+    from biva.ood.metrics import ood_metrics_ci
 
     s_in = np.arange(10.0)           # normality: in-distribution 0..9
     s_out = np.arange(10.0) - 5.5    # OOD shifted down
@@ -376,8 +376,7 @@ def test_metrics_with_intervals_by_hand():
 def test_fit_to_shape_turns_grey_digits_into_colour_images_of_the_model_size():
     """--fit-shape: a 28x28 grey image becomes 32x32 with three equal channels; a constant
     image stays that constant (area resize, no padding); colour -> grey uses the luma."""
-    from biva.data import ImageSplit
-    from biva.evaluation.ood_sets import fit_to_shape
+    from biva.data import ImageSplit, fit_to_shape
 
     grey = torch.full((2, 1, 28, 28), 77, dtype=torch.uint8)
     grey[1, 0, :, 14:] = 200
@@ -393,16 +392,13 @@ def test_fit_to_shape_turns_grey_digits_into_colour_images_of_the_model_size():
 def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path, capsys):
     """One image per set: no bootstrap spread, degenerate histograms; still exit 0, strict
     JSON, and no warning (a NaN density or a non-JSON float used to crash or warn)."""
-    import json
     import warnings
-
-    from biva.cli.main import main
 
     out = tmp_path / "ood"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert main(["ood", str(tiny_run[0]), "--ood-data", "uniform", "--n-examples", "1",
-                     "--n-valid", "1", "--no-progress", "--out", str(out)]) == 0
+        run_ood(OODSettings(tiny_run[0], ood_data=["uniform"], n_examples=1, n_valid=1,
+                            out=out))
     for name in ("metrics.json", "table.json"):
         json.loads((out / name).read_text())
     # A density of one image's statistics is not defined: said, and no detector.json.
@@ -412,16 +408,14 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
     cells = json.loads((out / "table.json").read_text())["datasets"]
     assert all(c["stderr_nats"] is None for row in cells.values() for c in row["k"].values())
     capsys.readouterr()
-    ev = tmp_path / "eval.json"
-    assert main(["evaluate", str(tiny_run[0]), "--k", "3", "--n-examples", "1",
-                 "--no-progress", "--out", str(ev)]) == 0
-    assert json.loads(ev.read_text())["L_3_stderr"] is None
+    res = evaluate_run(tiny_run[0], EvalSettings(n_samples=3, n_examples=1))
+    assert res["L_3_stderr"] is None
     capsys.readouterr()
 
 
 def test_jigsaw_shuffles_whole_tiles_and_keeps_every_pixel():
     from biva.data import ImageSplit
-    from biva.evaluation.ood_sets import synthetic_set
+    from biva.ood.sets import synthetic_set
 
     x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
     y = synthetic_set("jigsaw", ImageSplit(x), "8bit", seed=1).images

@@ -19,9 +19,9 @@ import torch
 
 from biva import preset
 from biva.config import ModelConfig
-from biva.evaluation.ood_scores import SCORES, bound_sweep
 from biva.models import build_hierarchy
 from biva.nn.gaussian import DiagonalGaussian
+from biva.ood.scores import SCORES, bound_sweep
 
 KS = (0, 1, 2)
 

@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from biva.cli.main import main
+from biva.config import load_run_config
 from biva.data import load_dataset
 from biva.data.errors import DatasetError
 from biva.data.formats import read_images
-from biva.training import Trainer, load_run_config
+from biva.training import Trainer
 from biva.training.own_data import config_for_data
 from biva.utils.config_io import load_config_file
 

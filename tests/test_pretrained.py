@@ -81,7 +81,7 @@ def test_hub_ids_need_huggingface_hub(monkeypatch):
 
 
 def test_save_and_from_pretrained_round_trip_in_the_hub_layout(tmp_path):
-    from biva.evaluation.loading import load_trained
+    from biva.runs.loading import load_trained
 
     run = tmp_path / "run"
     assert main(["train", "--config", "digits", "--run-dir", str(run), "--steps", "4",
@@ -112,7 +112,7 @@ def test_save_and_from_pretrained_round_trip_in_the_hub_layout(tmp_path):
 
 def test_commands_take_a_pretrained_name(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", "--pretrained", "digits", "--k", "3", "--no-progress"]) == 0
+    assert main(["evaluate", "--pretrained", "digits", "--samples", "3", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "pretrained" / "digits" / "eval_test_k3.json").is_file()
     assert main(["sample", "--pretrained", "digits", "-n", "4"]) == 0
     assert main(["evaluate", "runs/x", "--pretrained", "digits"]) == 2

@@ -102,7 +102,7 @@ def test_a_really_full_disk_while_writing_outputs_keeps_the_earlier_ones(tmpfs, 
     out = tmpfs / "out"
     out.mkdir()
     targets = {
-        "evaluate": (["evaluate", str(tiny_run), "--k", "2", "--n-examples", "20",
+        "evaluate": (["evaluate", str(tiny_run), "--samples", "2", "--n-examples", "20",
                       "--no-progress", "--out", str(out / "eval.json")], out / "eval.json"),
         "sample": (["sample", str(tiny_run), "-n", "16", "--out", str(out / "s.png")],
                    out / "s.png"),
@@ -159,17 +159,17 @@ def test_a_second_writer_of_one_output_is_refused_naming_the_first(tiny_run, tmp
     assert not (out / "table.json").exists()
     target = tmp_path / "eval.json"
     second = holder(target)
-    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5", "--no-progress",
+    assert main(["evaluate", str(tiny_run), "--samples", "2", "--n-examples", "5", "--no-progress",
                  "--out", str(target)]) == 2
     line = _one_error_line(capsys)
     assert f"pid {second.pid}" in line and not target.exists(), line
     # The default output file is locked as well, and free again once its writer is gone.
     default = tiny_run / "eval_test_k2.json"
     third = holder(default)
-    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5",
+    assert main(["evaluate", str(tiny_run), "--samples", "2", "--n-examples", "5",
                  "--no-progress"]) == 2
     third.kill()
     third.wait()
-    assert main(["evaluate", str(tiny_run), "--k", "2", "--n-examples", "5",
+    assert main(["evaluate", str(tiny_run), "--samples", "2", "--n-examples", "5",
                  "--no-progress"]) == 0
     assert json.loads(default.read_text())["k"] == 2

@@ -18,23 +18,23 @@ import torch.nn.functional as F
 
 from biva import HierarchicalVAE, preset
 from biva.cli.main import main
-from biva.data import fixed_binarization, load_dataset, to_model_input
-from biva.evaluation.classification import (
+from biva.config import load_run_config
+from biva.data import fixed_binarization, load_dataset, load_run_data, to_model_input
+from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
+from biva.nn.gaussian import DiagonalGaussian
+from biva.objectives.classification import (
     evaluate_classification,
     generative_posterior,
     generative_summary,
-    predict,
     predict_proba,
 )
-from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
-from biva.nn.gaussian import DiagonalGaussian
-from biva.training import load_run_config, load_run_data
+from biva.runs.predict import predict
 from biva.training.semi_supervised import SemiSupervisedTrainer, trainer_class
 from biva.utils.checkpoint import load_checkpoint
 
 TINY = ["train.log_every=2", "train.eval_every=4", "train.checkpoint_every=2",
         "train.batch_size=24", "train.progress=false", "train.init_batch=64", "train.threads=1",
-        "train.eval_batches=1", "eval.k=2", "eval.batch_size=40", "model.filters=[8]",
+        "train.eval_batches=1", "eval.n_samples=2", "eval.batch_size=40", "model.filters=[8]",
         "model.blocks=1", "data.labels_per_class=3", "data.labelled_batch_size=10",
         "train.finetune_steps=0"]
 
@@ -268,7 +268,7 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
                  str(run)]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["num_classes"] == 10 and cfg["data"]["labels_per_class"] == 3
-    assert main(["evaluate", str(run), "--k", "2", "--n-examples", "40"]) == 0
+    assert main(["evaluate", str(run), "--samples", "2", "--n-examples", "40"]) == 0
     cm = json.loads((run / "confusion_test.json").read_text())
     assert np.asarray(cm["confusion"]).shape == (10, 10)
     assert np.asarray(cm["confusion"]).sum() == 40
@@ -278,7 +278,8 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     assert res["classification"]["elbo_U"] <= res["classification"]["L_1"] + 1e-6
     # The error with q(y|x) averaged over 3 z^BU draws.
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--k", "1", "--n-examples", "40", "--class-samples", "3",
+    assert main(["evaluate", str(run), "--samples", "1", "--n-examples", "40",
+                 "--classifier-draws", "3",
                  "--out", str(tmp_path / "three.json")]) == 0
     assert "q(y|x) over 3 z^BU draws" in capsys.readouterr().out
     three = json.loads((tmp_path / "three.json").read_text())["classification"]
@@ -312,7 +313,8 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
                                                              r"complex64"),
         "strings": ({"images": np.full((5, 8, 8), "a")}, r"expected real numbers .* <U1"),
         "labels_str": ({"images": grey, "labels": np.array(list("abcde"))},
-                       r"'labels': expected integer class labels, found dtype <U1"),
+                       r"array 'labels': expected 5 numeric labels, found an array of shape "
+                       r"\(5,\) and dtype <U1"),
         "labels_range": ({"images": grey, "labels": np.array([0, 1, 2, 3, 12])},
                          r"labels must be 0\.\.9 \(the model's classes\); found \[12\]"),
     }
@@ -525,7 +527,7 @@ def test_supervised_baseline_never_sees_unlabelled_images(tmp_path):
 def test_loaded_run_has_the_trained_objective_alpha_and_weights(tmp_path):
     """load_trained rebuilds the model that was trained: its objective, alpha and the paper
     objective's weights N_l / N, N_u / N (not the constructor's defaults 1, 1/2, 1/2)."""
-    from biva.evaluation.loading import load_trained
+    from biva.runs.loading import load_trained
 
     run = tmp_path / "run"
     sets = [a for s in [*TINY, "train.ssl_objective=paper", "train.alpha=4.5"]
@@ -547,7 +549,7 @@ def test_loaded_run_has_the_trained_objective_alpha_and_weights(tmp_path):
 
 
 def test_build_model_passes_its_settings_on():
-    from biva.models.semi_supervised import build_model
+    from biva.models import build_hierarchy as build_model
 
     cfg = preset("digits", filters=(8,), blocks=1)
     plain = build_model(cfg)
@@ -739,6 +741,6 @@ def test_the_classifier_reads_the_z_bu_draws_or_their_means(digits, source):
     else:
         assert (moved - logits).abs().max() > 1e-3
     # The choice survives saving: build_model reads it from the config.
-    from biva.models.semi_supervised import build_model
+    from biva.models import build_hierarchy as build_model
 
     assert build_model(cfg, 10).classifier.from_means == (source == "mean")

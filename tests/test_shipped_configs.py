@@ -17,19 +17,18 @@ import pytest
 import torch
 
 from biva import importance_weighted_bound
-from biva.config import TOPDOWN_VARIANTS, VARIANTS
-from biva.data import DatasetSplits, ImageSplit, to_model_input
+from biva.config import TOPDOWN_VARIANTS, VARIANTS, load_run_config
+from biva.config.presets import PRESETS, preset
+from biva.config.run import shipped_configs
+from biva.data import DatasetSplits, ImageSplit, load_run_data, to_model_input
 from biva.experiments.ablation import ablation_model, ablation_train
 from biva.models import build_hierarchy
-from biva.presets import PRESETS, preset
-from biva.training import load_run_config, load_run_data
-from biva.training.config import shipped_configs
 from biva.training.semi_supervised import trainer_class
 
 SMALL = ["model.blocks=1", "train.batch_size=2", "train.steps=1", "train.finetune_steps=0",
          "train.init_batch=4", "train.eval_every=1", "train.eval_batches=1",
          "train.log_every=1", "train.progress=false",
-         "train.threads=1", "eval.batch_size=2", "eval.k=3", "train.checkpoint_every=1000"]
+         "train.threads=1", "eval.batch_size=2", "eval.n_samples=3", "train.checkpoint_every=1000"]
 # Conv latents whose kernel is the whole feature map (latent_kernel=0, appendix C) make the
 # 32x32 and 64x64 presets 60-100M parameters and seconds a row on a CPU; the suite runs them
 # with 3x3 latent kernels (channels, strides and latent sizes unchanged), and

@@ -187,7 +187,8 @@ def test_weight_norm_layers_equal_the_textbook_formula():
 
 
 def test_trainer_applies_the_speed_options(tmp_path):
-    from biva.training import Trainer, load_run_config
+    from biva.config import load_run_config
+    from biva.training import Trainer
 
     cfg = load_run_config("digits", ["train.steps=2", "train.finetune_steps=0",
                                      "train.progress=false", "train.init_batch=32",
@@ -229,7 +230,8 @@ def test_compiled_step_matches_eager(nchw_noise):
 
 def test_biva_evaluate_amp_and_channels_last_flags(tmp_path):
     from biva.cli.main import main
-    from biva.training import Trainer, load_run_config
+    from biva.config import load_run_config
+    from biva.training import Trainer
 
     cfg = load_run_config("digits", ["train.steps=2", "train.finetune_steps=0",
                                      "train.progress=false", "train.init_batch=32",
@@ -243,7 +245,7 @@ def test_biva_evaluate_amp_and_channels_last_flags(tmp_path):
     for flags in (["--amp", "none", "--no-channels-last"], ["--amp", "bf16", "--channels-last"]):
         out = tmp_path / f"{flags[1]}.json"
         torch.manual_seed(0)
-        assert main(["evaluate", str(run), "--k", "8", "--n-examples", "40", "--threads", "1",
+        assert main(["evaluate", str(run), "--samples", "8", "--n-examples", "40", "--threads", "1",
                      "--device", "cpu", "--out", str(out), *flags]) == 0
         results[flags[1]] = json.loads(out.read_text())
     assert results["bf16"]["amp"] == "bf16" and results["none"]["amp"] == "none"

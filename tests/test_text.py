@@ -133,7 +133,7 @@ def test_text_cli_on_a_sentence_file(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(_sentences(200)) + "\n")
     out = tmp_path / "text"
-    assert main(["text", "--corpus", str(corpus), "--models", "lstm,rnnvae,biva",
+    assert main(["text", "--corpus", str(corpus), "--variants", "lstm,rnnvae,biva",
                  "--epochs", "2", "--max-steps", "3", "--batch-size", "16", "--embed", "8",
                  "--hidden", "16", "--latent", "4", "--features", "16", "--biva-latents", "4,3",
                  "--examples", "2", "--test-size", "10", "--valid-size", "10",

@@ -10,13 +10,13 @@ import torch
 
 from biva import ModelConfig
 from biva.config import ConfigError
+from biva.config.presets import preset
+from biva.config.run import RunConfig
 from biva.models import TopDownVAE, build_hierarchy
-from biva.models.semi_supervised import build_model
+from biva.models import build_hierarchy as build_model
 from biva.models.topdown import residual_normal
 from biva.nn.gaussian import DiagonalGaussian
 from biva.nn.residual import SpectralPenalty
-from biva.presets import preset
-from biva.training.config import RunConfig
 
 
 def tiny(family: str, **kw) -> ModelConfig:
@@ -284,12 +284,12 @@ def test_every_command_takes_a_topdown_run(tmp_path, monkeypatch):
     assert main(["train", "--resume", str(run), "--no-progress", "--steps", "4"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["variant"] == "nvae" and cfg["train"]["spectral_reg"] == 0.01
-    assert main(["evaluate", str(run), "--k", "5", "--no-progress"]) == 0
+    assert main(["evaluate", str(run), "--samples", "5", "--no-progress"]) == 0
     result = json.loads(next(run.glob("eval_test_k5*.json")).read_text())
     assert result["L_5"] >= result["L_1"] - 1.0
     assert main(["sample", str(run), "-n", "4"]) == 0
     assert main(["report", str(run)]) == 0
-    assert main(["ood", str(run), "--ood-data", "uniform", "--k", "1", "--n-samples", "2",
+    assert main(["ood", str(run), "--ood-data", "uniform", "--prior-layers", "1", "--samples", "2",
                  "--n-examples", "32", "--no-progress"]) == 0
     assert (run / "ood" / "detector.json").is_file()
 

@@ -23,8 +23,10 @@ import pytest
 import torch
 
 from biva.cli.main import main
+from biva.config import load_run_config
+from biva.data import load_run_data
 from biva.models import HierarchicalVAE
-from biva.training import Trainer, load_run_config, load_run_data
+from biva.training import Trainer
 from biva.training.ema import EMA
 from biva.training.schedule import free_bits, kl_weight, learning_rate
 from biva.utils.checkpoint import list_checkpoints, load_checkpoint
@@ -33,7 +35,7 @@ from biva.utils.jsonl import read_jsonl
 # 200 training examples: 6 batches of 32 an epoch, so 12 steps cover two epochs.
 TINY = ["train.finetune_steps=2", "train.log_every=4", "train.eval_every=6",
         "train.checkpoint_every=4", "train.batch_size=32", "train.progress=false",
-        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.k=4",
+        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.n_samples=4",
         "model.filters=[8]", "model.blocks=1", "data.valid_size=1150"]
 STEPS = 12
 

@@ -173,7 +173,7 @@ def _type_name(tp) -> str:
 def config_sections():
     """(section name, dataclass) of a run config, in file order."""
     from biva.config import ModelConfig
-    from biva.training.config import DataConfig, EvalConfig, TrainConfig
+    from biva.config.run import DataConfig, EvalConfig, TrainConfig
 
     return [("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig),
             ("eval", EvalConfig)]
@@ -213,8 +213,8 @@ class ShippedConfigsDirective(_MdDirective):
     def markdown(self) -> list[str]:
         from importlib import resources
 
-        from biva.presets import PRESETS, preset
-        from biva.training.config import shipped_configs
+        from biva.config.presets import PRESETS, preset
+        from biva.config.run import shipped_configs
 
         rows = []
         for name in shipped_configs():

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
-from ..experiments.ablation import (
+from biva.cli.common import (
+    HelpFormatter,
+    add_renamed_option,
+    nonnegative_int,
+    parse_int_list,
+    parse_names,
+    positive_int,
+)
+from biva.experiments.ablation import (
     ABLATION_VARIANTS,
     PAPER_VARIANTS,
-    AblationBudget,
-    ablation_model,
-    ablation_train,
+    AblationSettings,
     plan_runs,
-    run_ablation,
+    train_ablation,
     write_summary,
 )
-from .common import HelpFormatter, nonnegative_int, parse_int_list, parse_names, positive_int
 
 
 def add_parser(sub) -> None:
@@ -46,8 +49,8 @@ def add_parser(sub) -> None:
                    help="training steps of every run (equal steps)")
     p.add_argument("--max-cpu-minutes", type=float, default=0.0,
                    help="also stop a run after this much CPU time (0: steps only)")
-    p.add_argument("--k", type=positive_int, default=100,
-                   help="importance samples of the test L_k")
+    p.add_argument("--samples", type=positive_int, default=100, metavar="K",
+                   help="importance samples K of the test L_K")
     p.add_argument("--eval-examples", type=nonnegative_int, default=0,
                    help="first N test examples (0: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -61,68 +64,29 @@ def add_parser(sub) -> None:
     p.add_argument("--summary-only", action="store_true",
                    help="write the tables and figures from the finished runs, train nothing")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_renamed_option(p, "--k", "--samples")
     p.set_defaults(func=run)
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
-    if args.data_root:
-        out.append(f"data.root={args.data_root}")
-    return [*out, f"train.device={args.device}", f"train.threads={args.threads}",
-            "train.progress=false", f"data.split_seed={args.split_seed}"]
-
-
-def config_maker(args: argparse.Namespace, budget: AblationBudget):
-    """make_config(variant, seed) -> (RunConfig, its data or None to load them)."""
-    from ..training.config import load_run_config
-    from ..training.own_data import config_for_data
-
-    base = [*_overrides(args), *budget.overrides()]
-
-    def make(variant: str, seed: int):
-        data = None
-        if args.data is not None:
-            cfg, data, lines = config_for_data(args.data, args.config,
-                                               [*base, f"train.seed={seed}"])
-            print("\n".join(lines))
-        else:
-            cfg = load_run_config(args.config or "digits", [*base, f"train.seed={seed}"])
-            cfg.name = Path(args.config or "digits").stem
-        cfg.model = ablation_model(cfg.model, variant)
-        cfg.train = ablation_train(cfg.train, variant)
-        cfg.name = f"{cfg.name}-{variant}-seed{seed}"
-        cfg.validate()
-        return cfg, data
-
-    return make
+def settings_from(args: argparse.Namespace) -> AblationSettings:
+    """The command's options as :class:`~biva.experiments.ablation.AblationSettings`."""
+    return AblationSettings(
+        out=args.out, steps=args.steps, variants=parse_names(args.variants),
+        seeds=parse_int_list(args.seeds, "--seeds"), config=args.config, data=args.data,
+        split_seed=args.split_seed, max_cpu_minutes=args.max_cpu_minutes,
+        n_samples=args.samples, eval_examples=args.eval_examples, overrides=args.overrides,
+        data_root=args.data_root, device=args.device, threads=args.threads)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    variants, seeds = parse_names(args.variants), parse_int_list(args.seeds, "--seeds")
-    runs = plan_runs(args.out, variants, seeds)
-    budget = AblationBudget(args.steps, args.max_cpu_minutes, args.k, args.eval_examples)
+    settings = settings_from(args)
     if not args.summary_only:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        workers = [subprocess.Popen([sys.executable, "-m", "biva.cli.main",
-                                     *_worker_argv(args.argv)])
-                   for _ in range(args.jobs - 1)]
-        failed = None
-        try:
-            run_ablation(runs, config_maker(args, budget), budget, device=args.device)
-        except Exception as err:  # let the workers finish their runs before reporting it
-            failed = err
-        codes = [w.wait() for w in workers]
-        if failed is not None:
-            raise failed
-        if any(codes):
-            raise RuntimeError(f"{sum(c != 0 for c in codes)} ablation worker(s) failed "
-                               f"(exit codes {codes}); run the same command again to resume")
+        workers = [["-m", "biva.cli.main", *_worker_argv(args.argv)]] * (args.jobs - 1)
+        train_ablation(settings, workers=workers)
         if args.worker:
             return 0
-    for path in write_summary(args.out, runs, variants):
+    runs = plan_runs(settings.out, settings.variants, settings.seeds)
+    for path in write_summary(settings.out, runs, settings.variants):
         print(f"written: {path}")
     return 0
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
 from pathlib import Path
 
 import torch
 
-from ..training.trainer import resolve_device
+from biva.pretrained import materialize
+from biva.utils.deprecation import warn_renamed
+from biva.utils.device import resolve_device
+from biva.utils.parsing import parse_int_list, parse_names, parse_temperatures  # noqa: F401
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,20 +57,6 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-@contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A progress bar on stderr over ``total`` images; yields its ``update(n)`` (None when
-    disabled), the callback the evaluation loops take."""
-    if not enabled or total <= 0:
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0,
-              file=sys.stderr) as bar:
-        yield bar.update
-
-
 def setup_runtime(args: argparse.Namespace) -> torch.device:
     """Apply --threads and resolve --device."""
     if getattr(args, "threads", 0):
@@ -95,33 +82,6 @@ positive_int = _int_at_least(1)      # argparse type: 1, 2, ...
 nonnegative_int = _int_at_least(0)   # argparse type: 0, 1, ...
 
 
-def _parse_list(text: str, cast: type, option: str, kind: str) -> list:
-    """"a,b,c" -> [cast(a), cast(b), cast(c)]; a clear error naming ``option`` otherwise."""
-    try:
-        return [cast(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"{option}: expected {kind} separated by commas, found {text!r}"
-                         ) from err
-
-
-def parse_int_list(text: str, option: str) -> list[int]:
-    """"1,2,4" -> [1, 2, 4]; a clear error naming ``option`` for anything else."""
-    return _parse_list(text, int, option, "integers")
-
-
-def parse_names(text: str) -> list[str]:
-    """"VAE, lvae,biva" -> ["vae", "lvae", "biva"] (lower-cased, blanks dropped)."""
-    return [t.strip().lower() for t in text.split(",") if t.strip()]
-
-
-def parse_temperatures(text: str) -> list[float]:
-    """"1.0" or "1.0,0.8,0.6" -> list of floats."""
-    values = _parse_list(text, float, "--temperature", "numbers")
-    if not values or any(v < 0 for v in values):
-        raise ValueError(f"--temperature: expected non-negative numbers, found {text!r}")
-    return values
-
-
 def add_run_dir_argument(p, help: str = "a biva run directory") -> None:
     """RUN_DIR, or ``--pretrained NAME`` for a shipped model (see biva.pretrained)."""
     p.add_argument("run_dir", type=Path, nargs="?", default=None, help=f"{help} (or "
@@ -140,8 +100,26 @@ def resolve_run_dir(args) -> None:
         raise ValueError(f"give a run directory or --pretrained, not both ({args.run_dir}, "
                          f"{args.pretrained})")
     if args.pretrained:
-        from ..pretrained import materialize
 
         args.run_dir = materialize(args.pretrained)
     elif args.run_dir is None:
         raise ValueError("a run directory is needed (or --pretrained NAME)")
+
+
+def add_renamed_option(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept the old spelling ``old`` of the option ``new`` (already added) for one release:
+    it is hidden from ``--help``, sets ``new``'s value and warns in one line naming ``new``."""
+    target = next(a for a in p._actions if new in a.option_strings)
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            warn_renamed(old, new, parser.prog)
+            if target.type is not None and isinstance(values, str):
+                try:
+                    values = target.type(values)
+                except (argparse.ArgumentTypeError, ValueError) as err:
+                    parser.error(f"argument {old} (now {new}): {err}")
+            setattr(namespace, target.dest, values)
+
+    p.add_argument(old, action=Renamed, help=argparse.SUPPRESS, metavar=target.metavar,
+                   nargs=target.nargs)

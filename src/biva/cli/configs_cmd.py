@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..presets import PRESETS
-from ..training import load_run_config
-from ..training.config import shipped_configs
-from ..utils.config_io import to_dict
+from biva.config import load_run_config
+from biva.config.presets import PRESETS
+from biva.config.run import shipped_configs
+from biva.utils.config_io import to_dict
 
 
 def add_parser(sub) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import sys
 from pathlib import Path
 
-import numpy as np
-
-from ..evaluation.loading import load_trained
-from ..evaluation.ood_detector import OODDetector, detector_for_model
-from ..utils.atomic import atomic_open
-from .common import HelpFormatter, add_run_dir_argument, add_runtime_options, setup_runtime
+from biva.cli.common import (
+    HelpFormatter,
+    add_run_dir_argument,
+    add_runtime_options,
+    positive_int,
+    setup_runtime,
+)
+from biva.ood.detect import detect_folder
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("images", type=Path, help="a folder of images (recursive) or one image file")
     p.add_argument("--out", type=Path, default=None,
                    help="CSV path (default: RUN_DIR/ood/detect_<folder name>.csv)")
-    p.add_argument("--n-valid", type=int, default=1000,
+    p.add_argument("--n-valid", type=positive_int, default=1000,
                    help="validation images to fit a detector on when the run has none")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path")
     p.add_argument("--seed", type=int, default=0, help="seed of binary images' draw")
@@ -36,31 +36,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pretrained import image_files, read_folder
-
     device = setup_runtime(args)
-    path = args.run_dir / "ood" / "detector.json"
-    model, cfg, _ = load_trained(args.run_dir, args.checkpoint, device)
-    if path.is_file():
-        det = OODDetector.load(path, model)
-        print(f"detector: {path} ({det.score_}, k = {det.k_})", file=sys.stderr)
-    else:
-        det = detector_for_model(model, cfg, n_valid=args.n_valid, name=str(args.run_dir))
-        det.save(path)
-        print(f"detector fitted and saved: {path}", file=sys.stderr)
-    files = image_files(args.images)
-    images = read_folder(args.images, cfg, seed=args.seed)
-    anomaly = det.anomaly_score(images)
-    flags = np.where(anomaly > det.threshold_, -1, 1)
-    out = args.out or args.run_dir / "ood" / f"detect_{args.images.resolve().name}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out, "w") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["file", "anomaly", "flag"])
-        for file, a, flag in zip(files, anomaly, flags, strict=True):
-            w.writerow([str(file), repr(float(a)), int(flag)])
-    n_flagged = int((flags == -1).sum())
-    print(f"{n_flagged} of {len(files)} images flagged ({100 * n_flagged / len(files):.1f}%; "
-          f"the detector flags {100 * (1 - det.in_tpr):.0f}% of in-distribution images by "
-          f"design): {out}")
+    d = detect_folder(args.run_dir, args.images, out=args.out, checkpoint=args.checkpoint,
+                      n_valid=args.n_valid, seed=args.seed, device=device)
+    print(f"{d.n_flagged} of {d.n_images} images flagged ({100 * d.n_flagged / d.n_images:.1f}%;"
+          f" the detector flags {100 * d.in_flag_rate:.0f}% of in-distribution images by "
+          f"design): {d.out}")
     return 0

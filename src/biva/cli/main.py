@@ -1,12 +1,14 @@
-"""The ``biva`` command: train, evaluate, sample, run (the whole pipeline), download, configs."""
+"""The ``biva`` command: one module a subcommand (``*_cmd.py``), each parsing its options,
+calling one library function and printing what it returned."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from ..utils.atomic import is_disk_full
-from . import (
+from biva import __version__
+from biva.cli import (
     ablation_cmd,
     configs_cmd,
     densities_cmd,
@@ -21,7 +23,9 @@ from . import (
     text_cmd,
     train_cmd,
 )
-from .common import BivaParser, HelpFormatter, resolve_run_dir, unknown_options_error
+from biva.cli.common import BivaParser, HelpFormatter, resolve_run_dir, unknown_options_error
+from biva.utils.atomic import is_disk_full
+from biva.utils.deprecation import BivaDeprecationWarning
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
                detect_cmd, report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="biva", description="Deep hierarchical VAEs (BIVA, LVAE, LVAE+, VAE): train, "
         "evaluate importance-weighted bounds, sample.",
         formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"biva {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=BivaParser)
     for module in SUBCOMMANDS:
@@ -40,8 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    # Renamed options and fields: one line on stderr, not Python's two-line warning format.
+    if issubclass(category, BivaDeprecationWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    warnings.showwarning = _one_line_warnings
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

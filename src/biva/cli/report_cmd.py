@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation.report import write_report
-from .common import (
+from biva.cli.common import (
     HelpFormatter,
     add_run_dir_argument,
     add_runtime_options,
     parse_temperatures,
     setup_runtime,
 )
+from biva.runs.report import write_report
 
 
 def add_parser(sub) -> None:
@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--ess-k", type=int, default=100,
                    help="importance samples for the effective sample size (1: skip)")
     p.add_argument("--images", type=int, default=8, help="test images per image grid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the latent draws of the figures")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
     add_runtime_options(p)
     p.set_defaults(func=run)

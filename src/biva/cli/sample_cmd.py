@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..evaluation import save_grid
-from ..evaluation.generation import samples_at_temperatures
-from ..evaluation.loading import load_trained
-from .common import (
+from biva.cli.common import (
     HelpFormatter,
     add_run_dir_argument,
     add_runtime_options,
@@ -16,6 +13,7 @@ from .common import (
     positive_int,
     setup_runtime,
 )
+from biva.runs.sample import SampleSettings, sample_run
 
 
 def add_parser(sub) -> None:
@@ -43,23 +41,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def write_samples(model, kind: str, out: Path, n: int, temperatures: list[float], seed: int,
-                  mode: str = "mean", layer_temperatures: list[float] | None = None) -> Path:
-    """Write a grid: row block t holds n samples at temperatures[t], same noise for each.
-
-    With ``layer_temperatures`` (L values, layer 1 first) row t uses t * layer_temperatures.
-    """
-    temps: list = list(temperatures)
-    if layer_temperatures is not None:
-        if len(layer_temperatures) != model.n_layers:
-            raise ValueError(f"--layer-temperatures: expected {model.n_layers} values (one per "
-                             f"stochastic layer), found {len(layer_temperatures)}")
-        temps = [[t * lt for lt in layer_temperatures] for t in temperatures]
-    images = samples_at_temperatures(model, n, temps, seed=seed, mode=mode).flatten(0, 1)
-    nrow = n if len(temps) > 1 else None
-    return save_grid(images, out, kind=kind, nrow=nrow)
-
-
 def _parse_layer_temperatures(text: str) -> list[float]:
     try:
         return parse_temperatures(text)
@@ -69,19 +50,12 @@ def _parse_layer_temperatures(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
-    model, cfg, _ = load_trained(args.run_dir, args.checkpoint, device)
-    kind = "binary" if cfg.model.likelihood == "bernoulli" else "8bit"
-    temps = parse_temperatures(args.temperature)
-    layer_temps = (_parse_layer_temperatures(args.layer_temperatures)
-                   if args.layer_temperatures else None)
-    out = args.out or args.run_dir / "figures" / "samples.png"
-    path = write_samples(model, kind, out, args.num, temps, args.seed, args.mode, layer_temps)
-    print(f"written: {path}")
-    if hasattr(model, "class_grid"):  # semi-supervised run: one row per class
-        from ..evaluation.classification import write_class_samples
-
-        t = [temps[0] * lt for lt in layer_temps] if layer_temps else temps[0]
-        path = write_class_samples(model, kind, out.with_name(out.stem + "_by_class.png"),
-                                   args.per_class, t, args.seed, args.mode)
+    layer = (_parse_layer_temperatures(args.layer_temperatures) if args.layer_temperatures
+             else None)
+    settings = SampleSettings(
+        n=args.num, temperatures=tuple(parse_temperatures(args.temperature)),
+        layer_temperatures=tuple(layer) if layer else None, mode=args.mode, seed=args.seed,
+        checkpoint=args.checkpoint, out=args.out, per_class=args.per_class)
+    for path in sample_run(args.run_dir, settings, device=device):
         print(f"written: {path}")
     return 0

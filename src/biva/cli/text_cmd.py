@@ -6,15 +6,15 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.text import fortunes_sentences, prepare_corpus, read_sentences
-from ..experiments.text import (
+from biva.cli.common import HelpFormatter, add_renamed_option, parse_int_list, parse_names
+from biva.data.text import fortunes_sentences, prepare_corpus, read_sentences
+from biva.experiments.text import (
     MODELS,
     TextConfig,
     format_examples,
     format_table,
     run_text_experiment,
 )
-from .common import HelpFormatter, parse_int_list, parse_names
 
 
 def add_parser(sub) -> None:
@@ -30,18 +30,20 @@ def add_parser(sub) -> None:
     p.add_argument("--corpus", default="fortunes",
                    help="'fortunes' (Debian's fortunes packages) or a text file, one sentence "
                    "a line, tokens separated by whitespace")
-    p.add_argument("--models", default="lstm,rnnvae,biva,biva-nar",
+    p.add_argument("--variants", default="lstm,rnnvae,biva,biva-nar",
                    help=f"comma-separated of {','.join(MODELS)}")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the corpus")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--vocab", type=int, default=d.vocab, help="most frequent words kept")
     p.add_argument("--max-len", type=int, default=d.max_len, help="longest sentence (tokens)")
     p.add_argument("--max-sentences", type=int, default=0, help="use the first N (0: all)")
     p.add_argument("--drop-unknown", action="store_true",
                    help="drop sentences with out-of-vocabulary words (as the paper)")
-    p.add_argument("--valid-size", type=int, default=d.valid_size)
-    p.add_argument("--test-size", type=int, default=d.test_size)
-    p.add_argument("--embed", type=int, default=d.embed)
+    p.add_argument("--valid-size", type=int, default=d.valid_size,
+                   help="sentences held out for validation")
+    p.add_argument("--test-size", type=int, default=d.test_size,
+                   help="sentences held out for the test table")
+    p.add_argument("--embed", type=int, default=d.embed, help="word embedding size")
     p.add_argument("--hidden", type=int, default=d.hidden, help="LSTM units")
     p.add_argument("--latent", type=int, default=d.latent, help="RNN-VAE latent units")
     p.add_argument("--features", type=int, default=d.features, help="BIVA block width F")
@@ -50,8 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--blocks", type=int, default=d.blocks, help="residual blocks per stage")
     p.add_argument("--encoder", choices=("lstm", "mean"), default=d.encoder,
                    help="BIVA's sentence encoder")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="sentences per batch")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adamax learning rate")
     p.add_argument("--kl-budget", type=float, default=d.kl_budget,
                    help="initial free bits in nats, spread over the latent groups")
     p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs,
@@ -60,8 +63,10 @@ def add_parser(sub) -> None:
                    help="cap on steps per epoch (0: whole epochs; for timing and smoke tests)")
     p.add_argument("--examples", type=int, default=d.n_examples,
                    help="prior samples and reconstructions per model")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the split, the init and the batches")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_renamed_option(p, "--models", "--variants")
     p.set_defaults(func=run)
 
 
@@ -85,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         sentences = sentences[:args.max_sentences]
     corpus = prepare_corpus(sentences, cfg.vocab, cfg.max_len, cfg.valid_size, cfg.test_size,
                             cfg.seed, drop_unknown=args.drop_unknown)
-    models = parse_names(args.models)
+    models = parse_names(args.variants)
     results = run_text_experiment(corpus, models, cfg, args.out)
     print()
     print(format_table(results))

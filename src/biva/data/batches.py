@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ._rng import make_generator
-from .types import ImageSplit
+from biva.data.types import DatasetSplits, ImageSplit
+from biva.utils.seeds import make_generator
 
 _NOISE_BLOCK = 512
 
@@ -194,3 +194,15 @@ def to_model_input(images: torch.Tensor, kind: str, bits: int = 8) -> torch.Tens
         levels = (images >> (8 - bits)).to(torch.float32)
         return levels * (2.0 / (2**bits - 1)) - 1.0
     raise ValueError(f"kind must be 'binary' or '8bit', got {kind!r}")
+
+
+def evaluation_split(data: DatasetSplits, which: str, seed: int = 0) -> ImageSplit:
+    """The split ``which`` ("train"/"valid"/"test") ready for evaluation.
+
+    Dynamically binarized data get one fixed, seeded Bernoulli draw, so every evaluation and
+    every model sees the same binary images.
+    """
+    split = getattr(data, which)
+    if data.binarization == "dynamic":
+        split = fixed_binarization(split, seed)
+    return split

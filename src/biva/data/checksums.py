@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import DatasetError
+from biva.data.errors import DatasetError
+from biva.utils.hashing import file_digests
 
 _CHUNK = 1 << 20
 
@@ -125,12 +126,8 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 # Memoised on (path, size, mtime): re-loading an unchanged file costs one stat, not a re-hash.
 @lru_cache(maxsize=512)
 def _file_digests(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            sha.update(block)
-            md5.update(block)
-    return sha.hexdigest(), md5.hexdigest()
+    digests, _ = file_digests(path, ("sha256", "md5"))
+    return digests["sha256"], digests["md5"]
 
 
 @lru_cache(maxsize=512)
@@ -151,12 +148,6 @@ def _gzip_payload_sha256(path: str, size: int, mtime_ns: int) -> str:
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Lowercase hex SHA-256 of a file's bytes (memoised per path, size and mtime)."""
     return _file_digests(*_stat_key(Path(path)))[0]
-
-
-def clear_checksum_cache() -> None:
-    """Forget memoised digests (e.g. after rewriting a file within one mtime tick)."""
-    _file_digests.cache_clear()
-    _gzip_payload_sha256.cache_clear()
 
 
 def verify_file(path: str | os.PathLike[str], key: str | None = None) -> bool:

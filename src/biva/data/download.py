@@ -14,9 +14,9 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .checksums import known_file, verify_file
-from .errors import DatasetError
-from .paths import resolve_data_root
+from biva.data.checksums import known_file, verify_file
+from biva.data.errors import DatasetError
+from biva.data.paths import resolve_data_root
 
 _MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

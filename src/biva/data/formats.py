@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from biva.data.errors import DatasetError
 
 PathLike = str | os.PathLike[str]
 
@@ -317,15 +317,19 @@ def _check_name(path: Path) -> None:
             "(a run records every image's name in data_split.json)") from None
 
 
+def is_image_file(path: Path) -> bool:
+    """A visible regular file with an image extension (a FIFO or device is not one); its name
+    is checked (UTF-8) when it is."""
+    ok = (not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+          and path.is_file())
+    if ok:
+        _check_name(path)
+    return ok
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by name."""
-    files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    for p in files:
-        _check_name(p)
-    return files
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def class_subfolders(folder: Path) -> list[Path]:

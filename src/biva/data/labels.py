@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._rng import make_generator
+from biva.utils.seeds import make_generator
 
 
 def balanced_label_split(

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._rng import make_generator
-from .batches import bernoulli_draw
-from .checksums import verify_file
-from .errors import DatasetError
-from .formats import (
+from biva.config.kinds import DataKind
+from biva.data.batches import bernoulli_draw
+from biva.data.checksums import verify_file
+from biva.data.errors import DatasetError
+from biva.data.formats import (
     load_array_pickle,
     read_amat,
     read_idx,
@@ -50,8 +50,9 @@ from .formats import (
     read_mat,
     read_npz,
 )
-from .paths import resolve_data_root
-from .types import DatasetSplits, ImageSplit
+from biva.data.paths import resolve_data_root
+from biva.data.types import DatasetSplits, ImageSplit
+from biva.utils.seeds import make_generator
 
 PathLike = str | os.PathLike[str]
 
@@ -136,7 +137,7 @@ def _locate(
             if all(f is not None for f in found):
                 return [f for f in found if f is not None]
         if attempt == 0 and ctx.download and ctx.path is None:
-            from .download import download
+            from biva.data.download import download
 
             download(ctx.name, ctx.root)
             continue
@@ -242,7 +243,10 @@ _IMAGE_KEYS = ("images", "x", "data", "X", "arr_0")
 _LABEL_KEYS = ("labels", "y", "targets")
 
 
-def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def npz_images(path: Path) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """The image array of an .npz file as stored, its key (one of ``images``, ``x``, ``data``,
+    ``X``, ``arr_0``), and its labels (``labels``, ``y`` or ``targets``: checked integral, one
+    per image, int64 (N,)) or None."""
     arrays = read_npz(path)
     key = next((k for k in _IMAGE_KEYS if k in arrays), None)
     if key is None:
@@ -250,12 +254,16 @@ def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             f"{path}: no image array: expected one of the keys {list(_IMAGE_KEYS)}, found "
             f"{sorted(arrays)}"
         )
-    images = _to_nchw(arrays[key], path, key)
     labels = None
     lkey = next((k for k in _LABEL_KEYS if k in arrays), None)
     if lkey is not None:
-        labels = _labels_1d(arrays[lkey], images.shape[0], path, f"array {lkey!r}")
-    return images, labels
+        labels = _labels_1d(arrays[lkey], len(arrays[key]), path, f"array {lkey!r}")
+    return arrays[key], key, labels
+
+
+def _npz_split(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    images, key, labels = npz_images(path)
+    return _to_nchw(images, path, key), labels
 
 
 # --------------------------------------------------------------------------- loaders
@@ -800,7 +808,7 @@ def load_dataset(
             f"{name} ships a validation split; valid_size applies only with merge_valid=True"
         )
 
-    kind = "8bit" if mode is None else "binary"
+    kind = DataKind.EIGHT_BIT if mode is None else DataKind.BINARY
     return DatasetSplits(
         name=name,
         train=train,

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageSplit, to_model_input
-from ..objectives import bits_per_dim, effective_sample_size, log_weights
-from ..utils.jsonl import read_jsonl
+from biva.data import ImageSplit
+from biva.objectives import bits_per_dim, effective_sample_size, log_weights
+from biva.objectives.splits import split_batches, validation_statistics
+from biva.utils.jsonl import read_jsonl
 
 #: Burda et al. (2016, "Importance Weighted Autoencoders", sec. 5.2): a latent dimension u is
 #: active if Cov_x(E_{q(u|x)}[u]) > 0.01, i.e. its posterior mean moves with the input.
@@ -76,48 +77,6 @@ def training_curves(metrics: str | Path | Sequence[dict]) -> dict:
                   "kl": [float(sum(r["valid_kl_groups"].values()))
                          if r.get("valid_kl_groups") else None for r in valid]},
     }
-
-
-def _batches(split: ImageSplit, kind: str, bits: int, batch_size: int, device,
-             limit: int | None) -> Iterable[Tensor]:
-    n = len(split) if not limit else min(limit, len(split))
-    for start in range(0, n, batch_size):
-        yield to_model_input(split.images[start:min(start + batch_size, n)], kind, bits
-                             ).to(device)
-
-
-@torch.no_grad()
-def validation_statistics(model: nn.Module, split: ImageSplit, kind: str, bits: int, *,
-                          batch_size: int = 100, device=None, max_batches: int | None = None,
-                          n_examples: int | None = None) -> dict:
-    """One eval-mode pass over a split: mean ELBO, log p(x|z) and KL per group (nats/example).
-
-    The ELBO is summed exactly as :func:`biva.evaluation.validation_elbo` sums it, so the two
-    agree bit for bit. ``max_batches`` or ``n_examples`` (the smaller wins) limit the pass.
-    Returns {"elbo", "log_px", "kl_groups": {group: nats}, "n"}.
-    """
-    device = device or next(model.parameters()).device
-    was = model.training
-    model.eval()
-    elbo, log_px, count = 0.0, 0.0, 0
-    kl = None
-    limits = [v for v in (max_batches and max_batches * batch_size, n_examples) if v]
-    limit = min(limits) if limits else None
-    try:
-        for x in _batches(split, kind, bits, batch_size, device, limit):
-            out = model(x)
-            elbo += float(out.elbo.double().sum())
-            log_px += float(out.log_px.double().sum())
-            part = out.kl_per_group.double().sum(0)
-            kl = part if kl is None else kl + part
-            count += x.shape[0]
-    finally:
-        model.train(was)
-    n = max(count, 1)
-    groups = list(getattr(model, "group_names", []))
-    kl_list = (kl / n).tolist() if kl is not None else [0.0] * len(groups)
-    return {"elbo": elbo / n, "log_px": log_px / n,
-            "kl_groups": dict(zip(groups, kl_list, strict=False)), "n": count}
 
 
 @torch.no_grad()
@@ -196,10 +155,11 @@ def diagnose(model: nn.Module, split: ImageSplit, kind: str, bits: int, *,
         "n_examples": stats["n"], "elbo": stats["elbo"],
         "elbo_bpd": float(bits_per_dim(stats["elbo"], dims)), "log_px": stats["log_px"],
         "kl": float(sum(stats["kl_groups"].values())), "kl_groups": stats["kl_groups"],
-        "active_units": active_units(model, _batches(split, kind, bits, batch_size, device, n)),
+        "active_units": active_units(model, split_batches(split, kind, bits, batch_size, device,
+                                                          n)),
     }
     if ess_examples > 0 and ess_k > 1:
-        x = next(iter(_batches(split, kind, bits, min(ess_examples, n), device, n)))
+        x = next(iter(split_batches(split, kind, bits, min(ess_examples, n), device, n)))
         res["ess"] = ess_statistics(model, x, ess_k)
     if metrics is not None:
         res["kl_per_epoch"] = kl_per_epoch(metrics)

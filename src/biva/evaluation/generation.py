@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models import HierarchicalVAE
-from ..utils.rng import seeded_eval
-from .images import save_grid
+from biva.data import to_model_input
+from biva.models import HierarchicalVAE
+from biva.utils.images import save_grid
+from biva.utils.rng import seeded_eval
 
 Temperature = float | Sequence[float]
 
@@ -130,3 +131,32 @@ def save_interpolation_grid(model: HierarchicalVAE, x_a: Tensor, x_b: Tensor, pa
     row = torch.cat([x_a.unsqueeze(1).to(inter), inter, x_b.unsqueeze(1).to(inter)], 1)
     images, nrow = _rows(row)
     return save_grid(images, path, kind=kind, nrow=nrow)
+
+
+def write_samples(model, kind: str, out: Path, n: int, temperatures: list[float], seed: int,
+                  mode: str = "mean", layer_temperatures: list[float] | None = None) -> Path:
+    """Write a grid: row block t holds n samples at temperatures[t], same noise for each.
+
+    With ``layer_temperatures`` (L values, layer 1 first) row t uses t * layer_temperatures.
+    """
+    temps: list = list(temperatures)
+    if layer_temperatures is not None:
+        if len(layer_temperatures) != model.n_layers:
+            raise ValueError(f"--layer-temperatures: expected {model.n_layers} values (one per "
+                             f"stochastic layer), found {len(layer_temperatures)}")
+        temps = [[t * lt for lt in layer_temperatures] for t in temperatures]
+    images = samples_at_temperatures(model, n, temps, seed=seed, mode=mode).flatten(0, 1)
+    nrow = n if len(temps) > 1 else None
+    return save_grid(images, out, kind=kind, nrow=nrow)
+
+
+def write_reconstructions(model, split, kind: str, bits: int, out: Path, n: int = 32) -> Path:
+    """Rows of originals and their reconstructions (mean of p(x|z), z ~ q(z|x))."""
+    x = to_model_input(split.images[:n], kind, bits).to(model.out_conv.v.device)
+    with torch.no_grad():
+        recon = model.decode(model(x).x_params, "mean")
+    cols = min(n, 16)
+    rows = []
+    for start in range(0, n, cols):
+        rows += [x[start:start + cols], recon[start:start + cols]]
+    return save_grid(torch.cat(rows), out, kind=kind, nrow=cols)

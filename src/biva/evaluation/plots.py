@@ -9,8 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..utils.jsonl import read_jsonl  # noqa: E402
-from .style import save_png  # noqa: E402
+from biva.evaluation.style import save_png  # noqa: E402
+from biva.utils.jsonl import read_jsonl  # noqa: E402
 
 
 def plot_training_curves(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import matplotlib
 from matplotlib.figure import Figure
 
+from biva.utils.atomic import atomic_write_bytes
+
 #: rcParams of every report figure: small, readable, light grid, colour-blind-safe cycle.
 RC = {
     "font.size": 9,
@@ -44,7 +46,6 @@ def save_png(fig, path, dpi: int = 110):
     the earlier file whole); returns the path."""
     from pathlib import Path
 
-    from ..utils.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
-from ..evaluation.style import save_png
-from ..models.hierarchy import HierarchicalVAE
-from ..models.mlp import as_mlp
-from ..utils.atomic import atomic_write_bytes, atomic_write_json
+from biva.config import ModelConfig
+from biva.evaluation.style import save_png
+from biva.models.hierarchy import HierarchicalVAE
+from biva.models.mlp import as_mlp
+from biva.utils.atomic import atomic_write_bytes, atomic_write_json
 
 POTENTIALS = (1, 2, 3, 4)
 MODELS = ("vae", "lvae", "lvae+", "biva")

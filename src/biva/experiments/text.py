@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.text import TextCorpus, batch_indices, pad_batch
-from ..models.text import RNNVAE, LSTMLanguageModel, TextBIVA
-from ..utils.atomic import atomic_write_json, atomic_write_text
+from biva.data.text import TextCorpus, batch_indices, pad_batch
+from biva.models.text import RNNVAE, LSTMLanguageModel, TextBIVA
+from biva.utils.atomic import atomic_write_json, atomic_write_text
 
 MODELS = {
     "lstm": "LSTM",

@@ -1,10 +1,10 @@
 """Observation models p(x | z): Bernoulli, discretized logistic mixture, Gaussian, categorical."""
 
-from .base import Likelihood
-from .bernoulli import Bernoulli
-from .categorical import Categorical
-from .gaussian import Gaussian
-from .logistic_mixture import DiscretizedLogisticMixture
+from biva.likelihoods.base import Likelihood
+from biva.likelihoods.bernoulli import Bernoulli
+from biva.likelihoods.categorical import Categorical
+from biva.likelihoods.gaussian import Gaussian
+from biva.likelihoods.logistic_mixture import DiscretizedLogisticMixture
 
 __all__ = ["Likelihood", "Bernoulli", "Categorical", "Gaussian", "DiscretizedLogisticMixture",
            "build_likelihood"]

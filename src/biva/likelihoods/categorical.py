@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Likelihood
+from biva.likelihoods.base import Likelihood
 
 
 class Categorical(Likelihood):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..nn.gaussian import DiagonalGaussian, std_from_raw
-from .base import Likelihood
+from biva.likelihoods.base import Likelihood
+from biva.nn.gaussian import DiagonalGaussian, std_from_raw
 
 
 class Gaussian(Likelihood):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Likelihood
+from biva.likelihoods.base import Likelihood
 
 
 class DiscretizedLogisticMixture(Likelihood):

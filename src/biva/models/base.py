@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn.gaussian import DiagonalGaussian, repeat_batch
-from ..nn.weightnorm import data_dependent_init
+from biva.nn.gaussian import DiagonalGaussian, repeat_batch
+from biva.nn.weightnorm import data_dependent_init
 
 
 @dataclass

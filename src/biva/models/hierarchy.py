@@ -37,18 +37,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
-from ..likelihoods import Likelihood, build_likelihood
-from ..nn.blocks import GatedResBlock, Stage
-from ..nn.gaussian import (
+from biva.config import ModelConfig
+from biva.likelihoods import Likelihood, build_likelihood
+from biva.models.base import HierarchyOutput, LatentHierarchy
+from biva.nn.blocks import GatedResBlock, Stage
+from biva.nn.gaussian import (
     DiagonalGaussian,
     LatentEmbedding,
     LatentHead,
     repeat_batch,
     standard_normal_log_prob,
 )
-from ..nn.weightnorm import WNConv2d
-from .base import HierarchyOutput, LatentHierarchy
+from biva.nn.weightnorm import WNConv2d
 
 VARIANT_FLAGS = {
     #          stochastic_bu, bu_skip, td_inference, td_skip

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
-from .hierarchy import HierarchyOutput
+from biva.models.hierarchy import HierarchyOutput
 
 
 class LinearGaussianHierarchy(nn.Module):

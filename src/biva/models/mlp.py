@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..nn.weightnorm import WNConv2d, WNLinear
-from .hierarchy import HierarchicalVAE
+from biva.models.hierarchy import HierarchicalVAE
+from biva.nn.weightnorm import WNConv2d, WNLinear
 
 
 class PixelLinear(WNLinear):

@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, ModelConfig
-from ..nn.blocks import Stage, elu_flatten
-from ..nn.gaussian import DiagonalGaussian, LatentEmbedding, repeat_batch
-from ..nn.weightnorm import WNLinear, data_dependent_init
-from .base import HierarchyOutput, LatentHierarchy
-from .hierarchy import HierarchicalVAE
+from biva.config import ModelConfig
+from biva.models.base import HierarchyOutput
+from biva.models.hierarchy import HierarchicalVAE
+from biva.nn.blocks import Stage, elu_flatten
+from biva.nn.gaussian import DiagonalGaussian, LatentEmbedding, repeat_batch
+from biva.nn.weightnorm import WNLinear, data_dependent_init
 
 UNLABELLED = -1
 # "balanced": mean F over the labelled rows + mean U over the unlabelled rows, y only in the
@@ -403,18 +403,3 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         """per_class samples of every class, class-major: (C * per_class, C_img, H, W)."""
         y = torch.arange(self.num_classes).repeat_interleave(per_class)
         return self.sample(len(y), temperature, generator, mode, y=y)
-
-
-def build_model(config: ModelConfig, num_classes: int | None = None, **ssl) -> LatentHierarchy:
-    """:class:`SemiSupervisedBIVA` when ``num_classes`` is given (``ssl``: its alpha, objective,
-    n_labelled, n_unlabelled), else :class:`HierarchicalVAE`."""
-    if num_classes:
-        if config.topdown:
-            raise ConfigError(f"model.variant: semi-supervised models are built on the BIVA "
-                              f"family (vae, lvae, lvae+, biva), found {config.variant!r}")
-        return SemiSupervisedBIVA(config, num_classes, **ssl)
-    if ssl:
-        raise ValueError(f"{sorted(ssl)}: semi-supervised settings without num_classes")
-    from . import build_hierarchy
-
-    return build_hierarchy(config)

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ..config import ModelConfig
-from ..data.text import BOS_ID, EOS_ID, PAD_ID
-from ..nn.gaussian import DiagonalGaussian, standard_normal_log_prob, std_from_raw
-from .hierarchy import HierarchicalVAE
-from .mlp import as_mlp
+from biva.config import ModelConfig
+from biva.data.text import BOS_ID, EOS_ID, PAD_ID
+from biva.models.hierarchy import HierarchicalVAE
+from biva.models.mlp import as_mlp
+from biva.nn.gaussian import DiagonalGaussian, standard_normal_log_prob, std_from_raw
 
 
 @dataclass

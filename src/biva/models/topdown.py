@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigError, ModelConfig, parse_spec
-from ..likelihoods import Likelihood, build_likelihood
-from ..nn.gaussian import DiagonalGaussian, repeat_batch, std_from_raw
-from ..nn.residual import (
+from biva.config import ConfigError, ModelConfig, parse_spec
+from biva.likelihoods import Likelihood, build_likelihood
+from biva.models.base import HierarchyOutput, LatentHierarchy
+from biva.nn.gaussian import DiagonalGaussian, repeat_batch, std_from_raw
+from biva.nn.residual import (
     BottleneckBlock,
     NVAEDecoderCell,
     NVAEEncoderCell,
@@ -52,8 +53,7 @@ from ..nn.residual import (
     conv,
     residual_scale,
 )
-from ..nn.weightnorm import WNConv2d
-from .base import HierarchyOutput, LatentHierarchy
+from biva.nn.weightnorm import WNConv2d
 
 #: A block's inner channels as a multiple of ``filters`` when ``model.inner_width`` is 0.
 PAPER_INNER_WIDTH = {"vdvae": 0.25, "nvae": 6.0}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .weightnorm import WNConv2d, WNConvTranspose2d
+from biva.nn.weightnorm import WNConv2d, WNConvTranspose2d
 
 
 def to_channels_last(t: Tensor) -> Tensor:

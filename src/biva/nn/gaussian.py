@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import elu_flatten
-from .weightnorm import WNConv2d, WNLinear
+from biva.nn.blocks import elu_flatten
+from biva.nn.weightnorm import WNConv2d, WNLinear
 
 LOG_2PI = math.log(2 * math.pi)
 _LN2 = math.log(2.0)

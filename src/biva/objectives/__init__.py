@@ -1,7 +1,11 @@
-"""Objectives and bounds: ELBO with free bits, L_K, L^{>k}, unit conversions."""
+"""Bounds and their units: the importance-weighted bound L_K and L^{>k}_K (vectorized,
+chunked), log-weights and their effective sample size, nats <-> bits/dim, and their means over a
+data split (:mod:`~biva.objectives.splits`; the semi-supervised classification error in
+:mod:`~biva.objectives.classification`). The ELBO of one pass, with free bits and the KL
+weight, is the models' ``forward`` (``biva.models.base``)."""
 
-from .importance import effective_sample_size, importance_weighted_bound, log_weights
-from .units import bits_per_dim, nats_from_bits_per_dim
+from biva.objectives.importance import effective_sample_size, importance_weighted_bound, log_weights
+from biva.objectives.units import bits_per_dim, nats_from_bits_per_dim
 
 __all__ = ["importance_weighted_bound", "log_weights", "effective_sample_size", "bits_per_dim",
            "nats_from_bits_per_dim"]

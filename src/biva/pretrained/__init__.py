@@ -28,9 +28,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..training.config import RunConfig, read_run_config
-from ..utils.atomic import atomic_write_json, atomic_write_text
-from ..utils.checkpoint import _sha256_file
+from biva.config.run import RunConfig, read_run_config
+from biva.data import evaluation_split, fit_to_shape, load_run_data
+from biva.data import image_files as image_files  # re-exported: part of the pretrained API
+from biva.data import read_folder as read_folder
+from biva.evaluation.classification import predict_raw
+from biva.objectives.classification import evaluate_classification
+from biva.objectives.splits import evaluate_bounds
+from biva.ood.detector import OODDetector
+from biva.ood.metrics import ood_metrics
+from biva.ood.sets import load_like_run
+from biva.runs.loading import build_model, find_checkpoint
+from biva.utils.atomic import atomic_write_json, atomic_write_text
+from biva.utils.checkpoint import load_checkpoint, save_checkpoint
+from biva.utils.hashing import sha256_file
 
 #: Files every pretrained folder has.
 REQUIRED = ("config.json", "model.safetensors", "card.json")
@@ -43,7 +54,7 @@ class ChecksumError(RuntimeError):
 @dataclass
 class Pretrained:
     """A loaded pretrained model: ``model`` (eval mode, float32), its ``config``, ``card``
-    (dict), the fitted ``detector`` (an :class:`~biva.evaluation.ood_detector.OODDetector`)
+    (dict), the fitted ``detector`` (an :class:`~biva.ood.detector.OODDetector`)
     where one ships, and ``path``, the folder it came from."""
 
     name: str
@@ -64,7 +75,6 @@ class Pretrained:
         """q(y | x) for raw images (N, H, W), (N, H, W, C) or (N, C, H, W), as
         :func:`read_folder` gives them: (N, num_classes) float32, rows sum to 1; each row
         averages ``n_samples`` draws of z^BU at ``seed``."""
-        from ..evaluation.classification import predict_raw
 
         if not self.is_classifier:
             raise ValueError(f"{self.name}: not a classifier (a semi-supervised model has "
@@ -97,11 +107,6 @@ def _classifiers() -> list[str]:
     return [n for n in list_models()
             if json.loads((root / n / "config.json").read_text())["data"].get(
                 "labels_per_class", 0) > 0]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (the checkpoint module's chunked reader)."""
-    return _sha256_file(path)[0]
 
 
 def _float32_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -147,7 +152,6 @@ def verify(folder: Path, card: dict[str, Any]) -> None:
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
     """A shipped model by name (see :func:`list_models`) or a pretrained folder: checksums
     verified, weights loaded into the model its config describes (float32, eval mode)."""
-    from ..evaluation.loading import _build_run_model
 
     folder = _folder(name_or_path)
     missing = [f for f in REQUIRED if not (folder / f).is_file()]
@@ -156,12 +160,11 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretra
     card = read_card(folder)
     verify(folder, card)
     cfg = read_run_config(folder / "config.json")
-    model = _build_run_model(cfg, folder)
+    model = build_model(cfg, folder)
     model.load_state_dict(_float32_weights(folder))
     model = model.to(device).eval()
     detector = None
     if (folder / "detector.json").is_file():
-        from ..evaluation.ood_detector import OODDetector
 
         detector = OODDetector.load(folder / "detector.json", model)
     return Pretrained(card.get("name", folder.name), model, cfg, card, folder, detector)
@@ -191,8 +194,6 @@ def save_pretrained(run_dir: str | Path, out: str | Path, *, card: dict[str, Any
     mc_error}); the sha256 fields are added here. ``half`` stores floating tensors as float16.
     A ``detector.json`` in the run directory is copied. Returns ``out``.
     """
-    from ..evaluation.loading import find_checkpoint
-    from ..utils.checkpoint import load_checkpoint
 
     run_dir, out = Path(run_dir), Path(out)
     tensors, state = load_checkpoint(find_checkpoint(run_dir, which))
@@ -253,7 +254,6 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     config.json and a ``checkpoints/best`` of its weights, so that every command that takes a
     run directory takes it (``--pretrained NAME``). Written once; rewritten when the card's
     checksum changes."""
-    from ..utils.checkpoint import save_checkpoint
 
     folder = _folder(name_or_path)
     card = read_card(folder)
@@ -274,43 +274,6 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     return run_dir
 
 
-def image_files(path: str | Path) -> list[Path]:
-    """The image files :func:`read_folder` reads, in its order: ``path`` itself if it is a
-    file, else every image below it (recursively), sorted."""
-    from ..data.formats import IMAGE_EXTENSIONS
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such folder or file")
-    files = ([path] if path.is_file() else
-             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
-    return files
-
-
-def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.Tensor:
-    """The images of a folder (or one image file) as the input a model of ``config`` scores:
-    uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
-    binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
-    binarized test sets are. Files are taken in sorted order, recursively (:func:`image_files`)."""
-    from ..data.formats import read_images
-    from ..data.types import ImageSplit
-    from ..evaluation.ood_sets import fit_to_shape
-
-    files = image_files(path)
-    shape = tuple(config.model.input_shape)
-    raw = torch.from_numpy(read_images(files, size=shape[-1]))
-    binary = config.model.likelihood == "bernoulli"
-    if binary and int(raw.max()) <= 1:
-        raw = raw * 255                                    # bilevel files: 0/1 -> 0/255
-    images = fit_to_shape(ImageSplit(raw.to(torch.uint8)), shape).images
-    if binary:
-        g = torch.Generator().manual_seed(seed)
-        images = torch.bernoulli(images.float() / 255, generator=g).to(torch.uint8)
-    return images
-
-
 def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int = 200,
             seed: int = 0, data_root: str | Path | None = None) -> float:
     """One score of a card, re-measured on the first ``n_examples`` of the seeded evaluation
@@ -326,8 +289,6 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
     """
     from dataclasses import replace
 
-    from ..evaluation import evaluate_bounds, evaluation_split
-    from ..training import load_run_data
 
     cfg = p.config
     if data_root is not None:
@@ -337,7 +298,6 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
     if metric.startswith("auroc:"):
         return _measure_auroc(p, metric[len("auroc:"):], data, examples, cfg, n_examples, seed)
     if metric == "error":
-        from ..evaluation.classification import evaluate_classification
 
         if not p.is_classifier:
             raise ValueError(f"{p.name}: metric 'error' needs a classifier (a semi-supervised "
@@ -350,7 +310,7 @@ def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int 
     if kind not in ("L", "bpd") or not k.isdigit() or int(k) < 1:
         raise ValueError(f"metric {metric!r}: expected L_K or bpd_K (K >= 1, e.g. L_1, "
                          "bpd_100), auroc:DATASET or error")
-    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, k=int(k),
+    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, n_samples=int(k),
                           batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
                           n_examples=n_examples, device=next(p.model.parameters()).device,
                           seed=seed)
@@ -362,9 +322,6 @@ def _measure_auroc(p: Pretrained, name: str, data, examples, cfg: RunConfig, n: 
     """The shipped detector's test AUROC, ``examples`` (in) against dataset ``name``."""
     import copy
 
-    from ..evaluation import evaluation_split
-    from ..evaluation.ood import ood_metrics
-    from ..evaluation.ood_sets import fit_to_shape, load_like_run
 
     if p.detector is None:
         raise ValueError(f"{p.name}: auroc:{name} needs a shipped detector (detector.json)")

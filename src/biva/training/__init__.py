@@ -1,8 +1,8 @@
-"""Training: run configs, schedules, EMA and the resumable trainer."""
+"""Training: the resumable trainer (:class:`Trainer`) and its semi-supervised variant, the
+schedules (learning rate, free bits, KL warm-up), EMA, precision, memory checks and
+``torchrun`` helpers. The run config it trains from lives in :mod:`biva.config.run`."""
 
-from .config import DataConfig, EvalConfig, RunConfig, TrainConfig, load_run_config, resolve_config
-from .ema import EMA
-from .trainer import Trainer, load_run_data, resolve_device
+from biva.training.ema import EMA
+from biva.training.trainer import Trainer
 
-__all__ = ["DataConfig", "EvalConfig", "RunConfig", "TrainConfig", "load_run_config",
-           "resolve_config", "EMA", "Trainer", "load_run_data", "resolve_device"]
+__all__ = ["EMA", "Trainer"]

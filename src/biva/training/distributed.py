@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data._rng import derive_seed
+from biva.utils.seeds import derive_seed
 
 # Rank 0 validates and writes checkpoints while the other ranks wait in the next collective or
 # at a barrier; on a CPU that can take minutes, longer than NCCL's 10-minute default.

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data import DatasetSplits
-from .config import RunConfig, load_run_config
-from .trainer import load_run_data
+from biva.config.run import RunConfig, load_run_config
+from biva.data import DatasetSplits, load_run_data
 
 # Square image side -> the shipped config sized for a CPU (docs/guide/own-images.md).
 CPU_CONFIGS = {32: "natural32_cpu", 64: "natural64_cpu"}

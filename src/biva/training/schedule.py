@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import TrainConfig
+from biva.config.run import TrainConfig
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:

@@ -23,18 +23,18 @@ from pathlib import Path
 
 import torch
 
-from ..data import DatasetSplits, ImageSplit, balanced_label_split, epoch_batches
-from ..data._rng import derive_seed
-from ..evaluation import to_display
-from ..evaluation.classification import evaluate_classification
-from ..models.semi_supervised import SemiSupervisedBIVA, default_alpha
-from ..objectives import bits_per_dim
-from ..utils.atomic import atomic_write_json
-from ..utils.checkpoint import save_checkpoint
-from ..utils.config_io import to_dict
-from ..utils.jsonl import append_jsonl
-from .config import RunConfig, read_run_config
-from .trainer import Trainer, load_run_data
+from biva.config.run import RunConfig, read_run_config
+from biva.data import DatasetSplits, ImageSplit, balanced_label_split, epoch_batches, load_run_data
+from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
+from biva.objectives import bits_per_dim
+from biva.objectives.classification import evaluate_classification
+from biva.training.trainer import Trainer
+from biva.utils.atomic import atomic_write_json
+from biva.utils.checkpoint import save_checkpoint
+from biva.utils.config_io import to_dict
+from biva.utils.images import to_display
+from biva.utils.jsonl import append_jsonl
+from biva.utils.seeds import derive_seed
 
 
 def is_semi_supervised(cfg: RunConfig) -> bool:

@@ -34,54 +34,53 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..data import DatasetSplits, epoch_batches, load_dataset, num_batches, to_model_input
-from ..evaluation import evaluation_split, save_grid, to_display
-from ..models import LatentHierarchy, build_hierarchy
-from ..nn.blocks import use_channels_last, use_grad_checkpointing
-from ..objectives import bits_per_dim
-from ..utils.atomic import atomic_write_json, is_disk_full
-from ..utils.checkpoint import (
+from biva.config.run import (
+    BUDGET_FIELDS,
+    RunConfig,
+    extend_budget,
+    read_run_config,
+    resolve_config,
+)
+from biva.data import (
+    DatasetSplits,
+    epoch_batches,
+    evaluation_split,
+    load_run_data,
+    num_batches,
+    to_model_input,
+)
+from biva.models import LatentHierarchy, build_hierarchy
+from biva.nn.blocks import use_channels_last, use_grad_checkpointing
+from biva.objectives import bits_per_dim
+from biva.objectives.splits import validation_statistics
+from biva.training.distributed import (
+    any_rank,
+    average_across_ranks,
+    broadcast_module_,
+    seed_rank_step,
+)
+from biva.training.ema import EMA
+from biva.training.memory import check_step_fits, describe_fields
+from biva.training.precision import resolve_amp
+from biva.training.schedule import free_bits, kl_weight, learning_rate
+from biva.utils.atomic import atomic_write_json, is_disk_full
+from biva.utils.checkpoint import (
     CheckpointError,
+    flatten_state_dict,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_stale_temporaries,
     save_checkpoint,
+    unflatten_state_dict,
 )
-from ..utils.config_io import save_config, to_dict
-from ..utils.jsonl import append_jsonl, truncate_jsonl_after_step
-from ..utils.rng import capture_rng_state, restore_rng_state, seed_everything
-from ..utils.run_lock import lock_run_dir, unlock_run_dir
-from .config import BUDGET_FIELDS, RunConfig, extend_budget, read_run_config, resolve_config
-from .distributed import any_rank, average_across_ranks, broadcast_module_, seed_rank_step
-from .ema import EMA
-from .memory import check_step_fits, describe_fields
-from .precision import resolve_amp
-from .schedule import free_bits, kl_weight, learning_rate
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but no CUDA device is available")
-    return device
-
-
-def load_run_data(cfg: RunConfig) -> DatasetSplits:
-    """Load the dataset a run config names."""
-    d = cfg.data
-    seed = cfg.train.seed if d.split_seed is None else d.split_seed
-    kwargs = {"root": d.root, "binarization": d.binarization, "seed": seed,
-              "path": d.path, "download": d.download}
-    if d.valid_size is not None:
-        kwargs["valid_size"] = d.valid_size
-    if d.image_size is not None:
-        kwargs["image_size"] = d.image_size
-    return load_dataset(d.name, **kwargs)
+from biva.utils.config_io import load_config_file, save_config, to_dict
+from biva.utils.device import resolve_device
+from biva.utils.images import save_grid, to_display
+from biva.utils.jsonl import append_jsonl, truncate_jsonl_after_step
+from biva.utils.rng import capture_rng_state, restore_rng_state, seed_everything
+from biva.utils.run_lock import lock_run_dir, unlock_run_dir
 
 
 def write_split_lists(data: DatasetSplits, path: Path) -> Path | None:
@@ -150,18 +149,6 @@ def _flat_fields(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_digest(cfg: RunConfig) -> str:
-    """SHA-256 of a resolved config's fields that decide what is trained (all but
-    :data:`RESUMABLE_CHANGES`), canonically serialized."""
-    import hashlib
-    import json
-
-    fields = {k: v for k, v in _flat_fields(to_dict(cfg)).items()
-              if k not in RESUMABLE_CHANGES}
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _check_config_unchanged(cfg: RunConfig, state: dict, path: Path, run_dir: Path) -> None:
     """Refuse to resume when config.json no longer describes the checkpoint's run, naming
     the changed fields (an architecture edit would otherwise fail in load_state_dict with a
@@ -170,7 +157,7 @@ def _check_config_unchanged(cfg: RunConfig, state: dict, path: Path, run_dir: Pa
     if not isinstance(saved, dict):
         return  # checkpoints of old biva versions carry no config: nothing to compare
     try:
-        before = _flat_fields(to_dict(resolve_config(saved)))
+        before = _flat_fields(to_dict(resolve_config(saved, warn=False)))
     except ValueError:
         before = _flat_fields(saved)
     now = _flat_fields(to_dict(cfg))
@@ -312,7 +299,6 @@ class Trainer:
 
         ``budget``: ``KEY=VALUE`` overrides of the budget fields only (``BUDGET_FIELDS``), to
         train a finished run further; they are saved to its config.json."""
-        from ..utils.config_io import load_config_file
 
         path = Path(run_dir) / "config.json"
         if not path.is_file():
@@ -393,7 +379,6 @@ class Trainer:
         self.ema = EMA(self.model, self.cfg.train.ema_decay, warmup=self.cfg.train.ema_warmup)
         self.ema.load_state_dict(tensors["ema"])
         self.ema.updates = state.get("ema_updates", state["step"] - state["skipped"])
-        from ..utils.checkpoint import unflatten_state_dict
 
         self.optimizer.load_state_dict(
             unflatten_state_dict(tensors["optimizer"], state["optimizer"]))
@@ -421,7 +406,6 @@ class Trainer:
         return path
 
     def _write_checkpoint(self) -> Path:
-        from ..utils.checkpoint import flatten_state_dict
 
         opt_tensors, opt_skeleton = flatten_state_dict(self.optimizer.state_dict())
         rng_tensors, rng_meta = capture_rng_state()
@@ -430,8 +414,7 @@ class Trainer:
                  "bad_streak": self.bad_streak, "cpu_s": self.cpu_seconds,
                  "grad_norms": list(self.grad_norms),
                  "best_valid": self.best_valid if math.isfinite(self.best_valid) else None,
-                 "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg),
-                 "config_sha256": config_digest(self.cfg)}
+                 "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(self.cfg)}
         path = self.run_dir / "checkpoints" / f"step_{self.step:09d}"
         save_checkpoint(path, tensors={"model": self.model.state_dict(),
                                        "ema": self.ema.state_dict(), "optimizer": opt_tensors,
@@ -701,7 +684,6 @@ class Trainer:
     def evaluate(self, writer=None) -> dict:
         """Validation ELBO (L_1, nats and bits/dim), log p(x|z) and KL per group (nats) of the
         EMA model; keeps the best checkpoint."""
-        from ..evaluation.diagnostics import validation_statistics
 
         tc = self.cfg.train
         # One pass gives the ELBO (bit-identical to validation_elbo) and its two terms.
@@ -769,8 +751,3 @@ class Trainer:
             progress.update(min(int(self.cpu_seconds), progress.total) - progress.n)
         else:
             progress.update(1)
-
-    def checkpoints(self) -> list[Path]:
-        """This run's step checkpoints, oldest first."""
-        return list_checkpoints(self.run_dir)
-

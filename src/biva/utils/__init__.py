@@ -1,6 +1,8 @@
-"""Serialization utilities: configs, atomic writes, safe checkpoints, RNG state, metric logs."""
+"""Utilities with no model in them: atomic writes and plain JSON, config files and overrides,
+safe checkpoints, file digests, run-directory locks, RNG state and seeds, metric logs (JSON
+lines), image grids, progress bars, devices and deprecation warnings."""
 
-from .atomic import (
+from biva.utils.atomic import (
     atomic_directory,
     atomic_open,
     atomic_write_bytes,
@@ -8,7 +10,7 @@ from .atomic import (
     atomic_write_text,
     fsync_directory,
 )
-from .checkpoint import (
+from biva.utils.checkpoint import (
     CheckpointError,
     checkpoint_path,
     flatten_state_dict,
@@ -19,7 +21,7 @@ from .checkpoint import (
     save_checkpoint,
     unflatten_state_dict,
 )
-from .config_io import (
+from biva.utils.config_io import (
     ConfigError,
     apply_overrides,
     from_dict,
@@ -29,8 +31,8 @@ from .config_io import (
     save_config,
     to_dict,
 )
-from .jsonl import JsonlError, append_jsonl, read_jsonl, truncate_jsonl_after_step
-from .rng import capture_rng_state, restore_rng_state, seed_everything
+from biva.utils.jsonl import JsonlError, append_jsonl, read_jsonl, truncate_jsonl_after_step
+from biva.utils.rng import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = [
     "CheckpointError",

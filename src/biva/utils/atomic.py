@@ -9,6 +9,7 @@ Temporary names start with ``.`` so directory listings that look for real entrie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -18,7 +19,8 @@ import shutil
 import stat
 import warnings
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from enum import Enum
+from pathlib import Path, PurePath
 from typing import IO, Any
 
 StrPath = str | os.PathLike[str]
@@ -139,35 +141,49 @@ def atomic_write_text(path: StrPath, text: str, *, encoding: str = "utf-8") -> N
     atomic_write_bytes(path, text.encode(encoding))
 
 
-def to_plain(value: Any, where: str, nonfinite: list[str] | None = None) -> Any:
-    """``value`` as plain JSON types: 0-d tensors and NumPy scalars become numbers, larger ones
-    nested lists; non-finite floats become "NaN" / "Infinity" / "-Infinity" (their paths
-    appended to ``nonfinite``), so the result is strict JSON that any parser accepts."""
-    if value is None or isinstance(value, (bool, int, str)):
+def to_plain(value: Any, where: str = "", nonfinite: list[str] | None = None, *,
+             encode_nonfinite: bool = True, arrays: bool = True) -> Any:
+    """``value`` as plain JSON types, the one converter of results and configs: dataclasses
+    (their init fields) and mappings become dicts, enums their value, paths strings, 0-d
+    tensors and NumPy scalars numbers, and (``arrays``) larger ones nested lists. With
+    ``encode_nonfinite``, non-finite floats become "NaN" / "Infinity" / "-Infinity" (their
+    paths appended to ``nonfinite``), so the result is strict JSON that any parser accepts."""
+    def again(v: Any, w: str) -> Any:
+        return to_plain(v, w, nonfinite, encode_nonfinite=encode_nonfinite, arrays=arrays)
+
+    if value is None or isinstance(value, (bool, int, str)) and not isinstance(value, Enum):
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
+        if math.isfinite(value) or not encode_nonfinite:
             return value
         if nonfinite is not None:
             nonfinite.append(where)
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Only init fields: a config read back passes them to the constructor.
+        return {f.name: again(getattr(value, f.name), f"{where}.{f.name}" if where else f.name)
+                for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Enum):
+        return again(value.value, where)
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(f"{where}: key {k!r} is not a string")
-            out[k] = to_plain(v, f"{where}.{k}", nonfinite)
+                raise TypeError(f"{where or '<root>'}: key {k!r} is not a string")
+            out[k] = again(v, f"{where}.{k}" if where else k)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_plain(v, f"{where}[{i}]", nonfinite) for i, v in enumerate(value)]
+        return [again(v, f"{where}[{i}]") for i, v in enumerate(value)]
     # Duck-typed so that torch is not needed here: tensors and NumPy scalars/arrays.
     if hasattr(value, "detach"):
         value = value.detach().cpu()
     if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):
-        return to_plain(value.item(), where, nonfinite)
-    if callable(getattr(value, "tolist", None)):
-        return to_plain(value.tolist(), where, nonfinite)
-    raise TypeError(f"{where}: cannot write a {type(value).__name__} as JSON")
+        return again(value.item(), where)
+    if arrays and callable(getattr(value, "tolist", None)):
+        return again(value.tolist(), where)
+    raise TypeError(f"{where or '<root>'}: cannot write a {type(value).__name__} as JSON")
 
 
 def atomic_write_json(

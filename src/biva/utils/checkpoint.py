@@ -33,7 +33,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from .atomic import atomic_directory, raise_if_disk_full
+from biva.utils.atomic import atomic_directory, raise_if_disk_full
+from biva.utils.hashing import file_digests
 
 StrPath = str | os.PathLike[str]
 
@@ -176,16 +177,6 @@ def _prepare_tensor(t: torch.Tensor, where: str) -> torch.Tensor:
         device="cpu", memory_format=torch.contiguous_format, copy=True)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def save_checkpoint(
     path: StrPath,
     *,
@@ -233,7 +224,8 @@ def _write_checkpoint_dir(path: Path, flat: dict[str, torch.Tensor],
         except Exception as err:  # safetensors' own error type for a full disk
             raise_if_disk_full(err, tensors_path)
             raise
-        digest, size = _sha256_file(tensors_path)
+        digests, size = file_digests(tensors_path)
+        digest = digests["sha256"]
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from .atomic import atomic_write_json
+from biva.utils.atomic import atomic_write_json, to_plain
 
 StrPath = str | os.PathLike[str]
 T = TypeVar("T")
@@ -93,36 +93,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         cfg, Mapping
     ):
         raise TypeError(f"to_dict expects a dataclass instance or a mapping, got {type(cfg)!r}")
-    return _to_plain(cfg, "")
-
-
-def _to_plain(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        # Only init fields: from_dict rejects keys it cannot pass to the constructor.
-        return {
-            f.name: _to_plain(getattr(value, f.name), _join(path, f.name))
-            for f in dataclasses.fields(value)
-            if f.init
-        }
-    if isinstance(value, enum.Enum):
-        return _to_plain(value.value, path)
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{path or '<root>'}: mapping key {k!r} is not a string")
-            out[k] = _to_plain(v, _join(path, k))
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "shape", None) == ():  # numpy / torch scalars
-        return _to_plain(item(), path)
-    raise TypeError(f"{path or '<root>'}: cannot convert {type(value).__name__} to a config value")
+    return to_plain(cfg, "", encode_nonfinite=False, arrays=False)
 
 
 # ----------------------------------------------------------------------------- from_dict

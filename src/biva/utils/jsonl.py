@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_bytes, to_plain
+from biva.utils.atomic import atomic_write_bytes, to_plain
 
 StrPath = str | os.PathLike[str]
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..objectives import bits_per_dim, importance_weighted_bound
-from .style import save_png
+from biva.evaluation.style import save_png
+from biva.objectives import bits_per_dim, importance_weighted_bound
 
 # Named experiments: (in-distribution dataset, OOD datasets). fashion_vs_mnist is the binary
 # pair of Table 5 and cifar10_vs_svhn the natural-image one (the SVHN files are not shipped).

@@ -6,12 +6,12 @@
 >>> det.decision_function(x)   # score_samples - offset_: negative = flagged
 >>> det.save("run/ood/detector.json"); OODDetector.load("run/ood/detector.json", model)
 
-The default score, ``"dos"`` (:mod:`biva.evaluation.density_of_states`), needs no anomaly
+The default score, ``"dos"`` (:mod:`biva.ood.density_of_states`), needs no anomaly
 examples: it fits the density of every image's [L_K, LLR^{>1}, LLR^{>2}] on in-distribution
 *validation* images (never the test split) and flags the improbable ones, in either direction.
 The single scores (``"llr"``, ``"lk"``, ``"elbo"``, ...) need a k: fixed, or chosen in ``fit``
 with ``k=None`` (or ``score=None``) by the highest AUROC against validation OOD images (real
-ones, or the synthetic sets of :mod:`biva.evaluation.ood_sets`). The threshold keeps
+ones, or the synthetic sets of :mod:`biva.ood.sets`). The threshold keeps
 ``in_tpr`` (default 95%) of the in-distribution validation images.
 """
 
@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageSplit, to_model_input
-from ..utils.atomic import atomic_write_json
-from .density_of_states import (
+from biva.data import ImageSplit, evaluation_split, load_run_data, to_model_input
+from biva.ood.density_of_states import (
     DOS_SWEEP_SCORES,
     DensityOfStates,
     dos_columns,
     dos_ks,
     dos_statistics,
 )
-from .ood import ood_metrics
-from .ood_scores import SCORES, BoundSweep, score_ks, sweep_batches
+from biva.ood.metrics import ood_metrics
+from biva.ood.scores import SCORES, BoundSweep, score_ks, sweep_batches
+from biva.runs.loading import load_trained
+from biva.utils.atomic import atomic_write_json
 
 #: What a detector can score with: the single scores, and "dos" (no anomaly examples needed).
 DETECTOR_SCORES = (*SCORES, "dos")
@@ -349,7 +350,6 @@ def detector_for_run(run_dir: str | Path, *, checkpoint: str = "best", device="c
     >>> det = detector_for_run("runs/fmnist")
     >>> det.predict(images)      # images (N, C, H, W) uint8 like the run's data: +1 / -1
     """
-    from .loading import load_trained
 
     if threads:
         torch.set_num_threads(threads)
@@ -376,8 +376,6 @@ def detector_for_model(model: nn.Module, cfg, *, score: str | None = "dos",
     import sys
     import time
 
-    from ..training import load_run_data  # the run's own data loading, config and all
-    from .bounds import evaluation_split
 
     started = time.perf_counter()
     data = load_run_data(cfg)
@@ -405,7 +403,7 @@ def fit_on_run_validation(det: OODDetector, valid: ImageSplit, *, synthetic: Seq
                           seed: int = 0) -> OODDetector:
     """Fit ``det`` on a run's validation split (ready for evaluation) with synthetic OOD sets
     made from the same validation images for the choice of (score, k); never the test split."""
-    from .ood_sets import synthetic_set
+    from biva.ood.sets import synthetic_set
 
     outs = {name: synthetic_set(name, valid, det.kind, seed).images for name in synthetic}
     return det.fit(valid.images, outs or None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .utils.config_io import ConfigError
+from biva.utils.config_io import ConfigError
 
 VARIANTS = ("vae", "lvae", "lvae+", "biva", "vdvae", "nvae")
 #: The top-down residual families (biva.models.topdown): their hierarchy comes from ``spec``.

@@ -19,20 +19,20 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
-from ..data import to_model_input
-from ..training import load_run_data
-from ..utils.atomic import atomic_write_json
-from ..utils.jsonl import read_jsonl
-from .bounds import evaluation_split
-from .diagnostics import diagnose
-from .generation import (
+from biva.data import to_model_input
+from biva.data import evaluation_split
+from biva.evaluation.diagnostics import diagnose
+from biva.evaluation.generation import (
     save_interpolation_grid,
     save_partial_generation_grid,
     save_reconstruction_grid,
     save_sample_grid,
 )
-from .loading import load_trained
-from .style import HEATMAP_CMAP, TRAIN_COLOR, VALID_COLOR, figure, png_bytes
+from biva.runs.loading import load_trained
+from biva.evaluation.style import HEATMAP_CMAP, TRAIN_COLOR, VALID_COLOR, figure, png_bytes
+from biva.data import load_run_data
+from biva.utils.atomic import atomic_write_text, atomic_write_json
+from biva.utils.jsonl import read_jsonl
 
 KL_FLOOR = 1e-3  # nats; the log-scale heatmap clips smaller (or negative MC) estimates here
 LN2 = math.log(2)
@@ -326,9 +326,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
             + "\n".join(sections) + "\n</body></html>\n")
     out = Path(out) if out else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     stage(f"written {out}")
     return out
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import DatasetSplits, ImageSplit, load_dataset
+from biva.data import DatasetSplits, ImageSplit, load_dataset
 
 SYNTHETIC = ("uniform", "mean_noise", "constant", "hflip", "vflip", "invert", "jigsaw")
 JIGSAW_GRID = 4
@@ -66,28 +66,6 @@ def synthetic_set(name: str, reference: ImageSplit, kind: str, seed: int = 0) ->
     else:
         raise ValueError(f"unknown synthetic OOD set {name!r}; known: {', '.join(SYNTHETIC)}")
     return ImageSplit(out)
-
-
-def fit_to_shape(split: ImageSplit, shape: tuple[int, int, int]) -> ImageSplit:
-    """8-bit images (N, C, H, W) brought to ``shape`` (C', H', W'): grey -> colour by repeating
-    the channel, colour -> grey by the ITU-R 601 luma, then an area-averaging resize (padding
-    never: the digit keeps its frame). For scoring, e.g., MNIST digits with a model of 32x32
-    colour photos."""
-    x = split.images
-    if x.dtype != torch.uint8:
-        raise ValueError(f"fit_to_shape: expected uint8 8-bit images, found {x.dtype}")
-    c, h, w = shape
-    xf = x.float()
-    if xf.shape[1] == 1 and c == 3:
-        xf = xf.expand(-1, 3, -1, -1)
-    elif xf.shape[1] == 3 and c == 1:
-        xf = (xf * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif xf.shape[1] != c:
-        raise ValueError(f"fit_to_shape: cannot map {xf.shape[1]} channels to {c}")
-    if tuple(xf.shape[2:]) != (h, w):
-        xf = torch.nn.functional.interpolate(xf, size=(h, w), mode="bilinear", antialias=True,
-                                             align_corners=False)
-    return ImageSplit(xf.round().clamp(0, 255).to(torch.uint8).contiguous(), split.labels)
 
 
 def _jigsaw(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

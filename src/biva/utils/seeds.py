@@ -1,6 +1,6 @@
 """Local random generators derived from a seed and a tuple of keys.
 
-Every random choice in the data layer (splits, static draws, epoch permutations, dynamic
+Every random choice of the data layer (splits, static draws, epoch permutations, dynamic
 binarization) uses its own ``torch.Generator`` seeded from (seed, keys): the global RNG is never
 touched, and distinct keys give statistically independent streams.
 """

@@ -1,6 +1,6 @@
 """A detector that needs no anomaly examples: the density of a hierarchy's bound statistics.
 
-The single scores of :mod:`biva.evaluation.ood_scores` each need a direction and a k, and which
+The single scores of :mod:`biva.ood.scores` each need a direction and a k, and which
 k separates a semantic shift depends on the pair (k = 1 for Fashion-MNIST against MNIST, k = 4
 for photos against MNIST): choosing it takes examples of the anomaly. Morningstar et al. (2021,
 "Density of States Estimation for Out-of-Distribution Detection", DoSE) avoid the choice: a
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .ood_scores import BoundSweep
+from biva.ood.scores import BoundSweep
 
 #: The scores a sweep must hold for :func:`dos_statistics`.
 DOS_SWEEP_SCORES = ("elbo", "llr_mean")

@@ -1,7 +1,7 @@
 """Run configuration: model + data + training + evaluation, as plain validated dataclasses.
 
 A config file (YAML or JSON) has the sections ``model``, ``data``, ``train`` and ``eval``.
-``model.preset`` names a preset from :mod:`biva.presets` whose fields the rest of the section
+``model.preset`` names a preset from :mod:`biva.config.presets` whose fields the rest of the section
 overrides. The resolved config (preset expanded) is what a run directory stores.
 """
 
@@ -12,9 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from ..config import ConfigError, ModelConfig
-from ..presets import preset
-from ..utils.config_io import apply_overrides, from_dict, load_config_file
+from biva.config.model import ConfigError, ModelConfig
+from biva.config.presets import preset
+from biva.utils.config_io import apply_overrides, from_dict, load_config_file
+from biva.utils.deprecation import warn_renamed
 
 
 @dataclass
@@ -200,17 +201,17 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation defaults: importance samples and the memory bound of one batched pass."""
 
-    # importance samples of L_k
-    k: int = 1000
+    # importance samples K of L_K (eval.k before 0.2)
+    n_samples: int = 1000
     # test examples a batch
     batch_size: int = 100
     max_batch: int = 4096            # rows (samples x examples) of one batched pass
     n_examples: int = 0              # 0 = the whole split
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` if ``eval.k``, batch sizes are not positive."""
-        if self.k < 1 or self.batch_size < 1 or self.max_batch < 1:
-            raise ConfigError("eval.k, eval.batch_size and eval.max_batch must be >= 1")
+        """Raise :class:`ConfigError` if ``eval.n_samples`` or a batch size is not positive."""
+        if self.n_samples < 1 or self.batch_size < 1 or self.max_batch < 1:
+            raise ConfigError("eval.n_samples, eval.batch_size and eval.max_batch must be >= 1")
 
 
 @dataclass
@@ -256,9 +257,53 @@ def _config_source(name_or_path: str) -> dict:
         return load_config_file(p)
 
 
-def resolve_config(data: dict) -> RunConfig:
-    """Build a validated :class:`RunConfig` from a raw dict (expands ``model.preset``)."""
+#: Fields renamed since 0.1, old dotted name -> new. Config files, run directories and
+#: ``--set`` overrides that spell the old name still load (one deprecation line each) until
+#: biva 0.3.
+RENAMED_FIELDS = {"eval.k": "eval.n_samples"}
+
+
+def migrate_renamed_fields(data: dict, where: str = "config", warn: bool = True) -> dict:
+    """``data`` (a raw config dict) with every old field name of :data:`RENAMED_FIELDS`
+    moved to its new name, warning for each when ``warn`` (a config the user wrote; a run
+    directory's config.json, which biva wrote, is read as it is); both names at once is an
+    error."""
     data = dict(data)
+    for old, new in RENAMED_FIELDS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        part = data.get(section)
+        if not isinstance(part, dict) or old_key not in part:
+            continue
+        part = dict(part)
+        if new_key in part and part[new_key] != part[old_key]:
+            raise ConfigError(f"{where}: both {old} ({part[old_key]!r}) and {new} "
+                              f"({part[new_key]!r}); {old} is the old name of {new}: keep one",
+                              path=old)
+        if warn:
+            warn_renamed(old, new, where, stacklevel=4)
+        part[new_key] = part.pop(old_key)
+        data[section] = part
+    return data
+
+
+def migrate_overrides(overrides: list[str]) -> list[str]:
+    """``KEY=VALUE`` overrides with old field names (:data:`RENAMED_FIELDS`) renamed."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        new = RENAMED_FIELDS.get(key.strip())
+        if new and sep:
+            warn_renamed(f"--set {key.strip()}", f"--set {new}", stacklevel=4)
+            item = f"{new}={value}"
+        out.append(item)
+    return out
+
+
+def resolve_config(data: dict, where: str = "config", warn: bool = True) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a raw dict (expands ``model.preset``; old
+    field names are read as their new ones, see :data:`RENAMED_FIELDS`, with a warning when
+    ``warn``)."""
+    data = migrate_renamed_fields(data, where, warn)
     model = dict(data.get("model") or {})
     if "preset" in model:
         base = asdict(preset(model.pop("preset")))
@@ -272,15 +317,18 @@ def resolve_config(data: dict) -> RunConfig:
 
 
 def read_run_config(path: str | Path) -> RunConfig:
-    """The resolved config of a run's ``config.json`` (or any config file); every error names
-    the file."""
+    """The resolved config of a run's ``config.json`` (or a shipped model's); every error
+    names the file. Files written by earlier versions are read with their old field names
+    renamed, silently: biva wrote them, and resuming a run rewrites them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; is {path.parent} a biva run directory?")
     raw = load_config_file(path)
     try:
-        return resolve_config(raw)
+        return resolve_config(raw, str(path), warn=False)
     except ConfigError as e:
+        if str(e).startswith(str(path)):
+            raise
         raise ConfigError(f"{path}: {e}", path=e.path) from None
 
 
@@ -288,7 +336,8 @@ def load_run_config(name_or_path: str | None = None, overrides: list[str] | None
                     base: dict | None = None) -> RunConfig:
     """Load a shipped config by name or a YAML/JSON file, apply ``a.b=value`` overrides."""
     raw = base if base is not None else (_config_source(name_or_path) if name_or_path else {})
-    raw = apply_overrides(raw, overrides or [])
+    raw = migrate_renamed_fields(raw, str(name_or_path or "config"))
+    raw = apply_overrides(raw, migrate_overrides(overrides or []))
     try:
         return resolve_config(raw)
     except ConfigError as e:
@@ -314,8 +363,8 @@ def extend_budget(raw: dict, overrides: list[str], source: Path | str) -> RunCon
                               f"({', '.join(BUDGET_FIELDS)}) can change, not {key!r}")
     # Validated (e.g. finetune_steps <= steps) before anything is written.
     try:
-        cfg = resolve_config(apply_overrides(raw, overrides))
-        before = resolve_config(raw).train
+        cfg = resolve_config(apply_overrides(raw, overrides), str(source), warn=False)
+        before = resolve_config(raw, str(source), warn=False).train
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}", path=e.path) from None
     for key in BUDGET_FIELDS:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..utils.atomic import atomic_write_bytes
+from biva.utils.atomic import atomic_write_bytes
 
 
 def to_display(x: torch.Tensor, kind: str) -> torch.Tensor:

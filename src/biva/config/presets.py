@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .config import ConfigError, ModelConfig
+from biva.config.model import ConfigError, ModelConfig
 
 
 def _binary(**kw) -> ModelConfig:

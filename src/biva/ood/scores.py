@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..data import ImageSplit, to_model_input
-from ..objectives.importance import samples_per_pass
+from biva.data import ImageSplit, to_model_input
+from biva.objectives.importance import samples_per_pass
 
 # score name -> (quantity, prior mode). Anomaly direction: see ``anomaly``.
 SCORES = ("elbo", "lk", "llr", "lk_mean", "llr_mean")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..models import HierarchicalVAE
-from ..training.config import RunConfig, read_run_config
-from ..utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from biva.models import LatentHierarchy, build_hierarchy
+from biva.config.run import RunConfig, read_run_config
+from biva.utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -30,17 +30,18 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     return latest
 
 
-def _build_run_model(cfg: RunConfig, run_dir: Path) -> HierarchicalVAE:
+def build_model(cfg: RunConfig, run_dir: str | Path) -> LatentHierarchy:
+    """The untrained model of the run in ``run_dir`` with config ``cfg``: ``cfg.model``, made
+    semi-supervised when ``data.labels_per_class > 0`` (then ``run_dir/labelled.json`` gives
+    the objective's weights). Load weights with :func:`load_trained` instead to evaluate."""
     # Semi-supervised runs (data.labels_per_class > 0) store their class count in the config,
     # and alpha and the split sizes (the paper objective's weights) in labelled.json.
-    from ..models.semi_supervised import build_model
-
     if cfg.data.labels_per_class <= 0:
-        return build_model(cfg.model)
+        return build_hierarchy(cfg.model)
     if not cfg.data.num_classes:
         raise ValueError("semi-supervised run without data.num_classes in its config.json")
     split = {}
-    path = run_dir / "labelled.json"
+    path = Path(run_dir) / "labelled.json"
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
@@ -50,12 +51,12 @@ def _build_run_model(cfg: RunConfig, run_dir: Path) -> HierarchicalVAE:
     elif cfg.train.ssl_objective == "paper":
         raise FileNotFoundError(f"{path}: no such file; a run of the 'paper' objective needs "
                                 f"its split sizes (n_labelled, n_unlabelled) from it")
-    return build_model(cfg.model, cfg.data.num_classes, objective=cfg.train.ssl_objective,
-                       **split)
+    return build_hierarchy(cfg.model, cfg.data.num_classes, objective=cfg.train.ssl_objective,
+                           **split)
 
 
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
-                 ) -> tuple[HierarchicalVAE, RunConfig, dict]:
+                 ) -> tuple[LatentHierarchy, RunConfig, dict]:
     """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
 
     The data-dependent init is part of the saved weights and is never re-run here.
@@ -65,7 +66,7 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     path = find_checkpoint(run_dir, which)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
-    model = _build_run_model(cfg, run_dir).to(device)
+    model = build_model(cfg, run_dir).to(device)
     model.load_state_dict(weights)
     model.eval()
     state = {**state, "checkpoint": str(path)}
