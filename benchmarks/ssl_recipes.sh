@@ -12,6 +12,10 @@
 #   SEEDS: the paper's protocol (Table 3), one label draw a seed (train.seed picks the 100
 #   labels, the init and the batches): run dirs RECIPE_seedS; without it one run, seed 0, in
 #   OUT_DIR/RECIPE as before. Summary with means and spreads: ssl_summary.py OUT_DIR --draws.
+#   STEPS=N: equal steps instead of equal CPU time: every run stops at step N (train.steps=N,
+#   no fine-tuning phase, so free bits stay on as in the CPU-budget runs) whatever the machine
+#   or its load; MINUTES is then ignored (pass 0). A seeded run at a fixed step count gives the
+#   same result on a busy or an idle core, so these can share the cores with other work.
 set -euo pipefail
 out=$1; root=$2; minutes=$3; shift 3
 mkdir -p "$out"
@@ -37,7 +41,14 @@ one() {
     extra="$extra --seed $seed"
     name="${name}_seed${seed}"
   fi
-  if [ -f "$out/$name/config.json" ]; then
+  if [ -n "${STEPS:-}" ]; then
+    budget=(--set "train.steps=$STEPS" --set train.finetune_steps=0 --set train.max_cpu_minutes=0)
+  else
+    budget=(--set "train.max_cpu_minutes=$minutes")
+  fi
+  if [ -n "${STEPS:-}" ] && [ -f "$out/$name/config.json" ]; then
+    biva train --resume "$out/$name" --no-progress >> "$out/$name.log" 2>&1 || true
+  elif [ -f "$out/$name/config.json" ]; then
     # An existing run continues up to the new budget (a larger MINUTES extends it; the step
     # cap grows with it so that the CPU budget is what stops the run).
     biva train --resume "$out/$name" --no-progress --set "train.max_cpu_minutes=$minutes" \
@@ -45,11 +56,11 @@ one() {
   else
     # shellcheck disable=SC2086
     biva train --config mnist_100_labels_cpu --data-root "$root" --run-dir "$out/$name" \
-      --threads 1 --no-progress "${small[@]}" $extra --set "train.max_cpu_minutes=$minutes" \
+      --threads 1 --no-progress "${small[@]}" $extra "${budget[@]}" \
       --set train.eval_every=250 --set train.checkpoint_every=250 \
       > "$out/$name.log" 2>&1 || echo "$name failed: see $out/$name.log" >&2
   fi
-  biva evaluate "$out/$name" --k 1 --split test --threads 1 --no-progress \
+  biva evaluate "$out/$name" --samples 1 --split test --threads 1 --no-progress \
     >> "$out/$name.log" 2>&1 || echo "$name evaluation failed" >&2
 }
 jobs_list=()
