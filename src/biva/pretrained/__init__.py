@@ -19,13 +19,17 @@ file, the expected and the found digest.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from biva.config.run import RunConfig, read_run_config
@@ -39,12 +43,21 @@ from biva.ood.detector import OODDetector
 from biva.ood.metrics import ood_metrics
 from biva.ood.sets import load_like_run
 from biva.runs.loading import build_model, find_checkpoint
-from biva.utils.atomic import atomic_write_json, atomic_write_text
+from biva.utils.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from biva.utils.checkpoint import load_checkpoint, save_checkpoint
 from biva.utils.hashing import sha256_file
+from biva.utils.run_lock import output_lock
 
 #: Files every pretrained folder has.
 REQUIRED = ("config.json", "model.safetensors", "card.json")
+#: The files a card may vouch for (its ``sha256`` keys): the folder's own, nothing else.
+CHECKED_FILES = ("model.safetensors", "config.json", "detector.json")
+#: A card's ``name`` (it names ``runs/pretrained/NAME``): letters, digits, ".", "_", "-".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: The most bytes read from a JSON file of a pretrained folder, and from its weights: a
+#: device, a FIFO or a huge file is refused before it is read.
+MAX_JSON_BYTES = 8 << 20
+MAX_WEIGHTS_BYTES = 4 << 30
 
 
 class ChecksumError(RuntimeError):
@@ -109,40 +122,126 @@ def _classifiers() -> list[str]:
                 "labels_per_class", 0) > 0]
 
 
+def _regular_file(path: Path, limit: int) -> int:
+    """The size of ``path``, a regular file of at most ``limit`` bytes; anything else (a
+    FIFO, a device such as /dev/zero, a folder, a huge file) is refused before it is read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file (a folder, FIFO or device); a pretrained "
+                         "folder holds plain files: replace it with the model's own file")
+    if st.st_size > limit:
+        raise ValueError(f"{path}: {st.st_size:,} bytes, more than the {limit:,} a "
+                         f"{path.name} of a pretrained folder may have")
+    return st.st_size
+
+
+def _read_json(path: Path) -> Any:
+    """A small JSON file of a pretrained folder (checked regular and size-capped first)."""
+    _regular_file(path, MAX_JSON_BYTES)
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a safetensors file, from its header alone."""
+    _regular_file(path, MAX_WEIGHTS_BYTES)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # SafetensorError, a header length beyond the file, ...
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})"
+                         "; the file is damaged: restore it or re-create the folder with "
+                         "save_pretrained") from None
+
+
+def _check_shapes(cfg: RunConfig, folder: Path) -> None:
+    """Compare the weights' header with the model ``cfg`` describes, built on the meta device
+    (no memory): a config edited to a huge model is refused before anything is allocated."""
+    header = _weight_shapes(folder / "model.safetensors")
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(cfg, folder).state_dict().items()}
+    bad = sorted(k for k in set(want) | set(header) if want.get(k) != header.get(k))
+    if bad:
+        shown = "; ".join(f"{k}: config {want.get(k)}, weights {header.get(k)}" for k in bad[:3])
+        raise ValueError(f"{folder}: config.json and model.safetensors disagree on "
+                         f"{len(bad)} tensors ({shown}); they are not one model's")
+
+
 def _float32_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """model.safetensors of a pretrained folder, floating tensors as float32."""
-    return {k: v.float() if v.is_floating_point() else v
-            for k, v in load_file(folder / "model.safetensors").items()}
+    """model.safetensors of a pretrained folder, floating tensors as float32, every value
+    checked finite (NaN or inf weights would give NaN images and bounds without a word)."""
+    path = folder / "model.safetensors"
+    _weight_shapes(path)
+    out = {}
+    for k, v in load_file(path).items():
+        if v.is_floating_point():
+            v = v.float()
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise ValueError(f"{path}: {bad} non-finite values (NaN or inf) in {k}; the "
+                                 "weights are damaged: restore the file")
+        out[k] = v
+    return out
 
 
 def _folder(name_or_path: str | Path) -> Path:
+    """A shipped model by name, else a folder. A bare shipped name always means the shipped
+    model (a local folder of that name is ./NAME), so a folder cannot shadow it."""
+    text = str(name_or_path)
+    if text in list_models():
+        return _shipped_root() / text
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    shipped = _shipped_root() / str(name_or_path)
-    if (shipped / "card.json").is_file():
-        return shipped
-    raise FileNotFoundError(f"pretrained model {str(name_or_path)!r}: not a shipped name "
+    raise FileNotFoundError(f"pretrained model {text!r}: not a shipped name "
                             f"({', '.join(list_models()) or 'none shipped'}) nor a folder")
 
 
 def read_card(folder: Path) -> dict[str, Any]:
-    """The card.json of a pretrained folder, with the fields every card needs checked."""
+    """The card.json of a pretrained folder, with the fields every card needs checked: its
+    ``name`` (a plain name), ``sha256`` (a digest of model.safetensors and config.json, and of
+    no file outside the folder), ``scores`` and ``training``."""
     path = folder / "card.json"
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable JSON card ({e})") from e
+    card = _read_json(path)
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(card).__name__}")
     for key in ("name", "sha256", "scores", "training"):
         if key not in card:
             raise ValueError(f"{path}: field {key!r} missing (expected name, sha256, scores, "
                              f"training)")
+    name = card["name"]
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or set(name) == {"."}:
+        raise ValueError(f"{path}: name {name!r}: expected letters, digits, '.', '_' or '-' "
+                         "(it names the folder runs/pretrained/NAME)")
+    digests = card["sha256"]
+    if not isinstance(digests, dict):
+        raise ValueError(f"{path}: sha256: expected an object of file name -> hex digest, "
+                         f"found {type(digests).__name__}")
+    for fname, digest in digests.items():
+        if fname not in CHECKED_FILES:
+            raise ValueError(f"{path}: sha256 names {fname!r}; a card vouches only for its "
+                             f"folder's own {', '.join(CHECKED_FILES)}")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"{path}: sha256 of {fname}: expected 64 hex digits, found "
+                             f"{digest!r}")
+    missing = [f for f in ("model.safetensors", "config.json") if f not in digests]
+    if missing:
+        raise ValueError(f"{path}: sha256 has no digest of {', '.join(missing)}; a card must "
+                         "vouch for the weights and the config (re-create the folder with "
+                         "save_pretrained)")
     return card
 
 
 def verify(folder: Path, card: dict[str, Any]) -> None:
-    """Raise :class:`ChecksumError` when a file's sha256 differs from the card's."""
+    """Raise :class:`ChecksumError` when a file's sha256 differs from the card's (every file
+    checked regular and size-capped before it is read)."""
     for fname, expected in card["sha256"].items():
+        _regular_file(folder / fname, MAX_WEIGHTS_BYTES)
         found = sha256_file(folder / fname)
         if found != expected:
             raise ChecksumError(f"{folder / fname}: sha256 {found} does not match the card's "
@@ -160,6 +259,7 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretra
     card = read_card(folder)
     verify(folder, card)
     cfg = read_run_config(folder / "config.json")
+    _check_shapes(cfg, folder)
     model = build_model(cfg, folder)
     model.load_state_dict(_float32_weights(folder))
     model = model.to(device).eval()
@@ -249,28 +349,45 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stamp(run_dir: Path) -> dict | None:
+    """The ``pretrained.json`` materialize wrote in ``run_dir``, or None (missing, not ours)."""
+    try:
+        stamp = _read_json(run_dir / "pretrained.json")
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and isinstance(stamp.get("sha256"), str) else None
+
+
 def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> Path:
     """A run directory for a pretrained model (``runs/pretrained/NAME`` by default): its
     config.json and a ``checkpoints/best`` of its weights, so that every command that takes a
-    run directory takes it (``--pretrained NAME``). Written once; rewritten when the card's
-    checksum changes."""
-
+    run directory takes it (``--pretrained NAME``). Written once, whole (beside, then swapped
+    in), under a lock; rewritten when the card's checksum changes. A directory it did not
+    write (no ``pretrained.json`` stamp), such as a user's own run, is never touched."""
     folder = _folder(name_or_path)
     card = read_card(folder)
     verify(folder, card)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / "pretrained" / card["name"]
-    stamp = run_dir / "pretrained.json"
     digest = card["sha256"]["model.safetensors"]
-    if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "config.json", run_dir / "config.json")
-    save_checkpoint(run_dir / "checkpoints" / "best", tensors={"ema": _float32_weights(folder)},
-                    state={"step": card.get("step") or 0, "pretrained": card["name"]})
-    if (folder / "detector.json").is_file():
-        (run_dir / "ood").mkdir(exist_ok=True)
-        shutil.copyfile(folder / "detector.json", run_dir / "ood" / "detector.json")
-    atomic_write_json(stamp, {"name": card["name"], "sha256": digest, "from": str(folder)})
+    with output_lock(run_dir.parent / f"{run_dir.name}.pretrained"):
+        stamp = _stamp(run_dir)
+        if stamp is not None and stamp["sha256"] == digest:
+            return run_dir
+        if stamp is None and (run_dir.exists() or run_dir.is_symlink()):
+            raise FileExistsError(
+                f"{run_dir} exists and was not written by --pretrained (no pretrained.json): it "
+                f"may be a run of yours, so it is left as it is; move it, or load the model in "
+                f"Python with biva.pretrained.load({card['name']!r})")
+        weights = _float32_weights(folder)
+        with atomic_directory(run_dir) as tmp:
+            shutil.copyfile(folder / "config.json", tmp / "config.json")
+            save_checkpoint(tmp / "checkpoints" / "best", tensors={"ema": weights},
+                            state={"step": card.get("step") or 0, "pretrained": card["name"]})
+            if (folder / "detector.json").is_file():
+                (tmp / "ood").mkdir()
+                shutil.copyfile(folder / "detector.json", tmp / "ood" / "detector.json")
+            atomic_write_json(tmp / "pretrained.json",
+                              {"name": card["name"], "sha256": digest, "from": str(folder)})
     return run_dir
 
 
