@@ -452,3 +452,24 @@ def test_evaluate_data_scores_every_image_of_another_folder(trained_run, tmp_pat
     Image.fromarray(np.zeros((8, 8, 3), np.uint8) + 100).save(rgb / "x.png")
     assert_clear_error(capsys, ["evaluate", str(trained_run), "--data", str(rgb), "--samples", "2"],
                        "--data", "the model takes (1, 8, 8)")
+
+
+def test_evaluate_names_the_fix_when_the_run_has_no_best_checkpoint(tmp_path, capsys):
+    # Stopped at step 2, before its first validation: no checkpoints/best/ (issue 42).
+    run = tmp_path / "run"
+    assert main(train_argv(run, "--stop-after", "2", "--set", "train.eval_every=1000",
+                           "--set", "train.checkpoint_every=1000")) == 0
+    assert not (run / "checkpoints" / "best").exists()
+    capsys.readouterr()
+    line = assert_clear_error(capsys, ["evaluate", str(run), "--samples", "1",
+                                       "--n-examples", "4"], "no best-validation checkpoint",
+                              "--checkpoint latest")
+    assert "step_000000002" in line
+    assert not list(run.glob("eval_*.json"))
+    assert main(["evaluate", str(run), "--samples", "1", "--n-examples", "4",
+                 "--checkpoint", "latest"]) == 0
+    res = json.loads((run / "eval_test_k1.json").read_text())
+    assert res["step"] == 2 and res["checkpoint"].endswith("step_000000002")
+    # Commands that only look at a model say which weights they took.
+    assert main(["sample", str(run), "-n", "2"]) == 0
+    assert "using its latest, step_000000002" in capsys.readouterr().err

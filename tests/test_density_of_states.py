@@ -1,6 +1,7 @@
 """The detector that needs no anomaly examples: the density of the bound statistics (DoSE)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,35 @@ def test_biva_detect_flags_a_folder_and_fits_a_detector_once(tiny_run, tmp_path,
     assert len(list(csv.DictReader(out.open()))) == 1
     assert main(["detect", str(run), str(tmp_path / "nowhere")]) == 2
     assert "nowhere: no such folder or file" in capsys.readouterr().err
+
+
+def test_biva_detect_rows_survive_odd_names_and_skip_what_training_skips(tiny_run, tmp_path,
+                                                                        capsys, monkeypatch):
+    """A \\r or a comma in a file name stays in its row; a name that starts like a formula
+    gets a leading '; hidden files, macOS ._ copies, hidden folders and a FIFO named like an
+    image are skipped (a FIFO was read and hung), as training skips them (issues 41, 42)."""
+    import csv
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from biva.cli.main import main
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    folder = Path("=x")
+    (folder / ".git").mkdir(parents=True)
+    names = ["a\rb.png", "c,d.png", "e.png"]
+    image = Image.fromarray(np.full((8, 8), 128, np.uint8))
+    for name in [*names, ".hidden.png", "._e.png", ".git/f.png"]:
+        image.save(folder / name)
+    os.mkfifo(folder / "pipe.png")
+    out = tmp_path / "flags.csv"
+    assert main(["detect", str(run), str(folder), "--out", str(out), "--threads", "1",
+                 "--n-valid", "40"]) == 0
+    capsys.readouterr()
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == ["'" + str(folder / n) for n in sorted(names)]
+    assert all(r["flag"] in ("1", "-1") for r in rows)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from biva import pretrained
 from biva.cli.main import main
 from biva.pretrained import (
     ChecksumError,
@@ -175,3 +176,16 @@ def test_the_shipped_classifier_reads_raw_digits_and_the_cli_agrees(shared_data_
         digits.predict(np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="metric 'error' needs a classifier"):
         measure(digits, "error")
+
+
+@pytest.mark.parametrize("kwargs, name", [({"batch_size": -3}, "batch_size"),
+                                          ({"batch_size": 0}, "batch_size"),
+                                          ({"n_samples": 0}, "n_samples"),
+                                          ({"n_samples": -2}, "n_samples")])
+def test_python_predict_refuses_a_count_below_one(kwargs, name):
+    # `biva predict --batch-size -3` wrote an empty file with exit 0; the Python route
+    # checked nothing (issue 41). Both go through predict_proba, which now refuses.
+    p = pretrained.load("mnist-100-labels")
+    images = np.zeros((3, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match=f"{name}: expected an integer >= 1"):
+        p.predict_proba(images, **kwargs)

@@ -62,6 +62,9 @@ def predict_proba(model, x: Tensor, *, batch_size: int = 100, n_samples: int = 1
 
     Each row averages ``n_samples`` draws of z^BU; ``seed`` makes the draws reproducible.
     """
+    for name, value in (("batch_size", batch_size), ("n_samples", n_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, found {value!r}")
     device = model.out_conv.v.device
     out = []
     with seeded_eval(model, seed):

@@ -27,6 +27,12 @@ class Detection:
     in_flag_rate: float
 
 
+def csv_text(text: str) -> str:
+    """``text`` safe in a spreadsheet: a leading ``'`` before a name that starts like a
+    formula (=, +, -, @, tab, carriage return), which a spreadsheet would otherwise run."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def run_detector(run_dir: Path, model, cfg, *, n_valid: int = 1000) -> OODDetector:
     """The run's detector, RUN_DIR/ood/detector.json; fitted on the run's validation images
     alone and saved there first when the run has none."""
@@ -56,8 +62,9 @@ def detect_folder(run_dir: str | Path, images: str | Path, *, out: Path | None =
     out = out or run_dir / "ood" / f"detect_{images.resolve().name}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
-        w = csv.writer(f, lineterminator="\n")
+        # Every name quoted (a \r or a comma in a file name stays in its row); numbers bare.
+        w = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
         w.writerow(["file", "anomaly", "flag"])
         for file, a, flag in zip(files, anomaly, flags, strict=True):
-            w.writerow([str(file), repr(float(a)), int(flag)])
+            w.writerow([csv_text(str(file)), float(a), int(flag)])
     return Detection(out, len(files), int((flags == -1).sum()), 1 - det.in_tpr)

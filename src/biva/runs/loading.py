@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,8 +13,13 @@ from biva.config.run import RunConfig, read_run_config
 from biva.utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 
-def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
-    """``which``: "best" (best validation ELBO; falls back to latest), "latest", or a path."""
+def find_checkpoint(run_dir: str | Path, which: str = "best", *, strict: bool = False) -> Path:
+    """``which``: "best" (the best-validation weights), "latest", or a path.
+
+    A run with no ``best/`` yet (stopped before its first validation) falls back to its
+    latest checkpoint, and a line on stderr says so; with ``strict`` it is refused instead,
+    naming ``--checkpoint latest`` (an evaluation that reports test numbers should not take a
+    stray checkpoint without a word)."""
     run_dir = Path(run_dir)
     if which not in ("best", "latest"):
         path = Path(which)
@@ -27,6 +33,13 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     if latest is None:
         raise CheckpointError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/"
                               f"step_*/ or best/); has the run saved one yet?")
+    if which == "best":
+        why = (f"{run_dir} has no best-validation checkpoint (checkpoints/best/: the run "
+               f"stopped before its first validation)")
+        if strict:
+            raise CheckpointError(f"{why}; its latest is {latest.name}: pass --checkpoint "
+                                  "latest to use it, or train the run further")
+        print(f"note: {why}: using its latest, {latest.name}", file=sys.stderr)
     return latest
 
 
@@ -55,15 +68,15 @@ def build_model(cfg: RunConfig, run_dir: str | Path) -> LatentHierarchy:
                            **split)
 
 
-def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
-                 ) -> tuple[LatentHierarchy, RunConfig, dict]:
+def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
+                 *, strict: bool = False) -> tuple[LatentHierarchy, RunConfig, dict]:
     """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
 
     The data-dependent init is part of the saved weights and is never re-run here.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir / "config.json")
-    path = find_checkpoint(run_dir, which)
+    path = find_checkpoint(run_dir, which, strict=strict)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
     model = build_model(cfg, run_dir).to(device)
