@@ -214,3 +214,22 @@ def test_a_local_folder_named_like_a_shipped_model_does_not_shadow_it(tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "digits").mkdir()     # e.g. a folder of the user's digit images
     assert pretrained.load("digits").path == SHIPPED
+
+
+def test_a_refit_by_biva_ood_never_replaces_the_shipped_detector(tmp_path, monkeypatch,
+                                                                 capsys):
+    # `biva ood --pretrained photos32` (default --out) replaced the shipped detector, fitted on
+    # 450 images, with a refit on a handful, which every later `biva detect` then used.
+    from biva.ood.detect import detector_path
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["ood", "--pretrained", "photos32", "--ood-data", "uniform", "--n-examples",
+                 "6", "--n-valid", "6", "--bootstrap", "0", "--threads", "1",
+                 "--no-progress"]) == 0
+    run = tmp_path / "runs" / "pretrained" / "photos32"
+    shipped = SHIPPED.parent / "photos32" / "detector.json"
+    assert (run / "ood" / "detector.json").is_file()          # the experiment's own refit
+    assert (run / "detector.json").read_bytes() == shipped.read_bytes()
+    assert detector_path(run) == run / "detector.json"         # what biva detect uses
+    assert pretrained.load("photos32").detector.n_fit_ == json.loads(
+        shipped.read_text())["n_fit"]

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "detect", help="flag anomalous images in a folder: +1 in-distribution, -1 flagged",
         description="Score every image in a folder (or one file) with the run's anomaly "
-        "detector, RUN_DIR/ood/detector.json (a shipped model brings its own). Without one, "
+        "detector, RUN_DIR/ood/detector.json (a shipped model brings its own, which `biva ood` "
+        "never replaces). Without one, "
         "the default detector is fitted on the run's validation images alone (the density of "
         "[L_K, LLR^{>k}], no anomaly examples) and saved there first. Writes a CSV: file, "
         "anomaly score (higher = more anomalous), +1 / -1.", formatter_class=HelpFormatter)

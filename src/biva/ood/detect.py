@@ -33,10 +33,19 @@ def csv_text(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def detector_path(run_dir: Path) -> Path:
+    """Where a run's detector is: a shipped model's own (``RUN_DIR/detector.json`` of a
+    ``--pretrained`` copy, never replaced by a refit), else ``RUN_DIR/ood/detector.json``."""
+    shipped = run_dir / "detector.json"
+    if (run_dir / "pretrained.json").is_file() and shipped.is_file():
+        return shipped
+    return run_dir / "ood" / "detector.json"
+
+
 def run_detector(run_dir: Path, model, cfg, *, n_valid: int = 1000) -> OODDetector:
-    """The run's detector, RUN_DIR/ood/detector.json; fitted on the run's validation images
-    alone and saved there first when the run has none."""
-    path = run_dir / "ood" / "detector.json"
+    """The run's detector (:func:`detector_path`); fitted on the run's validation images
+    alone and saved in RUN_DIR/ood/ first when the run has none."""
+    path = detector_path(run_dir)
     if path.is_file():
         det = OODDetector.load(path, model)
         print(f"detector: {path} ({det.score_}, k = {det.k_})", file=sys.stderr)

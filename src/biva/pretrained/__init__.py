@@ -384,8 +384,9 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
             save_checkpoint(tmp / "checkpoints" / "best", tensors={"ema": weights},
                             state={"step": card.get("step") or 0, "pretrained": card["name"]})
             if (folder / "detector.json").is_file():
-                (tmp / "ood").mkdir()
-                shutil.copyfile(folder / "detector.json", tmp / "ood" / "detector.json")
+                # At the run's root, not in ood/: `biva ood` on this copy writes its own
+                # detector there and never replaces the shipped one.
+                shutil.copyfile(folder / "detector.json", tmp / "detector.json")
             atomic_write_json(tmp / "pretrained.json",
                               {"name": card["name"], "sha256": digest, "from": str(folder)})
     return run_dir
