@@ -33,6 +33,66 @@ def best_within_steps(valid: list[dict], steps: int) -> float | None:
     return min((r["valid_error"] for r in valid if r["step"] <= steps), default=None)
 
 
+def step_cost(train: list[dict]) -> dict:
+    """The CPU cost of a step (ms, validations included) between the first and the last train
+    record, and the run's share of a core over that time (CPU seconds / wall seconds: 1.0 is
+    a core of its own; less, a busy machine). None where the records lack times."""
+    timed = [r for r in train if "time" in r and "cpu_s" in r]
+    if len(timed) < 2 or timed[-1]["step"] == timed[0]["step"]:
+        return {"cpu_ms_per_step": None, "cpu_share": None}
+    cpu = timed[-1]["cpu_s"] - timed[0]["cpu_s"]
+    wall = timed[-1]["time"] - timed[0]["time"]
+    return {"cpu_ms_per_step": round(1000 * cpu / (timed[-1]["step"] - timed[0]["step"]), 2),
+            "cpu_share": round(cpu / wall, 3) if wall > 0 else None}
+
+
+def machine() -> dict:
+    """The machine the summary was made on: CPU model, cores, torch version."""
+    import os
+    import platform
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+        version = torch.__version__
+    except ImportError:
+        version = None
+    return {"cpu": model or platform.processor() or None, "cores": os.cpu_count(),
+            "torch": version}
+
+
+def paired_difference(result: list[dict], a: str, b: str) -> dict | None:
+    """Test error of recipe ``a`` minus recipe ``b`` on the label draws both ran (same seed:
+    the same 100 labels): the differences, their mean and its 95% t-interval (None with fewer
+    than 2 draws)."""
+    import math
+    import statistics
+
+    from scipy import stats
+
+    by = {g["recipe"]: dict(zip(g["seeds"], g["test_errors"], strict=True)) for g in result}
+    if a not in by or b not in by:
+        return None
+    seeds = sorted(set(by[a]) & set(by[b]))
+    diffs = [by[a][s] - by[b][s] for s in seeds]
+    if not diffs:
+        return None
+    out = {"a": a, "b": b, "seeds": seeds, "differences": diffs, "n": len(diffs),
+           "mean": statistics.fmean(diffs), "ci95": None}
+    if len(diffs) >= 2:
+        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(
+            len(diffs))
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
 def summarize(run: Path, at: tuple[float, ...] = (), at_steps: tuple[int, ...] = ()
               ) -> dict | None:
     """One row for a semi-supervised run directory; None when it has no validation yet.
@@ -46,6 +106,7 @@ def summarize(run: Path, at: tuple[float, ...] = (), at_steps: tuple[int, ...] =
         return None
     best = min(valid, key=lambda r: r["valid_error"])
     row = {"recipe": run.name, "steps": train[-1]["step"] if train else 0,
+           **step_cost(train),
            "cpu_minutes": round(max(r["cpu_s"] for r in records) / 60, 1),
            "best_valid_error": best["valid_error"], "best_step": best["step"],
            "last_valid_error": valid[-1]["valid_error"]}
@@ -93,6 +154,9 @@ def draws(rows: list[dict], out: Path) -> list[dict]:
                 extra["valid_at_steps"][n] = {
                     "errors": per_draw, "mean": statistics.fmean(reached) if reached else None}
         result.append({"recipe": recipe, "variant": cfg["model"]["variant"],
+                       "steps": [r["steps"] for r in rs],
+                       "cpu_ms_per_step": [r.get("cpu_ms_per_step") for r in rs],
+                       "cpu_share": [r.get("cpu_share") for r in rs], "machine": machine(),
                        "classifier_input": cfg["model"].get("classifier_input", "sample"),
                        "seeds": [r["seed"] for r in rs], "test_errors": errors,
                        "test_examples": [r["test_examples"] for r in rs],
@@ -100,6 +164,14 @@ def draws(rows: list[dict], out: Path) -> list[dict]:
                        "mean": statistics.fmean(errors),
                        "std": statistics.stdev(errors) if len(errors) > 1 else None, **extra})
     (out / "draws.json").write_text(json.dumps(result, indent=1) + "\n")
+    pairs = [p for a, b in (("means", "m2"),) if (p := paired_difference(result, a, b))]
+    if pairs:
+        (out / "paired.json").write_text(json.dumps(pairs, indent=1) + "\n")
+        for p in pairs:
+            ci = (f", 95% interval [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
+                  if p["ci95"] else " (one draw: no interval)")
+            print(f"{p['a']} - {p['b']}: {100 * p['mean']:+.2f} points of test error over "
+                  f"{p['n']} paired draws{ci}")
     for g in result:
         spread = f" ± {100 * g['std']:.2f}" if g["std"] is not None else ""
         steps = "".join(f"; validation error within {n} steps {100 * v['mean']:.2f}% (mean)"

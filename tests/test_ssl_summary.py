@@ -7,6 +7,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import ssl_summary  # noqa: E402
@@ -57,3 +59,27 @@ def test_equal_steps_take_the_best_validation_error_up_to_each_step_budget(tmp_p
     rows = {r["recipe"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
     assert rows["means_seed0"]["valid_at_steps"] == {"50": 0.3, "100": 0.1, "150": 0.1}
     assert "best valid error within 100 steps" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_paired_difference_and_its_interval_by_hand(tmp_path):
+    # Same seed, same labels: means - m2 per draw, mean and the t-interval with n - 1 = 2.
+    for seed, (a, b) in enumerate([(0.05, 0.04), (0.07, 0.04), (0.06, 0.06)]):
+        _run(tmp_path, f"means_seed{seed}", "biva", a, [0.2])
+        _run(tmp_path, f"m2_seed{seed}", "vae", b, [0.3])
+    _run(tmp_path, "m2_seed7", "vae", 0.5, [0.3])          # unpaired: left out
+    ssl_summary.main(tmp_path, by_draw=True)
+    (p,) = json.loads((tmp_path / "paired.json").read_text())
+    assert p["seeds"] == [0, 1, 2] and p["n"] == 3
+    diffs = [0.01, 0.03, 0.0]
+    assert p["differences"] == pytest.approx(diffs)
+    mean = 0.04 / 3
+    half = 4.302652729749464 * statistics.stdev(diffs) / 3 ** 0.5   # t_{0.975, 2}
+    assert p["mean"] == pytest.approx(mean)
+    assert p["ci95"] == pytest.approx([mean - half, mean + half])
+
+
+def test_step_cost_and_share_of_a_core_from_the_records():
+    records = [{"kind": "train", "step": 100, "cpu_s": 30.0, "time": 1000.0},
+               {"kind": "train", "step": 300, "cpu_s": 90.0, "time": 1120.0}]
+    assert ssl_summary.step_cost(records) == {"cpu_ms_per_step": 300.0, "cpu_share": 0.5}
+    assert ssl_summary.step_cost(records[:1]) == {"cpu_ms_per_step": None, "cpu_share": None}
