@@ -473,3 +473,57 @@ def test_evaluate_names_the_fix_when_the_run_has_no_best_checkpoint(tmp_path, ca
     # Commands that only look at a model say which weights they took.
     assert main(["sample", str(run), "-n", "2"]) == 0
     assert "using its latest, step_000000002" in capsys.readouterr().err
+
+
+def test_errors_name_the_option_that_fixes_them(tmp_path, capsys):
+    # A batch larger than the data: the message gives the override to pass (issue 42).
+    line = assert_clear_error(capsys, train_argv(tmp_path / "run", "--set",
+                                                 "train.batch_size=5000"),
+                              "biva train: error:", "exceeds the")
+    n = int(re.search(r"exceeds the (\d+) training", line).group(1))
+    assert f"--set train.batch_size={n}" in line
+    # Images of two sizes under `biva run`: the option of any command, not `biva train ...`.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "a.png")
+    Image.new("L", (9, 8)).save(folder / "b.png")
+    line = assert_clear_error(capsys, ["run", "--data", str(folder), "--run-dir",
+                                       str(tmp_path / "r")], "biva run: error:",
+                              "--image-size N")
+    assert "biva train" not in line
+
+
+def _printed_json(out: str) -> dict:
+    start = out.index("{\n")
+    return json.loads(out[start:out.index("\n}", start) + 2])
+
+
+def test_commands_print_one_way_rounded_and_files_keep_full_precision(trained_run, tmp_path,
+                                                                      capsys):
+    # evaluate printed 16 digits with "n", run 4 decimals with "test_examples" (issue 42).
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(trained_run), "--samples", "2", "--n-examples", "6",
+                 "--out", str(out)]) == 0
+    shown = _printed_json(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert set(shown) == {"split", "n_examples", "L_1", "L_1_bpd", "L_2", "L_2_bpd",
+                          "L_2_stderr"}
+    for key in ("L_1", "L_2_bpd"):
+        assert shown[key] == round(saved[key], 4) and shown[key] != saved[key]
+
+
+def test_sample_never_replaces_an_earlier_figure(trained_run, tmp_path, capsys):
+    # biva sample wrote over the samples.png of biva run without a word (issue 42).
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    figures = run / "figures"
+    figures.mkdir(exist_ok=True)
+    (figures / "samples.png").write_bytes(b"biva run's figure")
+    for _ in range(2):
+        assert main(["sample", str(run), "-n", "2"]) == 0
+    assert (figures / "samples.png").read_bytes() == b"biva run's figure"
+    out = capsys.readouterr().out
+    assert f"written: {figures / 'samples_2.png'}" in out
+    assert f"written: {figures / 'samples_3.png'}" in out
+    # An --out the user names is theirs to replace.
+    assert main(["sample", str(run), "-n", "2", "--out", str(figures / "samples.png")]) == 0
+    assert (figures / "samples.png").read_bytes()[:4] == b"\x89PNG"

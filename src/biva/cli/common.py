@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -123,3 +124,20 @@ def add_renamed_option(p: argparse.ArgumentParser, old: str, new: str) -> None:
 
     p.add_argument(old, action=Renamed, help=argparse.SUPPRESS, metavar=target.metavar,
                    nargs=target.nargs)
+
+
+def rounded(value, digits: int = 4):
+    """``value`` with every float rounded to ``digits`` decimals, for reading (result files
+    keep full precision)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def print_summary(summary: dict) -> None:
+    """The one way commands print a result on the console: JSON, floats to 4 decimals."""
+    print(json.dumps(rounded(summary), indent=1))

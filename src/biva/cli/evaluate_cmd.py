@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from biva.cli.common import (
     add_runtime_options,
     nonnegative_int,
     positive_int,
+    print_summary,
     setup_runtime,
 )
 from biva.runs.evaluate import EvalSettings, default_output, evaluate_run, write_evaluation
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.units != "both":
         summary = {key: v for key, v in summary.items()
                    if key.endswith("bpd") == (args.units == "bpd")}
-    print(json.dumps({"split": res["split"], "n": res["n_examples"], **summary}, indent=1))
+    print_summary({"split": res["split"], "n_examples": res["n_examples"], **summary})
     for path in written:
         print(f"written: {path}")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from biva.cli.common import (
@@ -13,6 +12,7 @@ from biva.cli.common import (
     add_runtime_options,
     nonnegative_int,
     positive_int,
+    print_summary,
     setup_runtime,
 )
 from biva.data import DATASET_NAMES
@@ -58,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
         n_examples=args.n_examples, classifier_draws=args.classifier_draws,
         checkpoint=args.checkpoint, batch_size=args.batch_size, seed=args.seed, out=args.out)
     summary, out = predict_run(args.run_dir, settings, device=device)
-    print(json.dumps(summary, indent=1))
+    print_summary(summary)
     print(f"written: {out}")
     return 0

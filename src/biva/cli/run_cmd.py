@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from biva.cli.common import HelpFormatter, add_renamed_option, nonnegative_int, positive_int
+from biva.cli.common import (
+    HelpFormatter,
+    add_renamed_option,
+    nonnegative_int,
+    positive_int,
+    print_summary,
+)
 from biva.cli.train_options import add_train_options, train_request
 from biva.runs.evaluate import EvalSettings
 from biva.runs.train import finish_run, train_run, training_summary
@@ -37,9 +42,8 @@ def run(args: argparse.Namespace) -> int:
                               progress=trainer.cfg.train.progress)
     if "classification" in res:
         print(f"test error: {100 * res['classification']['error']:.2f}%")
-    summary = {key: round(v, 4) for key, v in res.items()
-               if key.startswith("L_") and isinstance(v, float)}
-    print(json.dumps({"test_examples": res["n_examples"], **summary}, indent=1))
+    summary = {key: v for key, v in res.items() if key.startswith("L_")}
+    print_summary({"split": res["split"], "n_examples": res["n_examples"], **summary})
     for path in written:
         print(f"written: {path}")
     return 0

@@ -33,7 +33,9 @@ def add_parser(sub) -> None:
                    help="show the mean of p(x|z) or a draw from it")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent noise")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path")
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default: run_dir/figures)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="PNG path (default: RUN_DIR/figures/samples.png, or samples_2.png, ... "
+                   "when that is taken: an earlier figure is never replaced)")
     p.add_argument("--per-class", type=int, default=10,
                    help="semi-supervised runs: samples a class in figures/samples_by_class.png "
                    "(one row per class)")

@@ -430,8 +430,8 @@ def read_images(
         elif img.size != first_size:
             raise DatasetError(
                 f"{f}: image size {img.size[0]}x{img.size[1]} differs from {files[0].name}'s "
-                f"{first_size[0]}x{first_size[1]}: pass image_size= (biva train --image-size N, "
-                "data.image_size) to crop and resize all images to N x N"
+                f"{first_size[0]}x{first_size[1]}: crop and resize them all to N x N with "
+                "--image-size N (or --set data.image_size=N; image_size=N in Python)"
             )
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -231,8 +231,9 @@ class Trainer:
         # One step consumes one global batch (each rank its slice of it, see _batches).
         self.steps_per_epoch = num_batches(len(self.data.train), tc.batch_size, True)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"train.batch_size={tc.batch_size} exceeds the "
-                             f"{len(self.data.train)} training examples")
+            n = len(self.data.train)
+            raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {n} training "
+                             f"examples: pass --set train.batch_size={n} (or fewer)")
 
         # Refuse, naming the fields, a model that cannot fit before allocating any of it.
         check_step_fits(self._build_model, tuple(cfg.model.input_shape),
