@@ -168,3 +168,21 @@ def test_kl_per_group_keeps_the_hierarchy_order_in_the_written_json(tmp_path):
     written = json.loads((tmp_path / "eval.json").read_text())["kl_per_group"]
     assert list(written) == model.group_names
     assert model.group_names.index("z2_bu") < model.group_names.index("z10_bu")
+
+
+def test_evaluation_progress_moves_within_a_batch_and_adds_up_to_the_images():
+    # At K = 1000 a batch of 100 images takes minutes: the bar sat at 0 (issue 42). It now
+    # moves with each chunk of samples, and the chunks of a batch add up to its images.
+    from biva.data import ImageSplit
+    from biva.objectives.splits import evaluate_bounds
+
+    torch.manual_seed(0)
+    model = HierarchicalVAE(preset("digits", filters=(8,), blocks=1))
+    split = ImageSplit((torch.rand(6, 1, 8, 8) > 0.5).to(torch.uint8))
+    model.initialize(split.images.float())
+    seen: list[float] = []
+    # Passes of at most 8 rows: the batch of 4 images in 4 chunks of 2 samples (1 image's
+    # worth each), the batch of 2 in 2 chunks of 4 samples (1 each).
+    evaluate_bounds(model, split, "binary", 1, n_samples=8, batch_size=4, max_batch=8,
+                    progress=seen.append)
+    assert seen == pytest.approx([1.0] * 6) and sum(seen) == pytest.approx(6)

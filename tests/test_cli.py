@@ -527,3 +527,17 @@ def test_sample_never_replaces_an_earlier_figure(trained_run, tmp_path, capsys):
     # An --out the user names is theirs to replace.
     assert main(["sample", str(run), "-n", "2", "--out", str(figures / "samples.png")]) == 0
     assert (figures / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_training_says_why_it_stopped_and_run_announces_its_evaluation(tmp_path, capsys):
+    # Nothing was printed when training stopped, and biva run's test evaluation started
+    # without a word (issue 42).
+    assert main(train_argv(tmp_path / "a")) == 0
+    assert f"training stopped at step {STEPS}: train.steps = {STEPS} were reached" in \
+        capsys.readouterr().out
+    assert main(train_argv(tmp_path / "b", "--set", "train.max_cpu_minutes=0.0001")) == 0
+    assert "the CPU budget of 0.0001 min was reached" in capsys.readouterr().out
+    assert main(train_argv(tmp_path / "c", "--samples", "3", "--eval-examples", "8",
+                           command="run")) == 0
+    err = capsys.readouterr().err
+    assert "evaluating L_1 and L_3 on the test split (8 images, K = 3" in err

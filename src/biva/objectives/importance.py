@@ -22,7 +22,8 @@ def samples_per_pass(n_samples: int, batch: int, max_batch: int, device: torch.d
 
 @torch.no_grad()
 def importance_weighted_bound(model: nn.Module, x: Tensor, n_samples: int, *,
-                              prior_layers: int = 0, max_batch: int = 4096) -> Tensor:
+                              prior_layers: int = 0, max_batch: int = 4096,
+                              on_chunk=None) -> Tensor:
     """L_K = log (1/K) sum_k w_k per example, in nats: (B,) float64.
 
     ``model(x, n_samples=c, prior_layers=k).log_weight`` must give c*B log-weights
@@ -30,6 +31,7 @@ def importance_weighted_bound(model: nn.Module, x: Tensor, n_samples: int, *,
     memory; on a CPU at most ``CPU_PASS_ROWS``, which is faster), each a single batched pass;
     the running log-sum-exp is accumulated in float64. ``prior_layers = k`` gives L^{>k}_K.
     Runs in eval mode without autograd; under ``torch.autocast`` the log-weights stay float32.
+    ``on_chunk(c)``, if given, is called after each chunk with its c samples (for progress).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -44,6 +46,8 @@ def importance_weighted_bound(model: nn.Module, x: Tensor, n_samples: int, *,
             lw = model(x, n_samples=c, prior_layers=prior_layers).log_weight
             lse = torch.logsumexp(lw.double().view(c, b), dim=0)
             total = lse if total is None else torch.logaddexp(total, lse)
+            if on_chunk is not None:
+                on_chunk(c)
     finally:
         model.train(was_training)
     return total - math.log(n_samples)

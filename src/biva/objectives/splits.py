@@ -69,9 +69,11 @@ def evaluate_bounds(model: nn.Module, split: ImageSplit, kind: str, bits: int, *
             l1.append(out.elbo.double().cpu())
             kl.append(out.kl_per_group.double().cpu())
             if k > 1:
+                # Progress by chunk of samples: a batch of 100 images at K = 1000 is minutes.
+                step = (lambda c, b=x.shape[0]: progress(b * c / k)) if progress else None
                 lk.append(importance_weighted_bound(model, x, k, prior_layers=prior_layers,
-                                                    max_batch=max_batch).cpu())
-            if progress is not None:
+                                                    max_batch=max_batch, on_chunk=step).cpu())
+            elif progress is not None:
                 progress(x.shape[0])
     l1_t = torch.cat(l1)
     dims = math.prod(split.images.shape[1:])

@@ -257,6 +257,7 @@ class Trainer:
         # Process CPU seconds spent on this run (all threads; carried over resumes).
         self.cpu_offset, self.cpu_start = 0.0, time.process_time()
         self._signal: int | None = None
+        self.stop_reason = ""                 # why the last fit() stopped, in words
         self._saved_step: int | None = None   # the step of the newest checkpoint written
         # Images and wall seconds of this fit() (validations included): its mean throughput.
         self.session_images, self.session_seconds = 0, 0.0
@@ -538,7 +539,9 @@ class Trainer:
         writer = self._tensorboard()
         progress = self._progress()
         if self.rank == 0:
-            print(f"samples at each validation: {self.run_dir / 'figures' / 'samples_latest.png'}")
+            # On its own line, flushed, before any bar: a bar's first line ran into it.
+            print(f"samples at each validation: {self.run_dir / 'figures' / 'samples_latest.png'}",
+                  flush=True)
         started = time.perf_counter()
         if self.rank == 0:
             lock_run_dir(self.run_dir)
@@ -562,6 +565,7 @@ class Trainer:
         t0, images_seen, last = time.perf_counter(), 0, {}
         loop_start, self.session_images = time.perf_counter(), 0
         stream = self._batches()
+        self.stop_reason = f"train.steps = {tc.steps} were reached"
         while self.step < tc.steps:
             if any_rank(self._signal is not None, self.device) if self.distributed \
                     else self._signal is not None:
@@ -575,7 +579,7 @@ class Trainer:
                 if self.rank == 0:
                     budget = (f"CPU budget of {tc.max_cpu_minutes} min" if over_cpu
                               else f"time budget of {tc.max_minutes} min")
-                    print(f"{budget} reached at step {self.step}")
+                    self.stop_reason = f"the {budget} was reached"
                 # The extra evaluation must not shift the training RNG stream, or the
                 # resumed run would differ from an uninterrupted one.
                 rng = capture_rng_state()
@@ -614,6 +618,7 @@ class Trainer:
                 # (every rank decides alike: save() is collective under torchrun).
                 if self._saved_step != self.step:
                     self.save()
+                self.stop_reason = f"--stop-after {self.stop_after}"
                 break
         return last
 
@@ -676,9 +681,13 @@ class Trainer:
                 for g, v in rec["kl_groups"].items():
                     writer.add_scalar(f"kl/{g}", v, self.step)
             if progress is not None:
-                self.progress_info.update(
-                    step=self.step, loss=f"{rec['loss']:.2f}", kl=f"{rec['kl']:.2f}",
-                    img_s=f"{images_per_s:.1f}", skip=self.skipped)
+                # What a user reads: the training ELBO per image in bits/dim (8-bit images) or
+                # nats (binary ones), not the loss's sum over a batch.
+                dims = math.prod(self.cfg.model.input_shape)
+                elbo = (f"{float(bits_per_dim(rec['elbo'], dims)):.3f} bpd"
+                        if self.data.kind == "8bit" else f"{-rec['elbo']:.2f} nats")
+                self.progress_info.update(step=self.step, train_elbo=elbo,
+                                          img_s=f"{images_per_s:.1f}", skip=self.skipped)
                 progress.set_postfix(self.progress_info, refresh=False)
         return rec
 
@@ -732,17 +741,20 @@ class Trainer:
         self.progress_info: dict = {}
         if tc.max_minutes > 0:
             return tqdm(total=round(60 * tc.max_minutes), desc=f"{self.cfg.name} (time budget)",
-                        unit="s", dynamic_ncols=True, mininterval=1.0,
-                        bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+                        unit="s", dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {elapsed} elapsed, {remaining} left"
+                                   "{postfix}")
         if tc.max_cpu_minutes > 0:
             # Over the CPU budget (CPU seconds of the run, resumes included), not the steps:
             # a step count of 100,000 would show an ETA of a day for a one-hour budget.
+            # The ETA is wall time: the CPU budget at the rate this run gets CPU time.
             return tqdm(total=round(60 * tc.max_cpu_minutes), initial=int(self.cpu_seconds),
-                        desc=f"{self.cfg.name} (CPU budget, s)", unit="cpu-s",
-                        dynamic_ncols=True, mininterval=1.0,
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total} CPU-s{postfix}")
+                        desc=f"{self.cfg.name} (CPU budget)", unit="cpu-s",
+                        dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total} CPU-s, {elapsed} elapsed, "
+                                   "~{remaining} left{postfix}")
         return tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name,
-                    dynamic_ncols=True, mininterval=1.0)
+                    dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
     def _advance(self, progress, elapsed_s: float) -> None:
         tc = self.cfg.train
