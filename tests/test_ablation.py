@@ -279,3 +279,19 @@ def test_a_new_run_with_another_recipe_is_refused(ablation_dir, capsys):
     err = capsys.readouterr().err
     assert "another recipe" in err and "train.lr: 0.002 there, 0.001 here" in err
     assert not (out / "vae" / "seed0" / "config.json").exists()
+
+
+@pytest.mark.parametrize("change, field", [(["--set", "train.lr=0.05"], "train.lr: 0.002 in the "
+                                            "run, 0.05 asked"),
+                                           (["--set", "model.blocks=2"], "model.blocks: 1 in the "
+                                            "run, 2 asked")])
+def test_a_changed_recipe_is_refused_for_the_runs_already_there(ablation_dir, capsys, change,
+                                                                 field):
+    # `--set train.lr=0.05` (or model.blocks=1) on finished runs was ignored and the table
+    # re-issued as if for it (issue 41); new runs were already refused.
+    out, args = ablation_dir
+    table = (out / "table.json").read_bytes()
+    assert main(args + change) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings than this command asks for" in err and field in err
+    assert (out / "table.json").read_bytes() == table

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from biva.models import LatentHierarchy, build_hierarchy
 from biva.config.run import RunConfig, read_run_config
+from biva.models import LatentHierarchy, build_hierarchy
 from biva.utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 

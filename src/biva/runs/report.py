@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 
-from biva.data import to_model_input
-from biva.data import evaluation_split
+from biva.data import evaluation_split, load_run_data, to_model_input
 from biva.evaluation.diagnostics import diagnose
 from biva.evaluation.generation import (
     save_interpolation_grid,
@@ -28,10 +27,9 @@ from biva.evaluation.generation import (
     save_reconstruction_grid,
     save_sample_grid,
 )
-from biva.runs.loading import load_trained
 from biva.evaluation.style import HEATMAP_CMAP, TRAIN_COLOR, VALID_COLOR, figure, png_bytes
-from biva.data import load_run_data
-from biva.utils.atomic import atomic_write_text, atomic_write_json
+from biva.runs.loading import load_trained
+from biva.utils.atomic import atomic_write_json, atomic_write_text
 from biva.utils.jsonl import read_jsonl
 
 KL_FLOOR = 1e-3  # nats; the log-scale heatmap clips smaller (or negative MC) estimates here

@@ -19,6 +19,7 @@ from biva.experiments.ablation.runner import (
     AblationBudget,
     AblationRun,
     AblationSettings,
+    check_run_matches,
     check_same_recipe,
     config_maker,
     evaluate_run_for_ablation,
@@ -49,7 +50,8 @@ from biva.experiments.ablation.variants import (
 
 __all__ = ["ABLATION_VARIANTS", "NVAE_SPECTRAL_REG", "PAPER_VARIANTS", "RECIPE_FREE",
            "RESULT_FILE", "AblationBudget", "AblationRun", "AblationSettings", "ablation_model",
-           "ablation_train", "best_within_cpu", "check_same_recipe", "config_maker",
+           "ablation_train", "best_within_cpu", "check_run_matches", "check_same_recipe",
+           "config_maker",
            "doubled_depth", "evaluate_run_for_ablation", "layer_table", "load_result",
            "plan_runs", "plot_curves", "plot_kl_per_layer", "run_ablation", "summarize",
            "table_markdown", "train_ablation", "train_ablation_run", "validation_curve",

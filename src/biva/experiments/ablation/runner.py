@@ -115,6 +115,9 @@ def run_ablation(runs: Iterable[AblationRun], make_config: Callable, budget: Abl
     """
     done = []
     for run in runs:
+        if (run.run_dir / "config.json").is_file():
+            # A finished or half-trained run counts only if it is what is asked for now.
+            check_run_matches(run, make_config(run.variant, run.seed)[0])
         result = load_result(run.result_path)
         if result is not None and budget.matches(result):
             continue
@@ -175,6 +178,26 @@ def check_same_recipe(run: AblationRun, cfg) -> None:
                               f"another recipe ({'; '.join(diffs)}); pass --set for these "
                               "fields, or use another --out")
         return
+
+
+def check_run_matches(run: AblationRun, cfg) -> None:
+    """Refuse, naming each field with the run's value and the requested one, a run already in
+    the ablation's folder whose model, data or train settings differ from what this command
+    asks for (``--set train.lr=0.05`` on a finished run was ignored, and the table re-issued
+    as if for it). Budget, seed, device and paths may differ."""
+    saved = load_result(run.run_dir / "config.json")
+    if saved is None:
+        return
+    want = json.loads(json.dumps({s: to_dict(getattr(cfg, s)) for s in ("model", "data",
+                                                                         "train")}))
+    diffs = [f"{sec}.{key}: {saved[sec].get(key)!r} in the run, {value!r} asked"
+             for sec in ("model", "data", "train") for key, value in want[sec].items()
+             if key not in RECIPE_FREE and key in saved.get(sec, {})
+             and saved[sec][key] != value]
+    if diffs:
+        raise ConfigError(f"{run.run_dir} was trained with other settings than this command "
+                          f"asks for ({'; '.join(diffs[:4])}): drop those --set options to "
+                          "summarize it, or use another --out for the new recipe")
 
 
 def validation_curve(records: list[dict]) -> dict:
