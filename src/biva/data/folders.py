@@ -57,19 +57,30 @@ def image_files(path: str | Path) -> list[Path]:
 
 
 
+def iter_folder(path: str | Path, config: RunConfig, *, seed: int = 0, batch: int = 512):
+    """:func:`read_folder` a batch of files at a time: yields (files, uint8 images (n, C, H,
+    W)), so that memory stays flat in the number of images. One seeded generator draws the
+    binary images across batches; bilevel files (values 0 and 1) are recognised per batch."""
+    files = image_files(path)
+    shape = tuple(config.model.input_shape)
+    binary = DataKind.for_likelihood(config.model.likelihood) is DataKind.BINARY
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        raw = torch.from_numpy(read_images(chunk, size=shape[-1]))
+        if binary and int(raw.max()) <= 1:
+            raw = raw * 255                                # bilevel files: 0/1 -> 0/255
+        images = fit_to_shape(ImageSplit(raw.to(torch.uint8)), shape).images
+        if binary:
+            images = torch.bernoulli(images.float() / 255, generator=g).to(torch.uint8)
+        yield chunk, images
+
+
 def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.Tensor:
     """The images of a folder (or one image file) as the input a model of ``config`` scores:
     uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
     binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
     binarized test sets are. Files are taken in sorted order, recursively (:func:`image_files`)."""
-    files = image_files(path)
-    shape = tuple(config.model.input_shape)
-    raw = torch.from_numpy(read_images(files, size=shape[-1]))
-    binary = DataKind.for_likelihood(config.model.likelihood) is DataKind.BINARY
-    if binary and int(raw.max()) <= 1:
-        raw = raw * 255                                    # bilevel files: 0/1 -> 0/255
-    images = fit_to_shape(ImageSplit(raw.to(torch.uint8)), shape).images
-    if binary:
-        g = torch.Generator().manual_seed(seed)
-        images = torch.bernoulli(images.float() / 255, generator=g).to(torch.uint8)
-    return images
+    n = len(image_files(path))
+    return torch.cat([images for _, images in iter_folder(path, config, seed=seed,
+                                                          batch=max(n, 1))])
