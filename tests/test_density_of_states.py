@@ -238,3 +238,24 @@ def test_biva_detect_rows_survive_odd_names_and_skip_what_training_skips(tiny_ru
         rows = list(csv.DictReader(f))
     assert [r["file"] for r in rows] == ["'" + str(folder / n) for n in sorted(names)]
     assert all(r["flag"] in ("1", "-1") for r in rows)
+
+
+def test_two_folders_of_one_name_get_their_own_csv(tiny_run, tmp_path, capsys):
+    # a/imgs and b/imgs both wrote RUN/ood/detect_imgs.csv, the second over the first (#41).
+    import shutil
+
+    from PIL import Image
+
+    from biva.cli.main import main
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    outs = []
+    for parent, n in (("a", 2), ("b", 3)):
+        folder = tmp_path / parent / "imgs"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        assert main(["detect", str(run), str(folder), "--threads", "1", "--n-valid", "40"]) == 0
+        outs.append(capsys.readouterr().out.rsplit(": ", 1)[1].strip())
+    assert outs[0] != outs[1]
+    assert [len(Path(o).read_text().splitlines()) for o in outs] == [3, 4]

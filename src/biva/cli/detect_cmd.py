@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     add_run_dir_argument(p, "a biva run directory")
     p.add_argument("images", type=Path, help="a folder of images (recursive) or one image file")
     p.add_argument("--out", type=Path, default=None,
-                   help="CSV path (default: RUN_DIR/ood/detect_<folder name>.csv)")
+                   help="CSV path (default: RUN_DIR/ood/detect_<folder name>_<digest of its "
+                   "path>.csv)")
     p.add_argument("--n-valid", type=positive_int, default=1000,
                    help="validation images to fit a detector on when the run has none")
     p.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path")

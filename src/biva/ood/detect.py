@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from biva.data.folders import iter_folder
 from biva.ood.detector import OODDetector, detector_for_model
 from biva.runs.loading import load_trained
 from biva.utils.atomic import atomic_open
+from biva.utils.run_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -56,21 +58,29 @@ def run_detector(run_dir: Path, model, cfg, *, n_valid: int = 1000) -> OODDetect
     return det
 
 
+def default_csv(run_dir: Path, images: Path) -> Path:
+    """RUN_DIR/ood/detect_<folder name>_<8 hex digits of its full path>.csv: two folders of
+    one name (a/imgs, b/imgs) never share a file."""
+    where = hashlib.sha256(str(images.resolve()).encode()).hexdigest()[:8]
+    return run_dir / "ood" / f"detect_{images.resolve().name}_{where}.csv"
+
+
 def detect_folder(run_dir: str | Path, images: str | Path, *, out: Path | None = None,
                   checkpoint: str = "best", n_valid: int = 1000, seed: int = 0,
                   device: str | torch.device = "cpu", batch_size: int = 512) -> Detection:
     """Score every image below ``images`` (or that one file) with the run's detector and write
     a CSV of file, anomaly score (higher = more anomalous) and flag (+1 in-distribution, -1
-    flagged); default ``out``: RUN_DIR/ood/detect_<folder name>.csv."""
+    flagged); default ``out``: :func:`default_csv`. A second process writing the same CSV is
+    refused at once."""
     run_dir, images = Path(run_dir), Path(images)
     model, cfg, _ = load_trained(run_dir, checkpoint, device)
     det = run_detector(run_dir, model, cfg, n_valid=n_valid)
-    out = out or run_dir / "ood" / f"detect_{images.resolve().name}.csv"
+    out = out or default_csv(run_dir, images)
     out.parent.mkdir(parents=True, exist_ok=True)
     n_images = n_flagged = 0
     # A batch of images at a time, rows written as they go: memory flat in the folder's size
     # (100,000 images once took 4.3 GB); the CSV appears whole, at the end, or not at all.
-    with atomic_open(out, "w") as f:
+    with output_lock(out), atomic_open(out, "w") as f:
         # Every name quoted (a \r or a comma in a file name stays in its row); numbers bare.
         w = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
         w.writerow(["file", "anomaly", "flag"])
