@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from biva.config import DataKind
 from biva.evaluation.style import save_png
 from biva.objectives import bits_per_dim, importance_weighted_bound
 
@@ -159,7 +160,7 @@ def ood_table(scores: Mapping[str, Mapping[int, Tensor]], *, in_name: str, kind:
                                                      else stderr / (dims * math.log(2.0)))}
         n = int(next(iter(per_k.values())).numel()) if per_k else 0
         datasets[name] = {"role": "in" if name == in_name else "ood", "n": n, "k": cells}
-    unit = "nats" if kind == "binary" else "bits/dim"
+    unit = DataKind(kind).unit
     return {"in_distribution": in_name, "kind": kind, "dims": dims, "n_samples": n_samples,
             "ks": ks, "unit": unit,
             "note": "mean_nats is the mean L^{>k} (a lower bound on log p(x), higher = more "
@@ -229,7 +230,7 @@ def plot_ood_histograms(scores: Mapping[str, Mapping[int, Tensor]], path: str | 
 
     ks = sorted({int(k) for per_k in scores.values() for k in per_k}, reverse=True) \
         if ks is None else list(ks)
-    nats = kind == "binary"
+    nats = DataKind(kind).unit == "nats"
     ncol = min(len(ks), 4)
     nrow = math.ceil(len(ks) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False,
