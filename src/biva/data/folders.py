@@ -57,11 +57,14 @@ def image_files(path: str | Path) -> list[Path]:
 
 
 
-def iter_folder(path: str | Path, config: RunConfig, *, seed: int = 0, batch: int = 512):
+def iter_folder(path: str | Path, config: RunConfig, *, seed: int = 0,
+                batch: int | None = 512):
     """:func:`read_folder` a batch of files at a time: yields (files, uint8 images (n, C, H,
-    W)), so that memory stays flat in the number of images. One seeded generator draws the
-    binary images across batches; bilevel files (values 0 and 1) are recognised per batch."""
+    W)), so that memory stays flat in the number of images (``batch`` None: one batch of
+    all). One seeded generator draws the binary images across batches; bilevel files (values 0
+    and 1) are recognised per batch."""
     files = image_files(path)
+    batch = batch or len(files)
     shape = tuple(config.model.input_shape)
     binary = DataKind.for_likelihood(config.model.likelihood) is DataKind.BINARY
     g = torch.Generator().manual_seed(seed)
@@ -81,6 +84,5 @@ def read_folder(path: str | Path, config: RunConfig, *, seed: int = 0) -> torch.
     uint8 (N, C, H, W) at its channels and size (square crop and resize, grey <-> colour); for a
     binary-image model (Bernoulli likelihood) drawn to {0, 1} with a fixed ``seed``, as the
     binarized test sets are. Files are taken in sorted order, recursively (:func:`image_files`)."""
-    n = len(image_files(path))
     return torch.cat([images for _, images in iter_folder(path, config, seed=seed,
-                                                          batch=max(n, 1))])
+                                                          batch=None)])

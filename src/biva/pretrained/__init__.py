@@ -147,6 +147,13 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def _damaged(path: Path, err: Exception) -> ValueError:
+    """The one-line error for a safetensors file that cannot be read."""
+    return ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())}); "
+                      "the file is damaged: restore it or re-create the folder with "
+                      "save_pretrained")
+
+
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The tensor names and shapes of a safetensors file, from its header alone."""
     _regular_file(path, MAX_WEIGHTS_BYTES)
@@ -154,9 +161,7 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # SafetensorError, a header length beyond the file, ...
-        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})"
-                         "; the file is damaged: restore it or re-create the folder with "
-                         "save_pretrained") from None
+        raise _damaged(path, e) from None
 
 
 def _check_shapes(cfg: RunConfig, folder: Path) -> None:
@@ -176,9 +181,13 @@ def _float32_weights(folder: Path) -> dict[str, torch.Tensor]:
     """model.safetensors of a pretrained folder, floating tensors as float32, every value
     checked finite (NaN or inf weights would give NaN images and bounds without a word)."""
     path = folder / "model.safetensors"
-    _weight_shapes(path)
+    _regular_file(path, MAX_WEIGHTS_BYTES)
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # SafetensorError: the same one line as the header check's
+        raise _damaged(path, e) from None
     out = {}
-    for k, v in load_file(path).items():
+    for k, v in tensors.items():
         if v.is_floating_point():
             v = v.float()
             bad = int((~torch.isfinite(v)).sum())
