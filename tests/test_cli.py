@@ -416,7 +416,9 @@ def test_the_progress_bar_runs_over_a_cpu_budget_not_the_steps(tmp_path, capsys)
     cfg = load_run_config("digits", [*TINY, "train.steps=100000", "train.max_cpu_minutes=0.05",
                                      "train.progress=true", "train.finetune_steps=0"])
     trainer = Trainer(cfg, tmp_path / "run")
-    bar = trainer._progress()
+    from biva.training.callbacks import ProgressBar
+
+    bar = ProgressBar(trainer).bar
     assert bar.total == 3 and bar.unit == "cpu-s"   # 0.05 CPU-minutes, not 100,000 steps
     bar.close()
     trainer.fit()

@@ -66,7 +66,7 @@ def run_steps(trainer: Trainer, n: int) -> list[dict]:
     """n steps as Trainer.fit takes them; per-step loss and gradient norm (this rank's)."""
     stream, out = trainer._batches(), []
     for _ in range(n):
-        _, images = next(stream)
+        _, images, _ = next(stream)
         stats = trainer.train_step(trainer._batch(images))
         trainer.step += 1
         out.append({"loss": float(stats["loss"]), "grad_norm": float(stats["grad_norm"]),
@@ -161,7 +161,7 @@ def test_first_rank_sees_the_first_half_of_the_global_batch(two_ranks, data, tmp
                                                             monkeypatch):
     monkeypatch.setattr(DiagonalGaussian, "sample", _posterior_mean)
     trainer = Trainer(deterministic_config(), tmp_path / "one", data=data)
-    _, images = next(trainer._batches())
+    _, images, _ = next(trainer._batches())
     x = trainer._batch(images[:GLOBAL_BATCH // WORLD])
     trainer.model.train()
     loss = float(trainer.model(x, free_bits=trainer.cfg.train.free_bits).loss.detach())

@@ -53,7 +53,7 @@ def test_folder_infers_shape_and_likelihood(tmp_path, mode, channels):
     assert any("3 classes" in line for line in lines)
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     trainer.fit()
-    assert trainer.step == 1 and math.isfinite(trainer.best_valid)
+    assert trainer.step == 1 and math.isfinite(trainer.best)
 
 
 def test_bilevel_folder_gets_a_bernoulli_likelihood(tmp_path):
@@ -140,10 +140,10 @@ def test_cpu_config_learns_on_photos_without_skipping(few_photos, tmp_path):
         "train.threads=1"])
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     trainer.fit()
-    assert math.isfinite(trainer.skip_threshold)
-    records = [json.loads(line) for line in trainer.metrics_path.read_text().splitlines()]
+    assert math.isfinite(trainer.guard.threshold(trainer.step))
+    records = [json.loads(line) for line in trainer.run.metrics_path.read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
-    assert trainer.skipped == 0 and train[-1]["skipped_total"] == 0
+    assert trainer.guard.skipped == 0 and train[-1]["skipped_total"] == 0
     assert train[-1]["loss"] < 0.9 * train[0]["loss"]
 
 

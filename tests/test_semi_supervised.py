@@ -231,9 +231,9 @@ def test_label_split_through_the_trainer_is_balanced_seeded_and_disjoint(tmp_pat
     saved = json.loads((tmp_path / "a" / "labelled.json").read_text())
     assert saved["train_indices"] == lab.tolist() and saved["per_class"] == [3] * 10
     # The mixed batch: 10 labelled rows (with their labels) then 24 unlabelled rows.
-    _, images = next(t._batches())
-    assert images.shape[0] == 34
-    assert torch.isin(t._next_labels, torch.arange(10)).all() and len(t._next_labels) == 10
+    _, images, labels = next(t._batches())
+    assert images.shape[0] == 34 and labels.shape == (34,)
+    assert torch.isin(labels[:10], torch.arange(10)).all() and (labels[10:] == -1).all()
     # The labelled stream is a pure function of (seed, step).
     tail = list(itertools.islice(t.labelled_batches(0), 5, 8))
     for (xa, ya), (xb, yb) in zip(tail, itertools.islice(t.labelled_batches(5), 3), strict=True):
@@ -358,9 +358,8 @@ def test_batch_statistics_match_hand_computations(digits):
     # count of the right ones, or an untrained model that gets all four wrong would not give.
     y = torch.cat([guess[:1], (guess[1:] + 1) % 10, unl_y])
     torch.manual_seed(0)
-    with model.given_labels(y):
-        out = model(x)
-    stats = model.last_stats
+    out = model(x, labels=y)
+    stats = model.batch_statistics(out)
     log_q = F.log_softmax(out.logits.float(), 1)
     lab, unl = torch.arange(4), torch.arange(4, 8)
     assert float(stats["n_labelled"]) == 4.0 and float(stats["train_error"]) == 0.75
@@ -507,9 +506,9 @@ def test_supervised_baseline_never_sees_unlabelled_images(tmp_path):
         SemiSupervisedBIVA.initialize = original_init
     step = trainer.train_step
 
-    def spy_step(x):
+    def spy_step(x, y=None):
         seen.append(x)
-        return step(x)
+        return step(x, y)
 
     trainer.train_step = spy_step
     trainer.fit()
@@ -520,7 +519,7 @@ def test_supervised_baseline_never_sees_unlabelled_images(tmp_path):
     assert all(x.shape[0] == trainer.labelled_batch_size for x in seen[1:])
     # The check can fail: the balanced objective does draw the marked images.
     balanced = SemiSupervisedTrainer(tiny_config(steps=1), tmp_path / "b", data=poisoned)
-    _, x = next(balanced._batches())
+    _, x, _ = next(balanced._batches())
     assert (x.flatten(1) == 1).all(1).any()
 
 
@@ -704,7 +703,7 @@ def test_class_features_have_each_td_stages_shape_and_start_small(latent_type):
     cfg = mixed_hierarchy(latent_type)
     torch.manual_seed(0)
     model = SemiSupervisedBIVA(cfg, 4, objective="paper", n_labelled=1, n_unlabelled=1)
-    assert model.loss_weights == (0.5, 0.5) and model.last_stats == {}
+    assert model.loss_weights == (0.5, 0.5)
     r = cfg.spatial_sizes()
     for i, (e, f) in enumerate(zip(model.y_embed, (4, 6, 8), strict=True), start=1):
         side = r[i] if latent_type == "dense" else 1

@@ -90,7 +90,7 @@ def assert_no_duplicate_steps(records: list[dict]) -> None:
 
 
 def first_batch(trainer: Trainer) -> torch.Tensor:
-    _, images = next(trainer._batches())
+    _, images, _ = next(trainer._batches())
     return trainer._batch(images)
 
 
@@ -253,14 +253,14 @@ def test_nan_batch_is_skipped_without_touching_weights(tmp_path, data):
     trainer = Trainer(tiny_config(), tmp_path / "run", data=data)
     x = first_batch(trainer)
     stats = trainer.train_step(x)  # one real update, so the optimizer holds state
-    assert float(stats["skipped"]) == 0.0 and trainer.skipped == 0
+    assert float(stats["skipped"]) == 0.0 and trainer.guard.skipped == 0
     before = snapshot(trainer)
     assert before["optimizer"]["state"], "optimizer state should be populated"
 
     x_nan = x.clone()
     x_nan[0, 0, 3, 4] = math.nan
     stats = trainer.train_step(x_nan)
-    assert trainer.skipped == 1 and trainer.consecutive_skips == 1
+    assert trainer.guard.skipped == 1 and trainer.guard.consecutive_skips == 1
     assert float(stats["skipped"]) == 1.0
     assert not (math.isfinite(float(stats["loss"])) and math.isfinite(float(stats["grad_norm"])))
     assert_untouched(trainer, before)
@@ -268,7 +268,7 @@ def test_nan_batch_is_skipped_without_touching_weights(tmp_path, data):
 
     stats = trainer.train_step(x)
     assert float(stats["skipped"]) == 0.0
-    assert trainer.skipped == 1 and trainer.consecutive_skips == 0
+    assert trainer.guard.skipped == 1 and trainer.guard.consecutive_skips == 0
     assert changed_params(trainer, before) > 0
     assert any(not torch.equal(v, before["ema"][k]) for k, v in trainer.ema.state_dict().items())
 
@@ -278,16 +278,16 @@ def test_exploding_gradients_are_skipped_until_the_guard(tmp_path, data):
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     x = first_batch(trainer)
     trainer.train_step(x)  # skipped too (grad norm > 1e-6): take a real one for optimizer state
-    trainer.consecutive_skips, trainer.skipped = 3, 0
+    trainer.guard.consecutive_skips, trainer.guard.skipped = 3, 0
     trainer.train_step(x)
     before = snapshot(trainer)
-    assert trainer.consecutive_skips == 0
+    assert trainer.guard.consecutive_skips == 0
 
     for n in range(1, 4):
         stats = trainer.train_step(x)
         assert float(stats["skipped"]) == 1.0
         assert math.isfinite(float(stats["grad_norm"])) and float(stats["grad_norm"]) > 1e-6
-        assert trainer.skipped == n and trainer.consecutive_skips == n
+        assert trainer.guard.skipped == n and trainer.guard.consecutive_skips == n
         assert_untouched(trainer, before)
 
     # A non-finite update is never let through, even past the guard.
@@ -295,12 +295,12 @@ def test_exploding_gradients_are_skipped_until_the_guard(tmp_path, data):
     x_nan[1, 0, 0, 0] = math.nan
     assert float(trainer.train_step(x_nan)["skipped"]) == 1.0
     assert_untouched(trainer, before)
-    assert trainer.consecutive_skips == 4
+    assert trainer.guard.consecutive_skips == 4
 
     # After max_consecutive_skips skips, the (clipped) finite update goes through.
     stats = trainer.train_step(x)
     assert float(stats["skipped"]) == 0.0
-    assert trainer.consecutive_skips == 0 and trainer.skipped == 4
+    assert trainer.guard.consecutive_skips == 0 and trainer.guard.skipped == 4
     assert changed_params(trainer, before) > 0
 
 
@@ -309,7 +309,7 @@ def test_skips_are_logged(tmp_path, data):
                       steps=4)
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     trainer.fit()
-    assert trainer.skipped == 4
+    assert trainer.guard.skipped == 4
     train = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
     assert train[-1]["skipped_total"] == 4 and train[-1]["skipped"] == 1.0
 
@@ -488,24 +488,24 @@ def test_auto_skip_threshold_follows_the_median_gradient_norm(tmp_path, data):
     cfg = tiny_config("train.skip_min_history=3", "train.skip_factor=2.0", "train.steps=4",
                       "train.checkpoint_every=4", "train.warmup_steps=2")
     trainer = Trainer(cfg, tmp_path / "run", data=data)
-    assert trainer.skip_threshold == math.inf
+    assert trainer.guard.threshold(trainer.step) == math.inf
     x = first_batch(trainer)
     for _ in range(3):
         assert float(trainer.train_step(x)["skipped"]) == 0.0
-    norms = list(trainer.grad_norms)
+    norms = list(trainer.guard.grad_norms)
     assert len(norms) == 3
     trainer.step = 1  # still warming up: no threshold, whatever the norms
-    assert trainer.skip_threshold == math.inf
+    assert trainer.guard.threshold(trainer.step) == math.inf
     trainer.step = 2
-    assert trainer.skip_threshold == pytest.approx(2.0 * sorted(norms)[1])
+    assert trainer.guard.threshold(trainer.step) == pytest.approx(2.0 * sorted(norms)[1])
     # A gradient 10x the usual is skipped.
-    trainer.grad_norms.clear()
-    trainer.grad_norms.extend([norms[0] / 10] * 3)
+    trainer.guard.grad_norms.clear()
+    trainer.guard.grad_norms.extend([norms[0] / 10] * 3)
     assert float(trainer.train_step(x)["skipped"]) == 1.0
     trainer.step = 4
     trainer.save()
     resumed = Trainer.resume(tmp_path / "run", data=data)
-    assert list(resumed.grad_norms) == list(trainer.grad_norms)
+    assert list(resumed.guard.grad_norms) == list(trainer.guard.grad_norms)
 
 
 # ----------------------------------------------------------------------------- faults (issue 15)
@@ -521,8 +521,8 @@ def test_sigterm_writes_a_checkpoint_and_resumes_bit_identically(tmp_path, data,
     trainer = Trainer(tiny_config(), run, data=data)
     step = trainer.train_step
 
-    def step_then_signal(x):
-        out = step(x)
+    def step_then_signal(x, y=None):
+        out = step(x, y)
         if trainer.step == 4:  # the 6th update is under way: it finishes, then the stop
             os.kill(os.getpid(), signal.SIGTERM)
         return out
@@ -628,10 +628,10 @@ def test_diverged_run_stops_with_an_error_keeping_its_checkpoints(tmp_path, data
     with pytest.raises(TrainingStalled, match=r"6 updates in a row .* Lower train\.lr \(now "
                                               r"1000\)"):
         trainer.fit()
-    assert trainer.step < 400 and trainer.bad_streak == 6
+    assert trainer.step < 400 and trainer.guard.bad_streak == 6
     # Checkpoints stop once the streak reaches max_consecutive_skips (2): the newest is from
     # the streak's first step at the latest, not from the stalled state that followed.
-    first_bad = trainer.step - trainer.bad_streak + 1
+    first_bad = trainer.step - trainer.guard.bad_streak + 1
     assert 0 < _latest_step(tmp_path / "run") <= first_bad
 
 
@@ -686,17 +686,17 @@ def test_disk_full_is_one_line_naming_the_directory_and_keeps_checkpoints(tmp_pa
     line and exits 2."""
     import errno
 
-    import biva.training.trainer as trainer_module
+    import biva.training.run_directory as run_directory
     from biva.training.trainer import DiskFull
 
-    real_save = trainer_module.save_checkpoint
+    real_save = run_directory.save_checkpoint
 
     def full_after_step_4(path, **kw):
         if path.name == "step_000000008":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_save(path, **kw)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", full_after_step_4)
+    monkeypatch.setattr(run_directory, "save_checkpoint", full_after_step_4)
     run = tmp_path / "run"
     with pytest.raises(DiskFull, match=rf"no space left on the device of {run} writing "
                                        rf".*step_000000008.*a checkpoint needs about \d+ MiB"):
@@ -707,7 +707,7 @@ def test_disk_full_is_one_line_naming_the_directory_and_keeps_checkpoints(tmp_pa
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left" in err[0] and "Traceback" not in err[0]
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(run_directory, "save_checkpoint", real_save)
     assert main(argv) == 0 and _latest_step(run) == STEPS
 
 

@@ -25,9 +25,8 @@ Bounds per example (nats), with L(x, y) = log p(x | z, y) + log p(y) + log p(z) 
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,8 +184,6 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         if objective == "paper":
             side = r[-1] if dense else 1
             self.top_y_embed = nn.Parameter(0.1 * torch.randn(num_classes, Fs[-1], side, side))
-        self._pending_labels: Tensor | None = None
-        self.last_stats: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------------------- pieces
     def class_context(self, y: Tensor) -> list[Tensor]:
@@ -206,15 +203,6 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         probs = F.softmax(self.classify_logits(x, n_samples).float(), dim=1)
         return probs.view(n_samples, x.shape[0], -1).mean(0)
 
-    @contextlib.contextmanager
-    def given_labels(self, labels: Tensor | None) -> Iterator[None]:
-        """Make ``model(x)`` inside the block use ``labels`` (for trainers that call model(x))."""
-        previous, self._pending_labels = self._pending_labels, labels
-        try:
-            yield
-        finally:
-            self._pending_labels = previous
-
     # ----------------------------------------------------------------------------- the bound
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
                 free_bits: float = 0.0, kl_weight: float = 1.0, labels: Tensor | None = None,
@@ -227,8 +215,6 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         "paper" objective). The "supervised" objective's loss is the labelled rows' mean
         cross-entropy alone.
         """
-        if labels is None:
-            labels = self._pending_labels
         B, C = x.shape[0], self.num_classes
         bu = self._bottom_up(x, n_samples)
         xs = repeat_batch(x, n_samples)
@@ -294,8 +280,6 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         if self.objective == "supervised":
             # The baseline: the same classifier on the labels alone; the bounds stay reported.
             loss = ce[li].mean() if n_l else logits.sum() * 0.0
-        if self._pending_labels is not None:
-            self.last_stats = self._batch_stats(lab, li, ui, log_q, parts["bound"])
         return SemiSupervisedOutput(
             loss=loss, log_weight=parts["log_weight"], log_px=parts["log_px"], kl=parts["kl"],
             group_names=list(self.group_names), x_params=parts["x_params"],
@@ -311,18 +295,24 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         return out.index_copy(0, ui, b)
 
     @staticmethod
-    def _batch_stats(lab, li, ui, log_q, bound) -> dict[str, Tensor]:
-        # Detached statistics of the last training batch (read by the trainer's logs).
-        with torch.no_grad():
-            stats = {"n_labelled": torch.tensor(float(li.numel()))}
-            if li.numel():
-                stats["ce"] = -log_q[li, lab[li]].mean()
-                stats["train_error"] = (log_q[li].argmax(1) != lab[li]).float().mean()
-                stats["bound_labelled"] = bound[li].mean()
-            if ui.numel():
-                stats["bound_unlabelled"] = bound[ui].mean()
-                stats["entropy_q_y"] = -(log_q[ui].exp() * log_q[ui]).sum(1).mean()
-            return {k: v.detach().float().cpu() for k, v in stats.items()}
+    @torch.no_grad()
+    def batch_statistics(out: SemiSupervisedOutput) -> dict[str, Tensor]:
+        """Detached statistics of a training batch's output (CPU float scalars): labelled rows
+        ``n_labelled``, their mean cross-entropy ``ce`` (nats), ``train_error`` (fraction) and
+        ``bound_labelled``; the unlabelled rows' ``bound_unlabelled`` (-U, nats) and the
+        entropy of q(y|x) ``entropy_q_y`` (nats)."""
+        log_q = F.log_softmax(out.logits.float(), dim=1)
+        lab = out.labels
+        li, ui = torch.nonzero(lab >= 0).flatten(), torch.nonzero(lab < 0).flatten()
+        stats = {"n_labelled": torch.tensor(float(li.numel()))}
+        if li.numel():
+            stats["ce"] = -log_q[li, lab[li]].mean()
+            stats["train_error"] = (log_q[li].argmax(1) != lab[li]).float().mean()
+            stats["bound_labelled"] = out.bound[li].mean()
+        if ui.numel():
+            stats["bound_unlabelled"] = out.bound[ui].mean()
+            stats["entropy_q_y"] = -(log_q[ui].exp() * log_q[ui]).sum(1).mean()
+        return {k: v.detach().float().cpu() for k, v in stats.items()}
 
     def loss(self, x_l: Tensor, y_l: Tensor, x_u: Tensor | None = None, *,
              free_bits: float = 0.0, kl_weight: float = 1.0,

@@ -3,7 +3,6 @@ after training the test bounds, samples, reconstructions and curves of ``biva ru
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from biva.data import evaluation_split, load_run_data
 from biva.evaluation.classification import write_class_samples
 from biva.evaluation.generation import write_reconstructions, write_samples
 from biva.evaluation.plots import plot_training_curves
-from biva.objectives import bits_per_dim
 from biva.runs.evaluate import EvalSettings, evaluate_run, write_evaluation
 from biva.runs.loading import load_trained
 from biva.training import Trainer
@@ -94,15 +92,9 @@ def train_run(request: TrainRequest) -> tuple[Trainer, Path]:
 def training_summary(trainer: Trainer, run_dir: Path) -> str:
     """Where the run is and how it ended: step, the best validation figure, skipped updates,
     throughput."""
-    if hasattr(trainer, "best_valid_error"):  # semi-supervised: best = lowest error
-        best = f"best validation error {100 * trainer.best_valid_error:.2f}%"
-    else:
-        best = f"best validation ELBO {trainer.best_valid:.3f} nats"
-        if trainer.data.kind == "8bit" and math.isfinite(trainer.best_valid):
-            dims = math.prod(trainer.cfg.model.input_shape)
-            best += f" = {float(bits_per_dim(trainer.best_valid, dims)):.3f} bits/dim"
     text = (f"training stopped at step {trainer.step}: {trainer.stop_reason or 'done'}\n"
-            f"run directory: {run_dir}  ({best}, {trainer.skipped} skipped updates)")
+            f"run directory: {run_dir}  ({trainer.best_summary()}, {trainer.guard.skipped} "
+            f"skipped updates)")
     if trainer.session_seconds > 0:
         # The session's mean (validations included), not the last log window's.
         text += (f"\nthroughput: {trainer.session_images / trainer.session_seconds:.1f} "

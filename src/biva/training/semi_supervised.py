@@ -25,15 +25,11 @@ import torch
 
 from biva.config.run import RunConfig, read_run_config
 from biva.data import DatasetSplits, ImageSplit, balanced_label_split, epoch_batches, load_run_data
-from biva.models.semi_supervised import SemiSupervisedBIVA, default_alpha
+from biva.models.semi_supervised import UNLABELLED, SemiSupervisedBIVA, default_alpha
 from biva.objectives import bits_per_dim
 from biva.objectives.classification import evaluate_classification
-from biva.training.trainer import Trainer
+from biva.training.trainer import Selection, Trainer
 from biva.utils.atomic import atomic_write_json
-from biva.utils.checkpoint import save_checkpoint
-from biva.utils.config_io import to_dict
-from biva.utils.images import to_display
-from biva.utils.jsonl import append_jsonl
 from biva.utils.seeds import derive_seed
 
 
@@ -57,8 +53,11 @@ class SemiSupervisedTrainer(Trainer):
 
     ``labelled`` / ``labelled_indices`` / ``unlabelled_indices`` describe the split (indices
     into the dataset's training split); ``self.data.train`` is the unlabelled part, without
-    labels.
+    labels. The best checkpoint holds the lowest validation error.
     """
+
+    #: The validation error (fraction of the validation split), lower is better.
+    selection = Selection("valid_error", higher_is_better=False)
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *,
                  data: DatasetSplits | None = None, resume: bool = False,
@@ -87,8 +86,6 @@ class SemiSupervisedTrainer(Trainer):
                       else default_alpha(len(full.train), n_l))
         self.labelled_batch_size = min(cfg.data.labelled_batch_size or cfg.train.batch_size,
                                        n_l)
-        self._next_labels: torch.Tensor | None = None
-        self._valid_record: dict = {}
         super().__init__(cfg, run_dir, data=replace(full, train=unlabelled), resume=resume,
                          stop_after=stop_after)
         if self.labelled_batch_size % self.world:
@@ -128,9 +125,9 @@ class SemiSupervisedTrainer(Trainer):
             epoch, start = epoch + 1, 0
 
     def _batches(self):
-        """(epoch, rows): labelled rows first (their classes in ``_next_labels``, read by
-        :meth:`train_step`), then the unlabelled batch; the supervised baseline's rows are
-        labelled only, so it never sees an unlabelled image."""
+        """(epoch, images, labels): the labelled rows first with their classes, then the
+        unlabelled batch labelled -1; the supervised baseline's rows are labelled only, so it
+        never sees an unlabelled image."""
         labelled = self.labelled_batches(self.step)
         per_rank = self.labelled_batch_size // self.world
 
@@ -139,71 +136,42 @@ class SemiSupervisedTrainer(Trainer):
             if self.distributed:  # this rank's share
                 x_l = x_l[self.rank * per_rank:(self.rank + 1) * per_rank]
                 y_l = y_l[self.rank * per_rank:(self.rank + 1) * per_rank]
-            self._next_labels = y_l
-            return x_l
+            return x_l, y_l.to(torch.long)
 
         if self.cfg.train.ssl_objective == "supervised":
             per_epoch = len(self.labelled) // self.labelled_batch_size
             for step in itertools.count(self.step):
-                yield step // per_epoch, next_labelled()
-        for epoch, images in super()._batches():
-            yield epoch, torch.cat([next_labelled(), images])
+                yield step // per_epoch, *next_labelled()
+        for epoch, images, _ in super()._batches():
+            x_l, y_l = next_labelled()
+            unlabelled = torch.full((images.shape[0],), UNLABELLED, dtype=torch.long)
+            yield epoch, torch.cat([x_l, images]), torch.cat([y_l, unlabelled])
 
-    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One update on a batch whose first rows are the labelled batch; adds class stats."""
-        y = self._next_labels
-        if y is None:
-            raise RuntimeError("train_step needs a batch from SemiSupervisedTrainer._batches")
-        labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        labels[:len(y)] = y.to(x.device)
-        with self.model.given_labels(labels):
-            stats = super().train_step(x)
-        stats.update(self.model.last_stats)
-        return stats
+    def _batch_statistics(self, out) -> dict[str, torch.Tensor]:
+        """The classifier's statistics on the batch (cross-entropy, train error, bounds)."""
+        return self.model.batch_statistics(out)
 
     # ------------------------------------------------------------------ validation
-    def evaluate(self, writer=None) -> dict:
-        """Validation error and bounds of the EMA model; best checkpoint = lowest error."""
+    def evaluate(self) -> dict:
+        """Validation error and bounds of the EMA model, as a ``kind: "valid"`` record."""
         tc = self.cfg.train
         n = tc.eval_batches * self.cfg.eval.batch_size if tc.eval_batches else 0
         res = evaluate_classification(self.ema.model, self.valid, self.data.kind,
                                       self.cfg.model.bits, batch_size=self.cfg.eval.batch_size,
                                       n_examples=n, seed=0)
         dims = math.prod(self.cfg.model.input_shape)
-        rec = {"kind": "valid", "step": self.step, "valid_error": res["error"],
-               "valid_elbo": res["L_1"], "valid_elbo_U": res["elbo_U"],
-               "valid_bpd": float(bits_per_dim(res["L_1"], dims)),
-               "valid_log_px": res["log_px"], "valid_kl_groups": res["kl_groups"],
-               "time": time.time(), "cpu_s": self.cpu_seconds}
-        self._valid_record = rec
-        # best_valid holds -error, so the base class's "higher is better" bookkeeping and
-        # checkpoint state work unchanged.
-        if -res["error"] > self.best_valid:
-            self.best_valid = -res["error"]
-            self._save_best(self.best_valid)
-        rec["best_valid_error"] = -self.best_valid
-        if self.rank == 0:
-            append_jsonl(self.metrics_path, rec)
-            if writer is not None:
-                writer.add_scalar("valid/error", res["error"], self.step)
-                writer.add_scalar("valid/elbo", res["L_1"], self.step)
-                writer.add_scalar("valid/elbo_U", res["elbo_U"], self.step)
-                gen = torch.Generator(device=self.device).manual_seed(0)
-                grid = self.ema.model.class_grid(4, generator=gen)
-                writer.add_images("samples_by_class", to_display(grid, self.data.kind),
-                                  self.step)
-        return rec
+        return {"kind": "valid", "step": self.step, "valid_error": res["error"],
+                "valid_elbo": res["L_1"], "valid_elbo_U": res["elbo_U"],
+                "valid_bpd": float(bits_per_dim(res["L_1"], dims)),
+                "valid_log_px": res["log_px"], "valid_kl_groups": res["kl_groups"],
+                "time": time.time(), "cpu_s": self.clock.seconds}
 
-    def _save_best(self, value: float) -> None:
-        if self.rank != 0:
-            return
-        save_checkpoint(self.run_dir / "checkpoints" / "best",
-                        tensors={"model": self.ema.state_dict()},
-                        state={"step": self.step, "valid_error": -value,
-                               "valid_elbo": self._valid_record.get("valid_elbo"),
-                               "config": to_dict(self.cfg)})
+    def sample_grid(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Four samples of each class, one class a row."""
+        return self.ema.model.class_grid(4, generator=generator), 4
 
-    @property
-    def best_valid_error(self) -> float:
-        """Lowest validation error so far (fraction; nan before the first evaluation)."""
-        return -self.best_valid if math.isfinite(self.best_valid) else math.nan
+    def best_summary(self) -> str:
+        """The lowest validation error so far, in percent."""
+        if self.best is None:
+            return "no validation yet"
+        return f"best validation error {100 * self.best:.2f}%"
