@@ -97,20 +97,22 @@ def test_unlabelled_bound_is_the_exact_sum_over_classes(monkeypatch, digits, var
     model.eval()
     monkeypatch.setattr(DiagonalGaussian, "sample", hashed_sample)
     calls = {"bu": 0, "td": 0}
-    bu, td = model._bottom_up, model._top_down
+    bu, td = model._bottom_up, model._td_stage
 
-    def count(key, fn):
-        def wrapped(*a, **k):
-            calls[key] += 1
-            return fn(*a, **k)
-        return wrapped
+    def count_bu(*a, **k):
+        calls["bu"] += 1
+        return bu(*a, **k)
 
-    monkeypatch.setattr(model, "_bottom_up", count("bu", bu))
-    monkeypatch.setattr(model, "_top_down", count("td", td))
+    def count_td(i, *a, **k):
+        calls["td"] += i == 0   # a TD pass ends in stage 0, the one below z_1
+        return td(i, *a, **k)
+
+    monkeypatch.setattr(model, "_bottom_up", count_bu)
+    monkeypatch.setattr(model, "_td_stage", count_td)
     out = model(x)
     assert calls == {"bu": 1, "td": 1}  # batched over classes, one BU pass reused
     monkeypatch.setattr(model, "_bottom_up", bu)
-    monkeypatch.setattr(model, "_top_down", td)
+    monkeypatch.setattr(model, "_td_stage", td)
 
     # Brute force: one plain hierarchy pass per class, y fed through the td_context hook.
     log_q = F.log_softmax(model.classify_logits(x), 1)

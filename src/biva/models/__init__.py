@@ -5,7 +5,7 @@ models from a :class:`~biva.config.ModelConfig`."""
 
 from biva.config import ConfigError, ModelConfig
 from biva.models.base import HierarchyOutput, LatentHierarchy
-from biva.models.hierarchy import VARIANT_FLAGS, HierarchicalVAE
+from biva.models.hierarchy import HIERARCHY_VARIANTS, BottomUp, HierarchicalVAE, Variant
 from biva.models.linear_gaussian import LinearGaussianHierarchy
 from biva.models.semi_supervised import SemiSupervisedBIVA
 from biva.models.topdown import TopDownVAE
@@ -29,5 +29,15 @@ def build_hierarchy(config: ModelConfig, num_classes: int | None = None, **ssl
     return TopDownVAE(config) if config.topdown else HierarchicalVAE(config)
 
 
-__all__ = ["HierarchicalVAE", "HierarchyOutput", "LatentHierarchy", "LinearGaussianHierarchy",
-           "SemiSupervisedBIVA", "TopDownVAE", "VARIANT_FLAGS", "build_hierarchy"]
+__all__ = [
+    "HierarchicalVAE",
+    "HierarchyOutput",
+    "LatentHierarchy",
+    "LinearGaussianHierarchy",
+    "SemiSupervisedBIVA",
+    "TopDownVAE",
+    "HIERARCHY_VARIANTS",
+    "BottomUp",
+    "Variant",
+    "build_hierarchy",
+]

@@ -23,16 +23,19 @@ Choices where the paper is silent (also in docs/guide/models.md):
 * BIVA's z^BU_i and z^TD_i both have ``latents[i]`` units; ``z_i = <z^BU_i; z^TD_i>`` is
   embedded jointly for the stage below.
 
-The four variants differ only in four switches (see :data:`VARIANT_FLAGS`):
-``stochastic_bu`` (z^BU latents on the BU path; VAE's whole inference path is stochastic),
-``bu_skip`` (d~ features flow up through eq. 7/8; off for the VAE, whose q(z_{i+1}|z_i) sees only
-z_i), ``td_inference`` (posterior merges d~ and d: LVAE, LVAE+, BIVA) and ``td_skip``
-(the deterministic top-down path of eq. 5: LVAE+ and BIVA).
+The four variants differ only in the switches of a :class:`Variant` (see
+:data:`HIERARCHY_VARIANTS`): ``stochastic_bu`` (z^BU latents on the BU path; VAE's whole
+inference path is stochastic), ``bu_skip`` (d~ features flow up through eq. 7/8; off for the
+VAE, whose q(z_{i+1}|z_i) sees only z_i), ``td_inference`` (posterior merges d~ and d: LVAE,
+LVAE+, BIVA), ``td_skip`` (the deterministic top-down path of eq. 5: LVAE+ and BIVA) and
+``split_latent`` (z_i = <z^BU_i; z^TD_i>: BIVA).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -50,13 +53,39 @@ from biva.nn.gaussian import (
 )
 from biva.nn.weightnorm import WNConv2d
 
-VARIANT_FLAGS = {
-    #          stochastic_bu, bu_skip, td_inference, td_skip
-    "vae": (True, False, False, False),
-    "lvae": (False, True, True, False),
-    "lvae+": (False, True, True, True),
-    "biva": (True, True, True, True),
+
+@dataclass(frozen=True)
+class Variant:
+    """What one model of the family is: which of the hierarchy's paths it has."""
+
+    stochastic_bu: bool   # z^BU latents on the bottom-up path
+    bu_skip: bool         # deterministic bottom-up features d~ (eqs. 7-8)
+    td_inference: bool    # q(z^TD_i | <d~_{i,M}; d_{i,M}>): the posterior merges both paths
+    td_skip: bool         # the deterministic top-down path of eq. 5
+    split_latent: bool    # z_i = <z^BU_i; z^TD_i>, each with its own prior and posterior
+
+
+HIERARCHY_VARIANTS = {
+    "vae": Variant(stochastic_bu=True, bu_skip=False, td_inference=False, td_skip=False,
+                   split_latent=False),
+    "lvae": Variant(stochastic_bu=False, bu_skip=True, td_inference=True, td_skip=False,
+                    split_latent=False),
+    "lvae+": Variant(stochastic_bu=False, bu_skip=True, td_inference=True, td_skip=True,
+                     split_latent=False),
+    "biva": Variant(stochastic_bu=True, bu_skip=True, td_inference=True, td_skip=True,
+                    split_latent=True),
 }
+
+
+class BottomUp(NamedTuple):
+    """The BU pass at N rows: each stage's last features d~_{i,M} (i = 1..L), the posteriors
+    q(z^BU_i | x) and their draws z^BU_i (i < L; empty without a stochastic BU path), and
+    q(z_L | x)."""
+
+    features: list[Tensor]
+    q_bu: list[DiagonalGaussian]
+    z_bu: list[Tensor]
+    q_top: DiagonalGaussian
 
 
 class HierarchicalVAE(LatentHierarchy):
@@ -71,8 +100,7 @@ class HierarchicalVAE(LatentHierarchy):
         super().__init__()
         config.validate()
         self.config = config
-        self.stochastic_bu, self.bu_skip, self.td_inference, self.td_skip = (
-            VARIANT_FLAGS[config.variant])
+        self.variant = v = HIERARCHY_VARIANTS[config.variant]
         L = self.n_layers = config.n_layers
         c_in = config.input_shape[0]
         r = config.spatial_sizes()                    # r[0] = input side, r[i] after stage i
@@ -90,20 +118,20 @@ class HierarchicalVAE(LatentHierarchy):
             if i == 1:
                 in_ch = c_in
             else:
-                in_ch = F[i - 1] * (int(self.stochastic_bu) + int(self.bu_skip))
-            skip_ch = F[i - 1] if (self.bu_skip and i > 1) else 0
+                in_ch = F[i - 1] * (int(v.stochastic_bu) + int(v.bu_skip))
+            skip_ch = F[i - 1] if (v.bu_skip and i > 1) else 0
             self.bu_stages.append(Stage(in_ch, F[i], r[i - 1], r[i], M, K[i], config.dropout_q,
                                         skip_ch=skip_ch, skip_size=r[i - 1]))
         self.bu_heads = nn.ModuleList()        # q(z^BU_i | d~_{i,M}), i < L
         self.bu_embed = nn.ModuleList()        # z^BU_i -> features entering BU stage i + 1
-        if self.stochastic_bu:
+        if v.stochastic_bu:
             for i in range(1, L):
                 self.bu_heads.append(LatentHead(F[i], r[i], [n[i]], conv, lk[i], config.min_std))
                 self.bu_embed.append(LatentEmbedding(n[i], F[i], r[i], conv, lk[i]))
         self.top_head = LatentHead(F[L], r[L], [n[L]], conv, lk[L], config.min_std)
 
         # Top-down path (shared by the generative model and the TD inference path).
-        parts = 2 if config.variant == "biva" else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
+        parts = 2 if v.split_latent else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
         self.td_stages = nn.ModuleList()       # td_stages[i]: r[i+1] -> r[i], i = 0..L-1
         self.td_embed = nn.ModuleList()        # td_embed[i]: z_{i+1} -> features, i = 0..L-1
         self.prior_heads = nn.ModuleList()     # prior_heads[i-1]: p(z_i | z_>i), i = 1..L-1
@@ -111,7 +139,7 @@ class HierarchicalVAE(LatentHierarchy):
             out_ch = F[i] if i > 0 else F[1]
             # The skips of TD stage i are the block outputs of TD stage i + 1: F[i + 1]
             # channels at side r[i + 1] (stage L - 1, the top one, has none).
-            skip = self.td_skip and i < L - 1
+            skip = v.td_skip and i < L - 1
             self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], M, K[i + 1],
                                         config.dropout_p, skip_ch=F[i + 1] if skip else 0,
                                         skip_size=r[i + 1]))
@@ -125,7 +153,7 @@ class HierarchicalVAE(LatentHierarchy):
                 LatentHead(F[i], r[i], [n[i]] * head_parts, conv, lk[i], config.min_std))
         self.merges = nn.ModuleList()          # q(z^TD_i | <d~_{i,M}; d_{i,M}>), i = 1..L-1
         self.td_heads = nn.ModuleList()
-        if self.td_inference:
+        if v.td_inference:
             for i in range(1, L):
                 self.merges.append(GatedResBlock(F[i], F[i], r[i], r[i], 3, aux_ch=F[i],
                                                  dropout=config.dropout_q))
@@ -146,10 +174,7 @@ class HierarchicalVAE(LatentHierarchy):
     def _group_names(self) -> list[str]:
         names = []
         for i in range(1, self.n_layers):
-            if self.config.variant == "biva":
-                names += [f"z{i}_bu", f"z{i}_td"]
-            else:
-                names.append(f"z{i}")
+            names += self._layer_names(i)
         return names + [f"z{self.n_layers}"]
 
     def latent_shape(self, layer: int) -> tuple[int, ...]:
@@ -161,8 +186,8 @@ class HierarchicalVAE(LatentHierarchy):
         return (units, side, side)
 
     # ----------------------------------------------------------------------------- inference
-    def _bottom_up(self, x: Tensor, n_samples: int):
-        """BU pass. Returns per-stage last features d~_{i,M} (at N rows), q's and z^BU samples.
+    def _bottom_up(self, x: Tensor, n_samples: int) -> BottomUp:
+        """The BU pass at N = n_samples * B rows (see :class:`BottomUp`).
 
         Work that does not depend on a sample runs once on the B input rows: all of it for the
         LVAEs, stage 1 for BIVA and the VAE. Tensors are repeated to N = n_samples * B rows
@@ -177,17 +202,17 @@ class HierarchicalVAE(LatentHierarchy):
                 h, skips = x, None
             else:
                 pieces = []
-                if self.stochastic_bu:
+                if self.variant.stochastic_bu:
                     if not expanded:
                         outs = [[repeat_batch(t, n_samples) for t in o] for o in outs]
                         expanded = True
                     pieces.append(self.bu_embed[i - 1]([z_bu[i - 1]]))
-                if self.bu_skip:
+                if self.variant.bu_skip:
                     pieces.append(outs[i - 1][-1])
                 h = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
-                skips = outs[i - 1] if self.bu_skip else None
+                skips = outs[i - 1] if self.variant.bu_skip else None
             outs.append(stage(h, skips))
-            if self.stochastic_bu and i < self.n_layers - 1:
+            if self.variant.stochastic_bu and i < self.n_layers - 1:
                 q = self.bu_heads[i](outs[i][-1])[0]
                 q = q if expanded else q.expand(n_samples)
                 q_bu.append(q)
@@ -196,7 +221,7 @@ class HierarchicalVAE(LatentHierarchy):
         if not expanded:
             q_top = q_top.expand(n_samples)
         last = [o[-1] if expanded else repeat_batch(o[-1], n_samples) for o in outs]
-        return last, q_bu, z_bu, q_top
+        return BottomUp(last, q_bu, z_bu, q_top)
 
     def top_posterior(self, x: Tensor) -> DiagonalGaussian:
         """q(z_L | x) from the BU pass alone: mean and std (B, *latent_shape(L)).
@@ -205,32 +230,37 @@ class HierarchicalVAE(LatentHierarchy):
         sample of q(z_L | x); the TD pass, the likelihood and the log-densities are skipped.
         Draws the same random numbers as the start of :meth:`forward`.
         """
-        return self._bottom_up(x, 1)[3]
+        return self._bottom_up(x, 1).q_top
 
-    def _top_down(self, z_top: Tensor,
-                  layer_fn: Callable[[int, Tensor, list[DiagonalGaussian]], list[Tensor]],
-                  td_context: Sequence[Tensor | None] | None = None) -> Tensor:
-        """TD pass from z_L to the parameters of p(x|z).
+    def _td_stage(self, i: int, zs: list[Tensor], skips: list[Tensor] | None,
+                  td_context: Sequence[Tensor | None] | None) -> list[Tensor]:
+        """TD stage i (r[i+1] -> r[i]) on z_{i+1}'s parts ``zs`` and the block outputs of
+        stage i + 1 (``skips``, used with ``td_skip``); returns its block outputs, the last
+        being d_{i,M}. ``td_context[i]`` (optional, one entry per TD stage i = 0..L-1) is added
+        to the stage's input features; it must broadcast to (N, F[i+1], r[i+1], r[i+1]) (e.g. a
+        class embedding, see :mod:`biva.models.semi_supervised`)."""
+        h = self.td_embed[i](zs)
+        if td_context is not None and td_context[i] is not None:
+            h = h + td_context[i]
+        return self.td_stages[i](h, skips if self.variant.td_skip else None)
 
-        ``layer_fn(i, d_iM, priors)`` returns z_i's parts (BIVA: [z^BU_i, z^TD_i]) given the TD
-        features and the conditional priors of layer i; it decides between q and p.
-        ``td_context[i]`` (optional, one entry per TD stage i = 0..L-1) is added to stage i's
-        input features after ``td_embed[i]``; it must broadcast to (N, F[i+1], r[i+1], r[i+1])
-        (e.g. a class embedding, see :mod:`biva.models.semi_supervised`).
-        """
-        def embed(i: int, zs: list[Tensor]) -> Tensor:
-            h = self.td_embed[i](zs)
-            if td_context is not None and td_context[i] is not None:
-                h = h + td_context[i]
-            return h
-
-        zs, skips = [z_top], None
-        for i in range(self.n_layers - 1, 0, -1):
-            outs = self.td_stages[i](embed(i, zs), skips if self.td_skip else None)
-            zs = layer_fn(i, outs[-1], self.priors(i, outs[-1]))
-            skips = outs
-        outs = self.td_stages[0](embed(0, zs), skips if self.td_skip else None)
-        return self.out_conv(outs[-1])
+    def _posterior_step(self, i: int, d: Tensor, bu: BottomUp,
+                        priors: list[DiagonalGaussian]) -> tuple[list[Tensor], list[tuple]]:
+        """Layer i drawn from q given the TD features d_{i,M}: BIVA's z^BU_i (from the BU pass)
+        and z^TD_i; an LVAE's z_i from the merged posterior; the VAE's z_i from the BU pass.
+        Returns z_i's parts and, for each, (name, z, q, log p(z | z_>i))."""
+        if self.variant.td_inference:
+            q_td = self.td_heads[i - 1](self.merges[i - 1](bu.features[i - 1], d))[0]
+            z_td = q_td.sample()
+        if self.variant.split_latent:
+            parts = [(bu.z_bu[i - 1], bu.q_bu[i - 1]), (z_td, q_td)]
+        elif self.variant.td_inference:
+            parts = [(z_td, q_td)]
+        else:
+            parts = [(bu.z_bu[i - 1], bu.q_bu[i - 1])]
+        terms = [(name, z, q, p.log_prob(z))
+                 for name, (z, q), p in zip(self._layer_names(i), parts, priors, strict=True)]
+        return [z for z, _ in parts], terms
 
     def priors(self, i: int, d: Tensor) -> list[DiagonalGaussian]:
         """The conditional priors of layer i (1..L-1) from the TD features d_{i,M}: BIVA
@@ -254,7 +284,7 @@ class HierarchicalVAE(LatentHierarchy):
         ``E[log p(x|z) + log p(z_>k) - log q(z_>k | x, a)] <= log p(x)`` (Jensen twice), and the
         same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. Loss: the negative ELBO with
         free bits ``max(KL_g, free_bits)`` per group and example, KL scaled by ``kl_weight``.
-        Optional: ``td_context`` (see :meth:`_top_down`, N rows) and ``bottom_up``, a result of
+        Optional: ``td_context`` (see :meth:`_td_stage`, N rows) and ``bottom_up``, a result of
         ``_bottom_up`` at N rows to reuse (one y-independent BU pass for several TD passes).
         ``top_log_prior(z_L) -> (N,)`` replaces the N(0, I) log-density of z_L (e.g. a 2-D
         potential, see :mod:`biva.experiments.densities`); None keeps the standard normal.
@@ -265,47 +295,35 @@ class HierarchicalVAE(LatentHierarchy):
             raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
         if prior_mode not in ("sample", "mean"):
             raise ValueError(f"prior_mode must be 'sample' or 'mean', got {prior_mode!r}")
-        last, q_bu, z_bu, q_top = (bottom_up if bottom_up is not None
-                                   else self._bottom_up(x, n_samples))
+        bu = BottomUp(*bottom_up) if bottom_up is not None else self._bottom_up(x, n_samples)
         kl: dict[str, Tensor] = {}
         latents: dict[str, Tensor] = {}
         posteriors: dict[str, DiagonalGaussian] = {}
-        L = self.n_layers
 
         def record(name: str, z: Tensor, q: DiagonalGaussian, p_log: Tensor) -> None:
             kl[name] = q.log_prob(z) - p_log
             latents[name], posteriors[name] = z, q
 
-        z_top = q_top.sample()
-        record(f"z{L}", z_top, q_top, standard_normal_log_prob(z_top) if top_log_prior is None
-               else top_log_prior(z_top))
-
-        def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
+        z_top = bu.q_top.sample()
+        record(f"z{self.n_layers}", z_top, bu.q_top, standard_normal_log_prob(z_top)
+               if top_log_prior is None else top_log_prior(z_top))
+        zs, skips = [z_top], None
+        for i in range(self.n_layers - 1, 0, -1):
+            skips = self._td_stage(i, zs, skips, td_context)
+            priors = self.priors(i, skips[-1])
             if i <= prior_layers:
                 zs = [p.sample() if prior_mode == "sample" else p.mu for p in priors]
-                for name, z in zip(self._layer_names(i), zs, strict=True):
-                    latents[name] = z
-                return zs
-            if self.config.variant == "biva":
-                q_td = self.td_heads[i - 1](self.merges[i - 1](last[i - 1], d))[0]
-                z_td = q_td.sample()
-                record(f"z{i}_bu", z_bu[i - 1], q_bu[i - 1], priors[0].log_prob(z_bu[i - 1]))
-                record(f"z{i}_td", z_td, q_td, priors[1].log_prob(z_td))
-                return [z_bu[i - 1], z_td]
-            if self.td_inference:
-                q = self.td_heads[i - 1](self.merges[i - 1](last[i - 1], d))[0]
-                z = q.sample()
+                latents.update(zip(self._layer_names(i), zs, strict=True))
             else:
-                q, z = q_bu[i - 1], z_bu[i - 1]
-            record(f"z{i}", z, q, priors[0].log_prob(z))
-            return [z]
-
-        x_params = self._top_down(z_top, layer_fn, td_context)
+                zs, terms = self._posterior_step(i, skips[-1], bu, priors)
+                for term in terms:
+                    record(*term)
+        x_params = self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
         return self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
                             kl_weight)
 
     def _layer_names(self, i: int) -> list[str]:
-        return [f"z{i}_bu", f"z{i}_td"] if self.config.variant == "biva" else [f"z{i}"]
+        return [f"z{i}_bu", f"z{i}_td"] if self.variant.split_latent else [f"z{i}"]
 
     @torch.no_grad()
     def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
@@ -322,12 +340,13 @@ class HierarchicalVAE(LatentHierarchy):
         was_training = self.training
         self.eval()  # generation never uses dropout
 
-        def layer_fn(i: int, d: Tensor, priors: list[DiagonalGaussian]) -> list[Tensor]:
-            return [p.sample(temps[i - 1], torch.randn(p.mu.shape, generator=generator,
-                                                       device=device, dtype=dtype))
-                    for p in priors]
-
         try:
-            return self._top_down(z_top, layer_fn, td_context)
+            zs, skips = [z_top], None
+            for i in range(self.n_layers - 1, 0, -1):
+                skips = self._td_stage(i, zs, skips, td_context)
+                zs = [p.sample(temps[i - 1], torch.randn(p.mu.shape, generator=generator,
+                                                         device=device, dtype=dtype))
+                      for p in self.priors(i, skips[-1])]
+            return self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
         finally:
             self.train(was_training)

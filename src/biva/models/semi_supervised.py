@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from biva.config import ModelConfig
 from biva.models.base import HierarchyOutput
-from biva.models.hierarchy import HierarchicalVAE
+from biva.models.hierarchy import BottomUp, HierarchicalVAE
 from biva.nn.blocks import Stage, elu_flatten
 from biva.nn.gaussian import DiagonalGaussian, LatentEmbedding, repeat_batch
 from biva.nn.weightnorm import WNLinear, data_dependent_init
@@ -110,10 +110,10 @@ class ClassifierHierarchy(nn.Module):
         # A small init scale starts q(y|x) close to uniform (no confident random guesses).
         self.out = WNLinear(Fs[S] * r[S] * r[S], num_classes, init_scale=0.1)
 
-    def forward(self, x: Tensor, bottom_up: tuple) -> Tensor:
+    def forward(self, x: Tensor, bottom_up: BottomUp) -> Tensor:
         """Logits of q(y | x, z^BU) (N, num_classes) from x and the hierarchy's bottom-up
         pass (``HierarchicalVAE._bottom_up`` at N rows)."""
-        last, q_bu, z_bu, _ = bottom_up
+        last, q_bu, z_bu, _ = BottomUp(*bottom_up)
         h = x
         for i, stage in enumerate(self.stages):
             skips = None
@@ -127,15 +127,14 @@ class ClassifierHierarchy(nn.Module):
         return self.out(elu_flatten(h))
 
 
-def _gather_rows(bottom_up: tuple, idx: Tensor) -> tuple:
+def _gather_rows(bottom_up: BottomUp, idx: Tensor) -> BottomUp:
     """A ``_bottom_up`` result restricted to (and repeated by) the row indices ``idx``."""
-    last, q_bu, z_bu, q_top = bottom_up
-
     def g(q: DiagonalGaussian) -> DiagonalGaussian:
         return DiagonalGaussian(q.mu.index_select(0, idx), q.sigma.index_select(0, idx))
 
-    return ([t.index_select(0, idx) for t in last], [g(q) for q in q_bu],
-            [z.index_select(0, idx) for z in z_bu], g(q_top))
+    return BottomUp([t.index_select(0, idx) for t in bottom_up.features],
+                    [g(q) for q in bottom_up.q_bu],
+                    [z.index_select(0, idx) for z in bottom_up.z_bu], g(bottom_up.q_top))
 
 
 class SemiSupervisedBIVA(HierarchicalVAE):
@@ -168,7 +167,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                                  f"{n_unlabelled}")
             n = n_labelled + n_unlabelled
             self.loss_weights = (n_labelled / n, n_unlabelled / n)
-        self.classifier = ClassifierHierarchy(config, num_classes, self.stochastic_bu)
+        self.classifier = ClassifierHierarchy(config, num_classes, self.variant.stochastic_bu)
         r = config.spatial_sizes()
         Fs = (0,) + config.per_layer("filters")
         dense = config.latent_type == "dense"
@@ -241,8 +240,8 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         bu_rows = bu if same else _gather_rows(bu, rows)
         if self.top_y_embed is not None:
             # q(z_L | x, y): the BU features are y-free and shared; only the head sees y.
-            features = bu_rows[0][-1] + self.top_y_embed.index_select(0, cls)
-            bu_rows = (*bu_rows[:3], self.top_head(features)[0])
+            features = bu_rows.features[-1] + self.top_y_embed.index_select(0, cls)
+            bu_rows = bu_rows._replace(q_top=self.top_head(features)[0])
         td = super().forward(xs if same else xs.index_select(0, rows),
                              prior_layers=prior_layers, td_context=self.class_context(cls),
                              bottom_up=bu_rows)
