@@ -181,3 +181,33 @@ def test_every_committed_run_config_loads_and_builds_its_model(path):
     model = build_model(cfg, path.parent)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert cfg.eval.n_samples >= 1
+
+
+def _long_functions(root: Path, limit: int) -> list[str]:
+    """Functions (and methods) of the .py files under ``root`` longer than ``limit`` lines,
+    argument-parser definitions (``add_parser``, ``build_parser``) aside."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit and node.name not in ("add_parser", "build_parser"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} "
+                                 f"({lines} lines)")
+    return found
+
+
+def test_no_function_of_the_library_is_over_60_lines():
+    assert _long_functions(ROOT / "src" / "biva", 60) == []
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(60))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n\n\ndef add_parser(p):\n{body}\n")
+    assert _long_functions(tmp_path, 60) == ["m.py:1 long (61 lines)"]
+
+
+def test_the_trainer_loop_module_stays_under_300_lines():
+    for name in ("trainer.py", "loop.py"):
+        lines = (ROOT / "src" / "biva" / "training" / name).read_text().count("\n")
+        assert lines < 300, name

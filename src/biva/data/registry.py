@@ -729,6 +729,64 @@ def _resolve_binarization(name: str, native: str, requested: str | None) -> str 
     return allowed[requested]
 
 
+def _loader_context(name: str, root: PathLike | None, path: PathLike | None, *,
+                    download: bool, verify: bool, image_size: int | None) -> _Ctx:
+    """What a loader needs: the data root, the dataset's own path (a relative one not found
+    from the working directory is looked up under the data root) and the reading options."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
+    if image_size is not None and name not in ("celeba64", "imagenet32", "folder", "npz"):
+        raise ValueError(f"image_size applies to image-folder datasets, not {name!r}")
+    data_root = resolve_data_root(root)
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_absolute() and not path.exists() and (data_root / path).exists():
+            path = data_root / path
+    ctx = _Ctx(
+        name=name,
+        root=data_root,
+        path=path,
+        download=download,
+        verify=verify,
+        image_size=image_size,
+    )
+    return ctx
+
+
+def _held_out_splits(name: str, train: ImageSplit, valid: ImageSplit | None,
+                     test: ImageSplit | None, *, seed: int, valid_size, test_size,
+                     merge_valid: bool) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+    """(train, valid, test): the splits a dataset ships, the missing ones carved from train
+    with ``seed`` (``valid_size`` / ``test_size``: examples or a fraction), and the official
+    validation split merged into train first with ``merge_valid``."""
+    # Users' folders are often sorted by class: their held-out parts come shuffled.
+    shuffle = name in ("folder", "npz")
+
+    if test is None:
+        n_test = _count(test_size, len(train), _DEFAULT_TEST.get(name), "test_size")
+        train, test = _carve(train, n_test, seed, "test", shuffle)
+    elif test_size is not None:
+        raise ValueError(f"{name} ships a test split; test_size applies only to carved tests")
+
+    if merge_valid:
+        if valid is None:
+            raise ValueError(f"{name} has no official validation split to merge")
+        labels = None
+        if train.labels is not None and valid.labels is not None:
+            labels = torch.cat([train.labels, valid.labels])
+        train = ImageSplit(torch.cat([train.images, valid.images]), labels)
+        valid = None
+    if valid is None:
+        n_valid = _count(valid_size, len(train), _DEFAULT_VALID.get(name), "valid_size")
+        train, valid = _carve(train, n_valid, seed, "valid", shuffle)
+    elif valid_size is not None:
+        raise ValueError(
+            f"{name} ships a validation split; valid_size applies only with merge_valid=True"
+        )
+
+    return train, valid, test
+
+
 def load_dataset(
     name: str,
     root: PathLike | None = None,
@@ -756,23 +814,8 @@ def load_dataset(
     crops and resizes folder images to a square; ``verify`` checks known SHA-256/MD5
     checksums (memoised per file).
     """
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}")
-    if image_size is not None and name not in ("celeba64", "imagenet32", "folder", "npz"):
-        raise ValueError(f"image_size applies to image-folder datasets, not {name!r}")
-    data_root = resolve_data_root(root)
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_absolute() and not path.exists() and (data_root / path).exists():
-            path = data_root / path
-    ctx = _Ctx(
-        name=name,
-        root=data_root,
-        path=path,
-        download=download,
-        verify=verify,
-        image_size=image_size,
-    )
+    ctx = _loader_context(name, root, path, download=download, verify=verify,
+                          image_size=image_size)
     raw = _LOADERS[name](ctx)
     mode = _resolve_binarization(name, raw.native, binarization)
 
@@ -783,31 +826,9 @@ def load_dataset(
     train = read_split("train")
     test = None if raw.test is None else read_split("test")
     valid = None if raw.valid is None else read_split("valid")
-    # Users' folders are often sorted by class: their held-out parts come shuffled.
-    shuffle = name in ("folder", "npz")
-
-    if test is None:
-        n_test = _count(test_size, len(train), _DEFAULT_TEST.get(name), "test_size")
-        train, test = _carve(train, n_test, seed, "test", shuffle)
-    elif test_size is not None:
-        raise ValueError(f"{name} ships a test split; test_size applies only to carved tests")
-
-    if merge_valid:
-        if valid is None:
-            raise ValueError(f"{name} has no official validation split to merge")
-        labels = None
-        if train.labels is not None and valid.labels is not None:
-            labels = torch.cat([train.labels, valid.labels])
-        train = ImageSplit(torch.cat([train.images, valid.images]), labels)
-        valid = None
-    if valid is None:
-        n_valid = _count(valid_size, len(train), _DEFAULT_VALID.get(name), "valid_size")
-        train, valid = _carve(train, n_valid, seed, "valid", shuffle)
-    elif valid_size is not None:
-        raise ValueError(
-            f"{name} ships a validation split; valid_size applies only with merge_valid=True"
-        )
-
+    train, valid, test = _held_out_splits(name, train, valid, test, seed=seed,
+                                          valid_size=valid_size, test_size=test_size,
+                                          merge_valid=merge_valid)
     kind = DataKind.EIGHT_BIT if mode is None else DataKind.BINARY
     return DatasetSplits(
         name=name,

@@ -330,23 +330,20 @@ def median_run(runs: Sequence[dict]) -> dict:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def run_experiment(models: Sequence[str], potentials: Sequence[int], seeds: Sequence[int],
-                   cfg: DensityConfig, out: str | Path, workers: int = 1,
-                   log: Callable[[str], None] = print, device: str = "cpu") -> dict:
-    """All (model, potential, seed) runs, ``workers`` processes on ``device`` (several workers
-    may share one GPU: the 2-D models are launch-bound); writes out/results.json,
-    out/densities.png (Fig. 8), out/kl_boxplot.png (Fig. 7) and out/runs/* (one JSON and one
-    histogram per run; runs already there with the same config are reused, so a killed
-    experiment resumes). Returns the results dict."""
+def _check_names(models: Sequence[str], potentials: Sequence[int]) -> None:
+    """Refuse unknown model names and potential numbers, naming the option."""
     for m in models:
         if m not in MODELS:
             raise ValueError(f"--models: expected names from {MODELS}, got {m!r}")
     for p in potentials:
         if p not in POTENTIALS:
             raise ValueError(f"--potentials: expected numbers from {POTENTIALS}, got {p!r}")
-    out = Path(out)
-    run_dir = out / "runs"
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _finished_and_todo(run_dir: Path, models, potentials, seeds, cfg: DensityConfig,
+                       device: str) -> tuple[dict, dict, list]:
+    """(records, histograms) of the runs already in ``run_dir`` with this config, and the
+    tasks of the others."""
     records: dict[str, dict] = {}
     hists: dict[str, np.ndarray] = {}
     todo = []
@@ -359,6 +356,22 @@ def run_experiment(models: Sequence[str], potentials: Sequence[int], seeds: Sequ
                     todo.append((m, p, s, cfg, device))
                 else:
                     records[name], hists[name] = done
+    return records, hists, todo
+
+
+def run_experiment(models: Sequence[str], potentials: Sequence[int], seeds: Sequence[int],
+                   cfg: DensityConfig, out: str | Path, workers: int = 1,
+                   log: Callable[[str], None] = print, device: str = "cpu") -> dict:
+    """All (model, potential, seed) runs, ``workers`` processes on ``device`` (several workers
+    may share one GPU: the 2-D models are launch-bound); writes out/results.json,
+    out/densities.png (Fig. 8), out/kl_boxplot.png (Fig. 7) and out/runs/* (one JSON and one
+    histogram per run; runs already there with the same config are reused, so a killed
+    experiment resumes). Returns the results dict."""
+    _check_names(models, potentials)
+    out = Path(out)
+    run_dir = out / "runs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records, hists, todo = _finished_and_todo(run_dir, models, potentials, seeds, cfg, device)
     if records:
         log(f"reusing {len(records)} finished runs from {run_dir}")
 

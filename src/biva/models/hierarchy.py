@@ -88,6 +88,40 @@ class BottomUp(NamedTuple):
     q_top: DiagonalGaussian
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """The hierarchy's sizes, 1-based like the paper (index 0 unused where it has no stage):
+    r[i] the feature-map side after stage i (r[0] the input), F[i] channels and K[i] first
+    kernel of stage i, n[i] units (or maps) of latent i, lk[i] its conv kernel."""
+
+    c_in: int
+    r: list[int]
+    F: tuple[int, ...]
+    K: tuple[int, ...]
+    n: tuple[int, ...]
+    lk: list[int]
+    conv: bool
+    M: int
+    dropout_q: float
+    dropout_p: float
+    min_std: float
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> _Sizes:
+        r = config.spatial_sizes()
+        return cls(c_in=config.input_shape[0], r=r, F=(0,) + config.per_layer("filters"),
+                   K=(0,) + config.per_layer("kernels"), n=(0,) + tuple(config.latents),
+                   lk=[config.latent_kernel or r[i] for i in range(config.n_layers + 1)],
+                   conv=config.latent_type == "conv", M=config.blocks,
+                   dropout_q=config.dropout_q, dropout_p=config.dropout_p,
+                   min_std=config.min_std)
+
+    def head(self, i: int, parts: int) -> LatentHead:
+        """A Gaussian head for ``parts`` latents of layer i on stage i's features."""
+        return LatentHead(self.F[i], self.r[i], [self.n[i]] * parts, self.conv, self.lk[i],
+                          self.min_std)
+
+
 class HierarchicalVAE(LatentHierarchy):
     """BIVA and its ablations (LVAE, LVAE+, VAE), selected by ``config.variant``.
 
@@ -100,37 +134,48 @@ class HierarchicalVAE(LatentHierarchy):
         super().__init__()
         config.validate()
         self.config = config
-        self.variant = v = HIERARCHY_VARIANTS[config.variant]
-        L = self.n_layers = config.n_layers
-        c_in = config.input_shape[0]
-        r = config.spatial_sizes()                    # r[0] = input side, r[i] after stage i
-        F = (0,) + config.per_layer("filters")       # F[i]: channels of stage i (1-based)
-        K = (0,) + config.per_layer("kernels")
-        n = (0,) + tuple(config.latents)             # n[i]: units (or maps) of latent i
-        conv = config.latent_type == "conv"
-        lk = [config.latent_kernel or r[i] for i in range(L + 1)]  # conv latent kernels
-        M = config.blocks
+        self.variant = HIERARCHY_VARIANTS[config.variant]
+        self.n_layers = config.n_layers
         self.register_buffer("initialized", torch.tensor(False))
+        sizes = _Sizes.of(config)
+        # Built in this order: parameters are initialized from the global RNG in it.
+        self._build_bottom_up(sizes)
+        self._build_top_down(sizes)
+        self.likelihood: Likelihood = build_likelihood(
+            config.likelihood, n_mix=config.n_mix, bits=config.bits,
+            num_classes=config.num_classes, fixed_std=config.likelihood_std)
+        self.out_conv = WNConv2d(sizes.F[1], self.likelihood.param_channels(sizes.c_in), 1,
+                                 init_scale=0.1)
+        self.group_names = self._group_names()
+        # Under bf16 autocast the latent heads still emit float32 (mu, sigma), so latent draws
+        # and the log-densities of the bound are never rounded to bf16.
+        for head in (*self.bu_heads, self.top_head, *self.prior_heads, *self.td_heads):
+            head.proj.float_output = True
 
-        # Bottom-up path.
+    def _build_bottom_up(self, sz: _Sizes) -> None:
+        """BU stages 1..L, q(z^BU_i | d~_{i,M}) heads and z^BU embeddings (i < L), q(z_L | x)."""
+        v, L, F, r = self.variant, self.n_layers, sz.F, sz.r
         self.bu_stages = nn.ModuleList()
         for i in range(1, L + 1):
             if i == 1:
-                in_ch = c_in
+                in_ch = sz.c_in
             else:
                 in_ch = F[i - 1] * (int(v.stochastic_bu) + int(v.bu_skip))
             skip_ch = F[i - 1] if (v.bu_skip and i > 1) else 0
-            self.bu_stages.append(Stage(in_ch, F[i], r[i - 1], r[i], M, K[i], config.dropout_q,
-                                        skip_ch=skip_ch, skip_size=r[i - 1]))
+            self.bu_stages.append(Stage(in_ch, F[i], r[i - 1], r[i], sz.M, sz.K[i],
+                                        sz.dropout_q, skip_ch=skip_ch, skip_size=r[i - 1]))
         self.bu_heads = nn.ModuleList()        # q(z^BU_i | d~_{i,M}), i < L
         self.bu_embed = nn.ModuleList()        # z^BU_i -> features entering BU stage i + 1
         if v.stochastic_bu:
             for i in range(1, L):
-                self.bu_heads.append(LatentHead(F[i], r[i], [n[i]], conv, lk[i], config.min_std))
-                self.bu_embed.append(LatentEmbedding(n[i], F[i], r[i], conv, lk[i]))
-        self.top_head = LatentHead(F[L], r[L], [n[L]], conv, lk[L], config.min_std)
+                self.bu_heads.append(sz.head(i, 1))
+                self.bu_embed.append(LatentEmbedding(sz.n[i], F[i], r[i], sz.conv, sz.lk[i]))
+        self.top_head = sz.head(L, 1)
 
-        # Top-down path (shared by the generative model and the TD inference path).
+    def _build_top_down(self, sz: _Sizes) -> None:
+        """TD stages 0..L-1 and their z embeddings (shared by p and the TD inference path),
+        the conditional priors p(z_i | z_>i), and the TD posteriors' merge blocks and heads."""
+        v, L, F, r = self.variant, self.n_layers, sz.F, sz.r
         parts = 2 if v.split_latent else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
         self.td_stages = nn.ModuleList()       # td_stages[i]: r[i+1] -> r[i], i = 0..L-1
         self.td_embed = nn.ModuleList()        # td_embed[i]: z_{i+1} -> features, i = 0..L-1
@@ -140,35 +185,23 @@ class HierarchicalVAE(LatentHierarchy):
             # The skips of TD stage i are the block outputs of TD stage i + 1: F[i + 1]
             # channels at side r[i + 1] (stage L - 1, the top one, has none).
             skip = v.td_skip and i < L - 1
-            self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], M, K[i + 1],
-                                        config.dropout_p, skip_ch=F[i + 1] if skip else 0,
+            self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], sz.M, sz.K[i + 1],
+                                        sz.dropout_p, skip_ch=F[i + 1] if skip else 0,
                                         skip_size=r[i + 1]))
-            z_units = n[i + 1] * (parts if i + 1 < L else 1)
-            self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], conv, lk[i + 1]))
+            z_units = sz.n[i + 1] * (parts if i + 1 < L else 1)
+            self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], sz.conv,
+                                                 sz.lk[i + 1]))
         # model.biva_prior = "shared": one Gaussian serves as p(z^BU_i|.) and p(z^TD_i|.).
-        self.shared_prior = parts == 2 and config.biva_prior == "shared"
-        head_parts = 1 if self.shared_prior else parts
+        self.shared_prior = parts == 2 and self.config.biva_prior == "shared"
         for i in range(1, L):
-            self.prior_heads.append(
-                LatentHead(F[i], r[i], [n[i]] * head_parts, conv, lk[i], config.min_std))
+            self.prior_heads.append(sz.head(i, 1 if self.shared_prior else parts))
         self.merges = nn.ModuleList()          # q(z^TD_i | <d~_{i,M}; d_{i,M}>), i = 1..L-1
         self.td_heads = nn.ModuleList()
         if v.td_inference:
             for i in range(1, L):
                 self.merges.append(GatedResBlock(F[i], F[i], r[i], r[i], 3, aux_ch=F[i],
-                                                 dropout=config.dropout_q))
-                self.td_heads.append(
-                    LatentHead(F[i], r[i], [n[i]], conv, lk[i], config.min_std))
-
-        self.likelihood: Likelihood = build_likelihood(
-            config.likelihood, n_mix=config.n_mix, bits=config.bits,
-            num_classes=config.num_classes, fixed_std=config.likelihood_std)
-        self.out_conv = WNConv2d(F[1], self.likelihood.param_channels(c_in), 1, init_scale=0.1)
-        self.group_names = self._group_names()
-        # Under bf16 autocast the latent heads still emit float32 (mu, sigma), so latent draws
-        # and the log-densities of the bound are never rounded to bf16.
-        for head in (*self.bu_heads, self.top_head, *self.prior_heads, *self.td_heads):
-            head.proj.float_output = True
+                                                 dropout=sz.dropout_q))
+                self.td_heads.append(sz.head(i, 1))
 
     # ----------------------------------------------------------------------------- structure
     def _group_names(self) -> list[str]:

@@ -214,37 +214,17 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         "paper" objective). The "supervised" objective's loss is the labelled rows' mean
         cross-entropy alone.
         """
-        B, C = x.shape[0], self.num_classes
+        C = self.num_classes
         bu = self._bottom_up(x, n_samples)
         xs = repeat_batch(x, n_samples)
         logits = self.classifier(xs, bu)
         log_q = F.log_softmax(logits.float(), dim=1)
-        N = n_samples * B
-        if labels is None:
-            lab = torch.full((N,), UNLABELLED, dtype=torch.long, device=x.device)
-        else:
-            if labels.shape != (B,):
-                raise ValueError(f"labels: expected shape ({B},), found {tuple(labels.shape)}")
-            lab = repeat_batch(labels.to(device=x.device, dtype=torch.long), n_samples)
+        lab = self._row_labels(labels, x, n_samples)
+        N = lab.numel()
         li = torch.nonzero(lab >= 0).flatten()
         ui = torch.nonzero(lab < 0).flatten()
         n_l, n_u = li.numel(), ui.numel()
-        # One TD pass: labelled rows with their class, then unlabelled rows once per class
-        # (class-major), all reusing the BU pass above.
-        if n_u == 0:
-            rows, cls = li, lab
-        else:
-            rows = torch.cat([li, ui.repeat(C)])
-            cls = torch.cat([lab[li], torch.arange(C, device=x.device).repeat_interleave(n_u)])
-        same = n_u == 0 and n_l == N   # all labelled, in order: no gather needed
-        bu_rows = bu if same else _gather_rows(bu, rows)
-        if self.top_y_embed is not None:
-            # q(z_L | x, y): the BU features are y-free and shared; only the head sees y.
-            features = bu_rows.features[-1] + self.top_y_embed.index_select(0, cls)
-            bu_rows = bu_rows._replace(q_top=self.top_head(features)[0])
-        td = super().forward(xs if same else xs.index_select(0, rows),
-                             prior_layers=prior_layers, td_context=self.class_context(cls),
-                             bottom_up=bu_rows)
+        td = self._class_td_pass(xs, bu, lab, li, ui, prior_layers)
         log_py = -math.log(C)
         bound_eval = td.log_weight + log_py
         kl_train = td.kl.clamp_min(free_bits) if free_bits > 0 else td.kl
@@ -262,19 +242,9 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                  "log_px": td.log_px[:n_l], "kl": td.kl[:n_l], "x_params": td.x_params[:n_l]}
         class_bounds = bound_eval.new_zeros((0, C))
         if n_u:
-            lq = log_q[ui]                                    # (N_u, C)
-            q = lq.exp()
-            Lc = bound_eval[n_l:].view(C, n_u).t()            # (N_u, C): L(x, y)
-            Lc_train = bound_train[n_l:].view(C, n_u).t()
-            loss = loss - w_u * (q * (Lc_train - lq)).sum(1).mean()
-            kl_u = td.kl[n_l:].view(C, n_u, -1)
-            best = lq.argmax(1)
-            xp_u = td.x_params[n_l:].view(C, n_u, *td.x_params.shape[1:])
-            unl = {"log_weight": torch.logsumexp(Lc, 1), "bound": (q * (Lc - lq)).sum(1),
-                   "log_px": (q * td.log_px[n_l:].view(C, n_u).t()).sum(1),
-                   "kl": torch.einsum("uc,cug->ug", q, kl_u),
-                   "x_params": xp_u[best, torch.arange(n_u, device=x.device)]}
-            class_bounds = Lc
+            u_loss, unl, class_bounds = self._unlabelled_terms(td, log_q[ui], bound_eval,
+                                                               bound_train, n_l)
+            loss = loss - w_u * u_loss
             parts = {k: self._merge(N, li, v, ui, unl[k]) for k, v in parts.items()}
         if self.objective == "supervised":
             # The baseline: the same classifier on the labels alone; the bounds stay reported.
@@ -284,6 +254,55 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             group_names=list(self.group_names), x_params=parts["x_params"],
             latents=td.latents, posteriors=td.posteriors, n_samples=n_samples,
             bound=parts["bound"], logits=logits, labels=lab, class_bounds=class_bounds, ce=ce)
+
+    @staticmethod
+    def _row_labels(labels: Tensor | None, x: Tensor, n_samples: int) -> Tensor:
+        """The (N,) label of each sample row (-1: unlabelled), checked against x's batch."""
+        B = x.shape[0]
+        if labels is None:
+            return torch.full((n_samples * B,), UNLABELLED, dtype=torch.long, device=x.device)
+        if labels.shape != (B,):
+            raise ValueError(f"labels: expected shape ({B},), found {tuple(labels.shape)}")
+        return repeat_batch(labels.to(device=x.device, dtype=torch.long), n_samples)
+
+    def _class_td_pass(self, xs: Tensor, bu: BottomUp, lab: Tensor, li: Tensor, ui: Tensor,
+                       prior_layers: int) -> HierarchyOutput:
+        """One TD pass: labelled rows with their class, then the unlabelled rows once per
+        class (class-major), all reusing the BU pass ``bu``."""
+        C, n_l, n_u = self.num_classes, li.numel(), ui.numel()
+        if n_u == 0:
+            rows, cls = li, lab
+        else:
+            rows = torch.cat([li, ui.repeat(C)])
+            cls = torch.cat([lab[li], torch.arange(C, device=xs.device).repeat_interleave(n_u)])
+        same = n_u == 0 and n_l == lab.numel()   # all labelled, in order: no gather needed
+        bu_rows = bu if same else _gather_rows(bu, rows)
+        if self.top_y_embed is not None:
+            # q(z_L | x, y): the BU features are y-free and shared; only the head sees y.
+            features = bu_rows.features[-1] + self.top_y_embed.index_select(0, cls)
+            bu_rows = bu_rows._replace(q_top=self.top_head(features)[0])
+        return super().forward(xs if same else xs.index_select(0, rows),
+                               prior_layers=prior_layers, td_context=self.class_context(cls),
+                               bottom_up=bu_rows)
+
+    def _unlabelled_terms(self, td: HierarchyOutput, lq: Tensor, bound_eval: Tensor,
+                          bound_train: Tensor, n_l: int) -> tuple[Tensor, dict, Tensor]:
+        """The unlabelled rows' part (rows n_l on of the TD pass, class-major) given log
+        q(y|x) ``lq`` (N_u, C): the mean of U (eq. 19, training bound), their per-row results
+        (log_weight, bound, log_px, kl, x_params) and L(x, y) (N_u, C)."""
+        C, n_u = self.num_classes, lq.shape[0]
+        q = lq.exp()
+        Lc = bound_eval[n_l:].view(C, n_u).t()            # (N_u, C): L(x, y)
+        Lc_train = bound_train[n_l:].view(C, n_u).t()
+        u_loss = (q * (Lc_train - lq)).sum(1).mean()
+        kl_u = td.kl[n_l:].view(C, n_u, -1)
+        best = lq.argmax(1)
+        xp_u = td.x_params[n_l:].view(C, n_u, *td.x_params.shape[1:])
+        unl = {"log_weight": torch.logsumexp(Lc, 1), "bound": (q * (Lc - lq)).sum(1),
+               "log_px": (q * td.log_px[n_l:].view(C, n_u).t()).sum(1),
+               "kl": torch.einsum("uc,cug->ug", q, kl_u),
+               "x_params": xp_u[best, torch.arange(n_u, device=lq.device)]}
+        return u_loss, unl, Lc
 
     @staticmethod
     def _merge(n: int, li: Tensor, a: Tensor, ui: Tensor, b: Tensor) -> Tensor:

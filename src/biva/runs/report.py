@@ -204,51 +204,12 @@ def metrics_tables(run_dir: Path, records: list[dict], dims: int) -> str:
     return "\n".join(parts)
 
 
-# ------------------------------------------------------------------------------------ report
-def write_report(run_dir: str | Path, out: str | Path | None = None, *,
-                 checkpoint: str = "best", device: str | torch.device = "cpu",
-                 data_root: str | None = None, n_examples: int = 1000, ess_k: int = 100,
-                 ess_examples: int = 32, n_images: int = 8,
-                 temperatures: Sequence[float] = (1.0, 0.85, 0.7, 0.5), seed: int = 0,
-                 verbose: bool = False) -> Path:
-    """Write RUN_DIR/report.html (or ``out``) and RUN_DIR/diagnostics.json; returns the HTML.
-
-    Uses the EMA weights of ``checkpoint``; diagnostics on the first ``n_examples`` validation
-    examples, images from the first test examples. PNGs also land in RUN_DIR/figures/report.
-    ``verbose`` prints each stage, with its time, to stderr.
-    """
-    t0 = time.perf_counter()
-
-    def stage(text: str) -> None:
-        if verbose:
-            print(f"report [{time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr,
-                  flush=True)
-
-    run_dir = Path(run_dir)
-    stage("loading the model and data")
-    model, cfg, state = load_trained(run_dir, checkpoint, device)
-    if data_root:
-        cfg.data.root = data_root
-    data = load_run_data(cfg)
-    kind, bits = data.kind, cfg.model.bits
-    dims = math.prod(cfg.model.input_shape)
-    metrics_path = run_dir / "metrics.jsonl"
-    records = read_jsonl(metrics_path) if metrics_path.is_file() else []
-
-    valid = evaluation_split(data, "valid", seed=cfg.train.seed)
-    stage(f"diagnostics on {min(n_examples, len(valid))} validation images (ELBO, KL per "
-          f"group, active units, ESS of {ess_k} weights on {ess_examples})")
-    diag = diagnose(model, valid, kind, bits, metrics=records, n_examples=n_examples,
-                    ess_examples=ess_examples, ess_k=ess_k, device=device)
-    diag = {"run_dir": str(run_dir), "checkpoint": state["checkpoint"],
-            "step": state.get("step"), "split": "valid", **diag}
-    atomic_write_json(run_dir / "diagnostics.json", diag)
-
-    test = evaluation_split(data, "test", seed=cfg.train.seed)
-    stage("figures: samples, partial generations, reconstructions, interpolations")
+def _report_figures(model, test, kind, bits, figs: Path, *, n_images: int,
+                    temperatures: Sequence[float], seed: int, device) -> dict[str, bytes]:
+    """The report's PNGs (also written under ``figs``): samples at each temperature, partial
+    generations, reconstructions and interpolations of the first test images."""
     n_img = min(2 * n_images, len(test))
     x = to_model_input(test.images[:n_img], kind, bits).to(device)
-    figs = run_dir / "figures" / "report"
     half = max(n_img // 2, 1)
     grids = {
         "samples": save_sample_grid(model, figs / "samples_temperatures.png", kind,
@@ -260,16 +221,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
         "interp": save_interpolation_grid(model, x[:half], x[half:2 * half],
                                           figs / "interpolation.png", kind, seed=seed),
     }
-    png = {k: p.read_bytes() for k, p in grids.items()}
+    return {k: p.read_bytes() for k, p in grids.items()}
 
-    L = model.n_layers
+
+def _report_sections(run_dir: Path, cfg, data_name: str, L: int, state: dict, diag: dict,
+                     records: list, dims: int, png: dict[str, bytes],
+                     temperatures: Sequence[float]) -> list[str]:
+    """The report's HTML sections, in page order."""
     au = diag["active_units"]
     ess = diag.get("ess")
-    title = f"biva report: {cfg.name} ({cfg.model.variant}, L={L}) on {data.name}"
+    title = f"biva report: {cfg.name} ({cfg.model.variant}, L={L}) on {data_name}"
     group_rows = [[g, diag["kl_groups"].get(g), au["per_group"].get(g, {}).get("active"),
                    au["per_group"].get(g, {}).get("dims")] for g in diag["kl_groups"]]
     temps_text = ", ".join(f"{t:g}" for t in temperatures)
-    sections = [
+    return [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="muted">run <code>{html.escape(str(run_dir))}</code>; checkpoint '
         f'<code>{html.escape(Path(state["checkpoint"]).name)}</code> (EMA weights, step '
@@ -319,6 +284,56 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *,
              f"Per row: image a, the decoded straight line between the means of q(z_{L}|a) and "
              f"q(z_{L}|b), image b. Lower layers at temperature 0 (prior means)."),
     ]
+
+
+# ------------------------------------------------------------------------------------ report
+def write_report(run_dir: str | Path, out: str | Path | None = None, *,
+                 checkpoint: str = "best", device: str | torch.device = "cpu",
+                 data_root: str | None = None, n_examples: int = 1000, ess_k: int = 100,
+                 ess_examples: int = 32, n_images: int = 8,
+                 temperatures: Sequence[float] = (1.0, 0.85, 0.7, 0.5), seed: int = 0,
+                 verbose: bool = False) -> Path:
+    """Write RUN_DIR/report.html (or ``out``) and RUN_DIR/diagnostics.json; returns the HTML.
+
+    Uses the EMA weights of ``checkpoint``; diagnostics on the first ``n_examples`` validation
+    examples, images from the first test examples. PNGs also land in RUN_DIR/figures/report.
+    ``verbose`` prints each stage, with its time, to stderr.
+    """
+    t0 = time.perf_counter()
+
+    def stage(text: str) -> None:
+        if verbose:
+            print(f"report [{time.perf_counter() - t0:6.1f} s] {text}", file=sys.stderr,
+                  flush=True)
+
+    run_dir = Path(run_dir)
+    stage("loading the model and data")
+    model, cfg, state = load_trained(run_dir, checkpoint, device)
+    if data_root:
+        cfg.data.root = data_root
+    data = load_run_data(cfg)
+    kind, bits = data.kind, cfg.model.bits
+    dims = math.prod(cfg.model.input_shape)
+    metrics_path = run_dir / "metrics.jsonl"
+    records = read_jsonl(metrics_path) if metrics_path.is_file() else []
+
+    valid = evaluation_split(data, "valid", seed=cfg.train.seed)
+    stage(f"diagnostics on {min(n_examples, len(valid))} validation images (ELBO, KL per "
+          f"group, active units, ESS of {ess_k} weights on {ess_examples})")
+    diag = diagnose(model, valid, kind, bits, metrics=records, n_examples=n_examples,
+                    ess_examples=ess_examples, ess_k=ess_k, device=device)
+    diag = {"run_dir": str(run_dir), "checkpoint": state["checkpoint"],
+            "step": state.get("step"), "split": "valid", **diag}
+    atomic_write_json(run_dir / "diagnostics.json", diag)
+
+    stage("figures: samples, partial generations, reconstructions, interpolations")
+    test = evaluation_split(data, "test", seed=cfg.train.seed)
+    png = _report_figures(model, test, kind, bits, run_dir / "figures" / "report",
+                          n_images=n_images, temperatures=temperatures, seed=seed,
+                          device=device)
+    sections = _report_sections(run_dir, cfg, data.name, model.n_layers, state, diag, records,
+                                dims, png, temperatures)
+    title = f"biva report: {cfg.name} ({cfg.model.variant}, L={model.n_layers}) on {data.name}"
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
