@@ -2,7 +2,7 @@
 """The plausible bugs of the bound that the tests must catch, as patches to apply by hand.
 
     python scripts/plausible_bugs.py 1      # apply bug 1 to the work tree
-    .venv/bin/python -m pytest -q -x tests/test_bound_exact.py tests/test_likelihoods.py
+    .venv/bin/python -m pytest -q -x tests/bounds/test_bound_exact.py tests/test_likelihoods.py
     git checkout src/                       # undo
 
 Bugs: 1 KL of z^BU dropped; 2 L^{>k} at the prior means; 3 L^{>k} reusing q's z^BU_<=k;

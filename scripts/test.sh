@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Set up, lint (ruff and the import contract), and run the whole test suite, one pytest-xdist worker per core (files stay
-# whole on a worker: --dist loadfile), each worker and its subprocesses on one thread.
-# Usage: bash scripts/test.sh [extra pytest options]  (e.g. -n 0 for one process)
+# Set up, lint (ruff and the import contract), and run the test suite, one pytest-xdist worker
+# per core (files stay whole on a worker: --dist loadfile), each worker and its subprocesses on
+# one thread.
+# Usage: bash scripts/test.sh [--fast] [extra pytest options]  (e.g. -n 0 for one process)
+#   --fast: the tier a developer runs before every commit: every test not marked slow
+#           (the slow ones are listed by `pytest -m slow --collect-only -q`); CI runs them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+marker=()
+if [ "${1:-}" = "--fast" ]; then
+  marker=(-m "not slow")
+  shift
+fi
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks docs
 # The layers of the package (pyproject.toml, [tool.importlinter]): no upward or sideways import.
 .venv/bin/lint-imports --no-cache
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec .venv/bin/python -m pytest -q -n auto --dist loadfile --durations=15 "$@"
+exec .venv/bin/python -m pytest -q -n auto --dist loadfile --durations=15 "${marker[@]}" "$@"

@@ -238,8 +238,8 @@ def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_model():
-    """A tiny hierarchy trained on 4x4 binary prototypes (see test_bound_exact)."""
-    from test_bound_exact import tiny_config, toy_data, train
+    """A tiny hierarchy trained on 4x4 binary prototypes (see tests/brute_force.py)."""
+    from brute_force import tiny_config, toy_data, train
 
     torch.set_num_threads(1)
     torch.manual_seed(1)

@@ -6,15 +6,7 @@ of its own so that the two halves run on different pytest-xdist workers (files s
 from __future__ import annotations
 
 import pytest
-from test_bound_exact import (  # fixtures, found by pytest by name
-    TOPDOWN,
-    check_sensitive,
-    check_unbiased,
-    exact_log_px,
-    images,
-    one_thread,
-    trained,
-)
+from brute_force import TOPDOWN, check_sensitive, check_unbiased
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The bounds of ``HierarchicalVAE`` itself against brute force, and the training objective
 against hand computations.
+against hand computations.
 
 A tiny hierarchy (L = 3 dense layers) over 4x4 binary images is trained for a few hundred steps
 so that q differs from p and p(x|z) depends on every layer. Its marginal log p(x) is then
@@ -16,177 +17,27 @@ weight moves that expectation:
 * rows of x repeated example-major where the samples are sample-major (log p(x|z) of
   another image);
 * a constant dropped from the log-density of the top prior or of the likelihood.
+
+The models, data and brute-force marginals: ``tests/brute_force.py``; the fixtures:
+``tests/bounds/conftest.py``.
 """
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from brute_force import (
+    DENSE_MODELS,
+    K,
+    brute_force_log_px,
+    check_sensitive,
+    check_unbiased,
+    iw_log_px,
+    tiny_config,
+    toy_data,
+)
 
-from biva import HierarchicalVAE, ModelConfig
-from biva.models import build_hierarchy
 from biva.models.semi_supervised import SemiSupervisedBIVA
-
-VARIANTS = ("vae", "lvae", "lvae+", "biva")
-# BIVA with one prior Gaussian for z^BU_i and z^TD_i (model.biva_prior = "shared"), and the
-# top-down families (TopDownVAE: VDVAE's and NVAE's blocks, NVAE's residual-normal posterior).
-DENSE_MODELS = (*VARIANTS, "biva_shared")
-TOPDOWN = ("vdvae", "nvae")     # checked in test_bound_exact_topdown.py (another xdist worker)
-K = 65536          # importance samples per image
-N_PRIOR = 262144   # ancestral samples for the brute-force marginal
-
-
-def tiny_config(variant: str) -> ModelConfig:
-    if variant in ("vdvae", "nvae"):
-        # Latents at 2x2, 1x1 and 1x1, one channel each (6 units, as many as the BIVA's
-        # dense ones): pooling to 2x2 and unpooling back to 4x4 are in every pass; NVAE's
-        # encoder with two cells for its one group at 2x2.
-        return ModelConfig(variant=variant, input_shape=(1, 4, 4), likelihood="bernoulli",
-                           latents=(1,), filters=(8,), spec="2x1,1x2",
-                           encoder_spec="2x2,1x2" if variant == "nvae" else "",
-                           inner_width=1.0 if variant == "vdvae" else 0.0)
-    shared = variant == "biva_shared"
-    return ModelConfig(variant="biva" if shared else variant, input_shape=(1, 4, 4),
-                       likelihood="bernoulli", latents=(4, 3, 2), latent_type="dense",
-                       filters=(8,), kernels=(3,), strides=(2, 1, 2), blocks=1, dropout_q=0.0,
-                       dropout_p=0.0, biva_prior="shared" if shared else "separate")
-
-
-def toy_data(n: int, seed: int = 0) -> torch.Tensor:
-    """Binary 4x4 images: 4 prototypes with 10% of the pixels flipped, (n, 1, 4, 4)."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.tensor([[1, 1, 0, 0] * 4, [0, 0, 1, 1] * 4, [1, 0] * 8,
-                           [1] * 8 + [0] * 8], dtype=torch.float32).view(4, 1, 4, 4)
-    x = protos[torch.randint(0, 4, (n,), generator=g)]
-    flip = torch.rand(x.shape, generator=g) < 0.1
-    return torch.where(flip, 1 - x, x)
-
-
-def train(model: HierarchicalVAE, steps: int = 100, seed: int = 0, lr: float = 1e-3,
-          free_bits: float = 2.0) -> HierarchicalVAE:
-    """Free bits 2 keep every group informative (no collapse of the top layers)."""
-    torch.manual_seed(seed)
-    data = toy_data(2048, seed)
-    model.initialize(data[:256])
-    opt = torch.optim.Adamax(model.parameters(), lr=lr)
-    for step in range(steps):
-        x = data[(step * 32) % 2048:(step * 32) % 2048 + 32]
-        loss = model(x, free_bits=free_bits).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny ops: one thread is several times faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TrainedOnDemand(dict):
-    """variant -> its trained tiny model, trained at first use (seconds; a module trains only
-    the variants it checks). Each is seeded on its own, so the order of use changes nothing."""
-
-    def __missing__(self, variant: str) -> HierarchicalVAE:
-        torch.manual_seed(1)
-        # The top-down models start with their priors' and projections' outputs scaled down
-        # (VDVAE's init): 400 steps make every group carry information.
-        steps = 400 if variant in TOPDOWN else 100
-        self[variant] = train(build_hierarchy(tiny_config(variant)), steps=steps, lr=1e-3)
-        return self[variant]
-
-
-@pytest.fixture(scope="module")
-def trained() -> TrainedOnDemand:
-    """One trained tiny model per variant."""
-    return TrainedOnDemand()
-
-
-@pytest.fixture(scope="module")
-def images():
-    """4 distinct test images: the 4 prototypes with one different pixel flipped each."""
-    x = toy_data(64, seed=7)
-    uniq = torch.unique(x.flatten(1), dim=0)[:4]
-    assert len(uniq) == 4
-    return uniq.view(4, 1, 4, 4)
-
-
-@pytest.fixture(scope="module")
-def exact_log_px(trained, images):
-    """variant -> brute-force (log p(images), s.e.) of ``trained[variant]``, computed once: the
-    seeded ancestral draws give the same value at every call, and they are the slow part."""
-    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if variant not in cache:
-            cache[variant] = brute_force_log_px(trained[variant], images)
-        return cache[variant]
-    return get
-
-
-@torch.no_grad()
-def log_mean_exp(lw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lw (S, B) -> log mean_s exp(lw) (B,) and its delta-method standard error (B,)."""
-    lw = lw.double()
-    m = torch.logsumexp(lw, 0) - math.log(lw.shape[0])
-    w = torch.exp(lw - m)  # mean 1 per column
-    return m, w.std(0) / math.sqrt(lw.shape[0])
-
-
-@torch.no_grad()
-def brute_force_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x) = log mean_{z ~ p(z)} p(x | z) by ancestral sampling: (B,) and its s.e."""
-    torch.manual_seed(123)
-    chunks = []
-    for _ in range(N_PRIOR // 16384):
-        params = model.sample_params(16384)
-        lp = torch.stack([model.likelihood.log_prob(params, xi.expand(16384, *xi.shape))
-                          for xi in x], 1)
-        chunks.append(lp)
-    return log_mean_exp(torch.cat(chunks))
-
-
-@torch.no_grad()
-def iw_log_px(model, x: torch.Tensor, k: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
-    """log of the mean importance weight of ``forward`` over K samples per image: (B,)."""
-    torch.manual_seed(321)
-    lw = [model(x, n_samples=4096, prior_layers=k, **kw).log_weight.view(4096, -1)
-          for _ in range(K // 4096)]
-    return log_mean_exp(torch.cat(lw))
-
-
-def check_unbiased(model, images: torch.Tensor, exact: torch.Tensor, se_exact: torch.Tensor,
-                   variant: str) -> None:
-    """Every L^{>k} weight of ``model``, k = 0..L-1, log-mean over K samples = brute force."""
-    assert (se_exact < 0.02).all(), "brute force too noisy to be a reference"
-    for k in range(model.n_layers):
-        est, se = iw_log_px(model, images, k)
-        tol = 4 * torch.sqrt(se**2 + se_exact**2) + 0.01
-        assert (se < 0.06).all(), f"k={k}: weights too heavy-tailed for a sharp test ({se})"
-        err = (est - exact).abs()
-        assert (err < tol).all(), (
-            f"{variant} L^{{>{k}}} weights: log-mean {est.tolist()} vs brute-force log p(x) "
-            f"{exact.tolist()} (tolerance {tol.tolist()})")
-
-
-def check_sensitive(model, images: torch.Tensor, exact: torch.Tensor) -> None:
-    """:func:`check_unbiased` is only sharp if q differs from p and every layer matters."""
-    torch.manual_seed(0)   # the draws must not depend on which tests ran before
-    with torch.no_grad():
-        kl = model(images.repeat(256, 1, 1, 1)).kl_per_group.mean(0)
-    # Each group carries information (else dropping its KL would change nothing).
-    assert (kl > 0.01).all() and kl.sum() > 0.5, dict(zip(model.group_names, kl.tolist(),
-                                                          strict=True))
-    # ELBO well below log p(x): the weights are far from constant.
-    with torch.no_grad():
-        elbo = model(images, n_samples=4096).elbo
-    assert ((exact - elbo) > 0.05).all()
 
 
 @pytest.mark.slow
