@@ -55,9 +55,6 @@ from biva.nn.residual import (
 )
 from biva.nn.weightnorm import WNConv2d
 
-#: A block's inner channels as a multiple of ``filters`` when ``model.inner_width`` is 0.
-PAPER_INNER_WIDTH = {"vdvae": 0.25, "nvae": 6.0}
-
 
 def residual_normal(prior: DiagonalGaussian, shift: Tensor, scale: Tensor) -> DiagonalGaussian:
     """NVAE's posterior relative to its prior: N(mu_p + shift, (sigma_p * scale)^2)."""
@@ -65,71 +62,156 @@ def residual_normal(prior: DiagonalGaussian, shift: Tensor, scale: Tensor) -> Di
 
 
 class LatentBlock(nn.Module):
-    """One decoder block and its latent (see the module docstring). ``top``: prior N(0, I)."""
+    """One decoder block and its latent z (N, z_ch, r, r): a prior step, a posterior step and
+    the state update (see the module docstring). ``top``: the prior is N(0, I)."""
 
-    def __init__(self, family: str, width: int, mid: int, z_ch: int, resolution: int,
-                 n_blocks: int, top: bool, min_std: float):
+    def __init__(self, z_ch: int, resolution: int, top: bool, min_std: float):
         super().__init__()
-        self.family, self.top, self.min_std = family, top, min_std
+        self.top, self.min_std = top, min_std
         self.z_ch, self.resolution = z_ch, resolution
-        scale = residual_scale(n_blocks)
-        if family == "vdvae":
-            self.post = BottleneckBlock(2 * width, mid, 2 * z_ch, resolution)
-            self.prior_net = (None if top else
-                              BottleneckBlock(width, mid, 2 * z_ch + width, resolution,
-                                              zero_last=True))
-            self.proj = conv(z_ch, width, 1)
-            self.res = BottleneckBlock(width, mid, width, resolution, residual=True,
-                                       out_scale=scale)
-            with torch.no_grad():
-                self.proj.weight.mul_(scale)
-        else:
-            self.cell = None if top else NVAEDecoderCell(width, mid)
-            self.prior_net = None if top else conv(width, 2 * z_ch, 3)
-            self.post_in = conv(width, width, 1)
-            self.post = conv(width, 2 * z_ch, 3)
-            self.proj = conv(z_ch, width, 1)
 
     def state(self, h: Tensor) -> Tensor:
-        """The features s the prior and posterior read: h (VDVAE) or cell(h) (NVAE).
-
-        NVAE's top group reads the learned constant itself: a batch-normed cell on a state
-        that is the same for every row would see a batch variance of 0 in training.
-        """
-        return self.cell(h) if self.family == "nvae" and not self.top else h
+        """The features s the prior and posterior read from the decoder state h."""
+        return h
 
     def _gaussian(self, params: Tensor) -> DiagonalGaussian:
         mu, raw = params.float().chunk(2, dim=1)   # float32 even under bf16 autocast
         return DiagonalGaussian(mu, std_from_raw(raw, self.min_std))
 
+    def _top_prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
+        shape = (s.shape[0], self.z_ch, self.resolution, self.resolution)
+        zeros = s.new_zeros(shape, dtype=torch.float32)
+        return DiagonalGaussian(zeros, torch.ones_like(zeros)), s
+
     def prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
         """p(z | z_above) from s (N, W, r, r) and the state the prior branch leaves."""
-        if self.top:
-            shape = (s.shape[0], self.z_ch, self.resolution, self.resolution)
-            zeros = s.new_zeros(shape, dtype=torch.float32)
-            return DiagonalGaussian(zeros, torch.ones_like(zeros)), s
-        if self.family == "vdvae":
-            out = self.prior_net(s)
-            params, h_p = out[:, :2 * self.z_ch], out[:, 2 * self.z_ch:]
-            return self._gaussian(params), s + h_p
-        return self._gaussian(self.prior_net(F.elu(s))), s
+        raise NotImplementedError
 
     def posterior(self, s: Tensor, a: Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         """q(z | x, z_above) from s and the layer's encoder features a (N, W, r, r)."""
-        if self.family == "vdvae":
-            return self._gaussian(self.post(torch.cat([s, a], dim=1)))
+        raise NotImplementedError
+
+    def update(self, h: Tensor, z: Tensor) -> Tensor:
+        """The state after z joins it."""
+        return h + self.proj(z)
+
+
+class VDVAEBlock(LatentBlock):
+    """VDVAE's block: (p, h_p) = prior(s), h = s + h_p; q = N(post(<s; a>));
+    h = res(h + proj(z)), residual outputs and proj scaled by sqrt(1 / N_blocks)."""
+
+    def __init__(self, width: int, mid: int, z_ch: int, resolution: int, n_blocks: int,
+                 top: bool, min_std: float):
+        super().__init__(z_ch, resolution, top, min_std)
+        scale = residual_scale(n_blocks)
+        self.post = BottleneckBlock(2 * width, mid, 2 * z_ch, resolution)
+        self.prior_net = (None if top else
+                          BottleneckBlock(width, mid, 2 * z_ch + width, resolution,
+                                          zero_last=True))
+        self.proj = conv(z_ch, width, 1)
+        self.res = BottleneckBlock(width, mid, width, resolution, residual=True,
+                                   out_scale=scale)
+        with torch.no_grad():
+            self.proj.weight.mul_(scale)
+
+    def prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
+        if self.top:
+            return self._top_prior(s)
+        out = self.prior_net(s)
+        params, h_p = out[:, :2 * self.z_ch], out[:, 2 * self.z_ch:]
+        return self._gaussian(params), s + h_p
+
+    def posterior(self, s: Tensor, a: Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
+        return self._gaussian(self.post(torch.cat([s, a], dim=1)))
+
+    def update(self, h: Tensor, z: Tensor) -> Tensor:
+        return self.res(super().update(h, z))
+
+
+class NVAEBlock(LatentBlock):
+    """NVAE's block: s = cell(h); p = N(conv(elu(s))); the residual normal
+    q = N(mu_p + dmu, sigma_p * dsigma) from conv(elu(a + post_in(s))); h = s + proj(z)."""
+
+    def __init__(self, width: int, mid: int, z_ch: int, resolution: int, n_blocks: int,
+                 top: bool, min_std: float):
+        super().__init__(z_ch, resolution, top, min_std)
+        self.cell = None if top else NVAEDecoderCell(width, mid)
+        self.prior_net = None if top else conv(width, 2 * z_ch, 3)
+        self.post_in = conv(width, width, 1)
+        self.post = conv(width, 2 * z_ch, 3)
+        self.proj = conv(z_ch, width, 1)
+
+    def state(self, h: Tensor) -> Tensor:
+        """cell(h); NVAE's top group reads the learned constant itself: a batch-normed cell on
+        a state that is the same for every row would see a batch variance of 0 in training."""
+        return h if self.top else self.cell(h)
+
+    def prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
+        if self.top:
+            return self._top_prior(s)
+        return self._gaussian(self.prior_net(F.elu(s))), s
+
+    def posterior(self, s: Tensor, a: Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         delta = self._gaussian(self.post(F.elu(a + self.post_in(s))))
         return residual_normal(prior, delta.mu, delta.sigma)
 
-    def update(self, h: Tensor, z: Tensor) -> Tensor:
-        """The state after z (N, z_ch, r, r) joins it."""
-        h = h + self.proj(z)
-        return self.res(h) if self.family == "vdvae" else h
+
+class VDVAEFamily:
+    """What makes a hierarchy VDVAE-style: bottleneck residual blocks everywhere, one encoder
+    feature map for all the latent blocks at a resolution."""
+
+    latent_block = VDVAEBlock
+    inner_width = 0.25
+
+    @staticmethod
+    def side_blocks(W: int, mid: int, side: int, n_enc: int, L: int) -> tuple[nn.Module, ...]:
+        """The blocks at the image side, before the encoder and after the decoder."""
+        return (BottleneckBlock(W, mid, W, side, residual=True, out_scale=residual_scale(n_enc)),
+                BottleneckBlock(W, mid, W, side, residual=True, out_scale=residual_scale(L)))
+
+    @staticmethod
+    def encoder_stage(W: int, mid: int, r: int, n: int, n_enc: int) -> nn.Sequential:
+        """The encoder's n blocks at resolution r."""
+        return nn.Sequential(*[BottleneckBlock(W, mid, W, r, residual=True,
+                                               out_scale=residual_scale(n_enc))
+                               for _ in range(n)])
+
+    @staticmethod
+    def encode_stage(stage: nn.Sequential, h: Tensor, n_latent: int) -> tuple[Tensor, list]:
+        """(the stage's output, the features each of its n_latent latent blocks reads)."""
+        h = stage(h)
+        return h, [h] * n_latent
 
 
-#: ``pick(layer, prior, posterior) -> z``: draws layer's latent (N, z_ch, r, r); ``posterior()``
-#: builds q only when the caller needs it (never in generation).
-Pick = Callable[[int, DiagonalGaussian, Callable[[], DiagonalGaussian]], Tensor]
+class NVAEFamily:
+    """What makes a hierarchy NVAE-style: NVAE's cells, one encoder group of cells per latent
+    group (the encoder's cells at a resolution split evenly, the lowest group paired with the
+    lowest latent)."""
+
+    latent_block = NVAEBlock
+    inner_width = 6.0
+
+    @staticmethod
+    def side_blocks(W: int, mid: int, side: int, n_enc: int, L: int) -> tuple[nn.Module, ...]:
+        return NVAEEncoderCell(W), NVAEDecoderCell(W, mid)
+
+    @staticmethod
+    def encoder_stage(W: int, mid: int, r: int, n: int, n_enc: int) -> nn.Sequential:
+        return nn.Sequential(*[NVAEEncoderCell(W) for _ in range(n)])
+
+    @staticmethod
+    def encode_stage(stage: nn.Sequential, h: Tensor, n_latent: int) -> tuple[Tensor, list]:
+        per_group, acts = len(stage) // n_latent, []
+        for g in range(n_latent):
+            h = stage[g * per_group:(g + 1) * per_group](h)
+            acts.append(h)
+        return h, acts
+
+
+#: The top-down families by ``model.variant``.
+FAMILIES = {"vdvae": VDVAEFamily, "nvae": NVAEFamily}
+#: A block's inner channels as a multiple of ``filters`` when ``model.inner_width`` is 0.
+PAPER_INNER_WIDTH = {name: f.inner_width for name, f in FAMILIES.items()}
 
 
 class TopDownVAE(LatentHierarchy):
@@ -147,9 +229,10 @@ class TopDownVAE(LatentHierarchy):
             raise ConfigError(f"model.variant: TopDownVAE builds 'vdvae' or 'nvae', found "
                               f"{config.variant!r} (use HierarchicalVAE)")
         self.config, self.family = config, config.variant
+        parts = FAMILIES[self.family]
         c_in, side = config.input_shape[0], config.input_shape[-1]
         W = config.filters[0]
-        mid = max(1, round(W * (config.inner_width or PAPER_INNER_WIDTH[self.family])))
+        mid = max(1, round(W * (config.inner_width or parts.inner_width)))
         L = self.n_layers = config.n_layers
         self.blocks_per_res = parse_spec(config.spec)           # [(r_j, blocks)], r_1 first
         self.resolutions = [r for r, _ in self.blocks_per_res]
@@ -166,26 +249,14 @@ class TopDownVAE(LatentHierarchy):
         # one set of parameters per r_1 x r_1 patch of pixels.
         self.in_block = self.out_block = None
         if self.resolutions[0] < side:
-            if self.family == "vdvae":
-                self.in_block = BottleneckBlock(W, mid, W, side, residual=True,
-                                                out_scale=residual_scale(n_enc))
-                self.out_block = BottleneckBlock(W, mid, W, side, residual=True,
-                                                 out_scale=residual_scale(L))
-            else:
-                self.in_block, self.out_block = NVAEEncoderCell(W), NVAEDecoderCell(W, mid)
-        self.encoder = nn.ModuleList()                         # one nn.Sequential per r_j
-        for r, n in enc:
-            if self.family == "vdvae":
-                cells = [BottleneckBlock(W, mid, W, r, residual=True,
-                                         out_scale=residual_scale(n_enc)) for _ in range(n)]
-            else:
-                cells = [NVAEEncoderCell(W) for _ in range(n)]
-            self.encoder.append(nn.Sequential(*cells))
+            self.in_block, self.out_block = parts.side_blocks(W, mid, side, n_enc, L)
+        self.encoder = nn.ModuleList(                          # one nn.Sequential per r_j
+            [parts.encoder_stage(W, mid, r, n, n_enc) for r, n in enc])
         self.state_bias = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, W, r, r)) for r in self.resolutions])
         self.blocks = nn.ModuleList(                           # decoder order: layer L first
-            [LatentBlock(self.family, W, mid, self.z_channels[i - 1], self.layer_res[i - 1], L,
-                         i == L, config.min_std) for i in range(L, 0, -1)])
+            [parts.latent_block(W, mid, self.z_channels[i - 1], self.layer_res[i - 1], L,
+                                i == L, config.min_std) for i in range(L, 0, -1)])
         self.likelihood: Likelihood = build_likelihood(
             config.likelihood, n_mix=config.n_mix, bits=config.bits,
             num_classes=config.num_classes, fixed_std=config.likelihood_std)
@@ -212,43 +283,35 @@ class TopDownVAE(LatentHierarchy):
         if self.in_block is not None:
             h = F.avg_pool2d(self.in_block(h), h.shape[-1] // self.resolutions[0])
         acts: list[Tensor] = []
+        encode_stage = FAMILIES[self.family].encode_stage
         for j, stage in enumerate(self.encoder):
-            n_latent = self.blocks_per_res[j][1]
-            if self.family == "vdvae":
-                h = stage(h)
-                acts += [repeat_batch(h, n_samples)] * n_latent
-            else:
-                per_group = len(stage) // n_latent
-                for g in range(n_latent):
-                    h = stage[g * per_group:(g + 1) * per_group](h)
-                    acts.append(repeat_batch(h, n_samples))
+            h, features = encode_stage(stage, h, self.blocks_per_res[j][1])
+            repeated: dict[int, Tensor] = {}   # a feature map shared by blocks: repeated once
+            acts += [repeated.setdefault(id(a), repeat_batch(a, n_samples)) for a in features]
             if j + 1 < len(self.encoder):
                 h = F.avg_pool2d(h, self.resolutions[j] // self.resolutions[j + 1])
         return acts
 
-    def _top_down(self, n_rows: int, acts: Sequence[Tensor] | None, pick: Pick) -> Tensor:
-        """Decoder pass over N = ``n_rows`` rows; ``pick`` chooses each z. Returns the
-        parameters of p(x|z): (N, P, H, W)."""
-        h, layer = None, self.n_layers
+    def _decoder_order(self) -> list[tuple[int, int, LatentBlock]]:
+        """(resolution index j, layer, block) in decoder order: layer L first."""
+        order, layer = [], self.n_layers
         for j in range(len(self.resolutions) - 1, -1, -1):
-            bias = self.state_bias[j]
-            if h is None:
-                h = bias.expand(n_rows, -1, -1, -1)
-            else:
-                up = self.resolutions[j] // self.resolutions[j + 1]
-                h = F.interpolate(h, scale_factor=up, mode="nearest") + bias
             for _ in range(self.blocks_per_res[j][1]):
-                block = self.blocks[self.n_layers - layer]
-                s = block.state(h)
-                p, h = block.prior(s)
-
-                def posterior(block=block, s=s, p=p, i=layer) -> DiagonalGaussian:
-                    if acts is None:
-                        raise RuntimeError("the posterior needs the encoder's features")
-                    return block.posterior(s, acts[i - 1], p)
-
-                h = block.update(h, pick(layer, p, posterior))
+                order.append((j, layer, self.blocks[self.n_layers - layer]))
                 layer -= 1
+        return order
+
+    def _enter_resolution(self, h: Tensor | None, j: int, n_rows: int) -> Tensor:
+        """The decoder state at resolution j: the learned constant (the lowest resolution),
+        else the unpooled state plus it."""
+        bias = self.state_bias[j]
+        if h is None:
+            return bias.expand(n_rows, -1, -1, -1)
+        up = self.resolutions[j] // self.resolutions[j + 1]
+        return F.interpolate(h, scale_factor=up, mode="nearest") + bias
+
+    def _x_params(self, h: Tensor) -> Tensor:
+        """The parameters of p(x|z) (N, P, H, W) from the last decoder state."""
         if self.out_block is not None:
             h = self.out_block(F.interpolate(h, scale_factor=self._side // h.shape[-1],
                                              mode="nearest"))
@@ -278,20 +341,24 @@ class TopDownVAE(LatentHierarchy):
         latents: dict[str, Tensor] = {}
         posteriors: dict[str, DiagonalGaussian] = {}
 
-        def pick(layer: int, p: DiagonalGaussian, posterior) -> Tensor:
+        h, current = None, None
+        for j, layer, block in self._decoder_order():
+            if j != current:
+                h, current = self._enter_resolution(h, j, acts[0].shape[0]), j
+            s = block.state(h)
+            p, h = block.prior(s)
             name = f"z{layer}"
             if layer <= prior_layers:
                 z = p.sample() if prior_mode == "sample" else p.mu
             else:
-                q = posterior()
+                q = block.posterior(s, acts[layer - 1], p)
                 z = q.sample()
                 log_p = (top_log_prior(z) if top_log_prior is not None and layer == self.n_layers
                          else p.log_prob(z))
                 kl[name], posteriors[name] = q.log_prob(z) - log_p, q
             latents[name] = z
-            return z
-
-        x_params = self._top_down(acts[0].shape[0], acts, pick)
+            h = block.update(h, z)
+        x_params = self._x_params(h)
         out = self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
                            kl_weight)
         if spectral_reg > 0:
@@ -312,14 +379,19 @@ class TopDownVAE(LatentHierarchy):
         was_training = self.training
         self.eval()
 
-        def pick(layer: int, p: DiagonalGaussian, posterior) -> Tensor:
-            if layer == self.n_layers:
-                return z_top.to(p.mu.dtype)
-            noise = torch.randn(p.mu.shape, generator=generator, device=p.mu.device,
-                                dtype=p.mu.dtype)
-            return p.sample(temps[layer - 1], noise)
-
         try:
-            return self._top_down(z_top.shape[0], None, pick)
+            h, current = None, None
+            for j, layer, block in self._decoder_order():
+                if j != current:
+                    h, current = self._enter_resolution(h, j, z_top.shape[0]), j
+                p, h = block.prior(block.state(h))
+                if layer == self.n_layers:
+                    z = z_top.to(p.mu.dtype)
+                else:
+                    noise = torch.randn(p.mu.shape, generator=generator, device=p.mu.device,
+                                        dtype=p.mu.dtype)
+                    z = p.sample(temps[layer - 1], noise)
+                h = block.update(h, z)
+            return self._x_params(h)
         finally:
             self.train(was_training)
