@@ -20,15 +20,18 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A tiny BIVA trained 8 steps on 8x8 digits by `biva train` (seconds); checkpoints at 4, 8."""
+    """The one cached tiny run of the suite: a tiny BIVA (tests/tiny.py) trained 8 steps on 8x8
+    digits by `biva train` (seconds); checkpoints at 4 and 8. Tests that write into a run
+    copy it first, so that it stays as trained."""
+    from tiny import digits_argv
+
     from biva.cli.main import main
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    args = ["train", "--config", "digits", "--run-dir", str(run)]
-    for s in ("train.steps=8", "train.finetune_steps=2", "train.eval_every=4",
-              "train.checkpoint_every=4", "train.log_every=2", "model.filters=[8]",
-              "model.blocks=1", "train.batch_size=32", "train.progress=false"):
-        args += ["--set", s]
+    args = ["train", *digits_argv("train.steps=8", "train.finetune_steps=2",
+                                  "train.eval_every=4", "train.checkpoint_every=4",
+                                  "train.log_every=2", "train.batch_size=32"),
+            "--run-dir", str(run)]
     assert main(args) == 0
     return run
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import digits_argv, digits_config
 
 from biva.cli.main import build_parser, main
 from biva.config import resolve_config
@@ -23,17 +24,14 @@ from biva.utils.checkpoint import list_checkpoints, load_checkpoint
 from biva.utils.config_io import load_config_file
 
 STEPS = 12
+# The tiny run of tests/tiny.py (tiny.BASE), and this file's own intervals and sizes.
 TINY = ["train.finetune_steps=2", "train.log_every=4", "train.eval_every=6",
-        "train.checkpoint_every=4", "train.batch_size=32", "train.progress=false",
-        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.n_samples=4",
-        "model.filters=[8]", "model.blocks=1"]
+        "train.checkpoint_every=4", "train.batch_size=32", "eval.n_samples=4"]
 GROUPS = ["z1_bu", "z1_td", "z2_bu", "z2_td", "z3"]  # BIVA with L=3 latent layers
 
 
 def train_argv(run: Path, *extra: str, command: str = "train") -> list[str]:
-    argv = [command, "--config", "digits", "--steps", str(STEPS), "--run-dir", str(run)]
-    for s in TINY:
-        argv += ["--set", s]
+    argv = [command, *digits_argv(*TINY), "--steps", str(STEPS), "--run-dir", str(run)]
     return [*argv, *extra]
 
 
@@ -410,13 +408,12 @@ def test_the_end_of_a_run_gives_bits_per_dim_and_the_mean_throughput(tmp_path, c
 
 
 def test_the_progress_bar_runs_over_a_cpu_budget_not_the_steps(tmp_path, capsys):
-    from biva.config import load_run_config
     from biva.training import Trainer
-
-    cfg = load_run_config("digits", [*TINY, "train.steps=100000", "train.max_cpu_minutes=0.05",
-                                     "train.progress=true", "train.finetune_steps=0"])
-    trainer = Trainer(cfg, tmp_path / "run")
     from biva.training.callbacks import ProgressBar
+
+    cfg = digits_config(*TINY, "train.max_cpu_minutes=0.05", "train.progress=true",
+                        "train.finetune_steps=0", steps=100000)
+    trainer = Trainer(cfg, tmp_path / "run")
 
     bar = ProgressBar(trainer).bar
     assert bar.total == 3 and bar.unit == "cpu-s"   # 0.05 CPU-minutes, not 100,000 steps

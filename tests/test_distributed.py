@@ -27,8 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from tiny import digits_config
 
-from biva.config import load_run_config
 from biva.data import load_run_data
 from biva.nn.gaussian import DiagonalGaussian
 from biva.training import Trainer
@@ -40,16 +40,16 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 GLOBAL_BATCH = 32        # 16 rows per rank
 WORLD = 2
+# The tiny run of tests/tiny.py (tiny.BASE), and this file's own intervals and sizes.
 TINY = ["train.log_every=2", "train.eval_every=4", "train.checkpoint_every=4",
-        f"train.batch_size={GLOBAL_BATCH}", "train.progress=false", "train.init_batch=64",
-        "train.threads=1", "train.eval_batches=1", "train.finetune_steps=0", "eval.n_samples=2",
-        "model.filters=[8]", "model.blocks=1", "data.valid_size=1150"]
+        f"train.batch_size={GLOBAL_BATCH}", "train.finetune_steps=0", "eval.n_samples=2",
+        "data.valid_size=1150"]
 EQUIV_STEPS = 4
 RUN_STEPS = 8
 
 
 def tiny_config(*extra: str, steps: int):
-    return load_run_config("digits", [*TINY, f"train.steps={steps}", *extra])
+    return digits_config(*TINY, *extra, steps=steps)
 
 
 def deterministic_config():

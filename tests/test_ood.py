@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -118,15 +119,10 @@ def test_table_and_kde():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def ood_run(tiny_run, tmp_path_factory):
+    """A copy of the suite's tiny run (the tests write ood/ into it) and two npz sets beside it."""
     root = tmp_path_factory.mktemp("ood")
-    run = root / "run"
-    rc = main(["train", "--config", "digits", "--run-dir", str(run), "--threads", "1",
-               "--no-progress", "--set", "train.steps=6", "--set", "train.finetune_steps=0",
-               "--set", "train.eval_every=6", "--set", "train.checkpoint_every=6",
-               "--set", "train.log_every=3", "--set", "model.filters=[8]",
-               "--set", "model.blocks=1"])
-    assert rc == 0
+    run = shutil.copytree(tiny_run, root / "run")
     from sklearn.datasets import load_digits
 
     images = (load_digits().images[:120] / 16.0).astype(np.float32)
@@ -135,8 +131,8 @@ def tiny_run(tmp_path_factory):
     return run, root
 
 
-def test_cli_writes_every_promised_file(tiny_run, capsys):
-    run, root = tiny_run
+def test_cli_writes_every_promised_file(ood_run, capsys):
+    run, root = ood_run
     rc = main(["ood", str(run), "--ood-data", "npz", "invert", "uniform", "--ood-path",
                str(root / "flipped.npz"), "--prior-layers", "0,2", "--n-examples", "30",
                "--ood-split",
@@ -201,8 +197,8 @@ def test_cli_writes_every_promised_file(tiny_run, capsys):
     assert "no anomaly examples" in (out / "metrics.md").read_text()
 
 
-def test_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
-    run, _root = tiny_run
+def test_detector_chosen_on_synthetic_sets(ood_run, tmp_path):
+    run, _root = ood_run
     base = dict(run_dir=run, ood_data=["invert"], prior_layers="0,2", n_examples=20,
                 n_valid=30, bootstrap=0)
     out = tmp_path / "ood"
@@ -219,8 +215,8 @@ def test_detector_chosen_on_synthetic_sets(tiny_run, tmp_path):
     assert "L^{>2}" in (tmp_path / "ratios" / "table.md").read_text()
 
 
-def test_cli_errors_are_clear(tiny_run, capsys, tmp_path):
-    run, root = tiny_run
+def test_cli_errors_are_clear(ood_run, capsys, tmp_path):
+    run, root = ood_run
     base = ["ood", str(run), "--threads", "1", "--device", "cpu", "--n-examples", "4"]
     assert main(base + ["--ood-data", "npz", "--ood-path", str(root / "big.npz")]) == 2
     err = capsys.readouterr().err
@@ -347,11 +343,11 @@ def test_detector_needs_choices_or_ood_data(toy_model):
     assert (det.score_, det.k_) == ("llr", 2) and det.selection_ == []
 
 
-def test_detector_for_run_fits_on_validation_never_the_test_split(tiny_run,
+def test_detector_for_run_fits_on_validation_never_the_test_split(ood_run,
                                                                   poisoned_test_split):
     from biva.ood.detector import detector_for_run
 
-    run, _root = tiny_run
+    run, _root = ood_run
     det = detector_for_run(run, n_valid=60, score=None, synthetic=("uniform", "invert"))
     assert det.n_fit_ == 60 and det.score_ in ("llr", "lk", "elbo")
     assert {tuple(sorted(r["auroc"])) for r in det.selection_} == {("invert", "uniform")}
@@ -389,7 +385,7 @@ def test_fit_to_shape_turns_grey_digits_into_colour_images_of_the_model_size():
     assert (fit_to_shape(ImageSplit(rgb), (1, 4, 4)).images == round(0.587 * 100)).all()
 
 
-def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path, capsys):
+def test_ood_on_one_image_writes_every_file_without_a_warning(ood_run, tmp_path, capsys):
     """One image per set: no bootstrap spread, degenerate histograms; still exit 0, strict
     JSON, and no warning (a NaN density or a non-JSON float used to crash or warn)."""
     import warnings
@@ -397,7 +393,7 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
     out = tmp_path / "ood"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run_ood(OODSettings(tiny_run[0], ood_data=["uniform"], n_examples=1, n_valid=1,
+        run_ood(OODSettings(ood_run[0], ood_data=["uniform"], n_examples=1, n_valid=1,
                             out=out))
     for name in ("metrics.json", "table.json"):
         json.loads((out / name).read_text())
@@ -408,7 +404,7 @@ def test_ood_on_one_image_writes_every_file_without_a_warning(tiny_run, tmp_path
     cells = json.loads((out / "table.json").read_text())["datasets"]
     assert all(c["stderr_nats"] is None for row in cells.values() for c in row["k"].values())
     capsys.readouterr()
-    res = evaluate_run(tiny_run[0], EvalSettings(n_samples=3, n_examples=1))
+    res = evaluate_run(ood_run[0], EvalSettings(n_samples=3, n_examples=1))
     assert res["L_3_stderr"] is None
     capsys.readouterr()
 

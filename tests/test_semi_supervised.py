@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import digits_config
 
 from biva import HierarchicalVAE, preset
 from biva.cli.main import main
@@ -32,15 +33,14 @@ from biva.runs.predict import predict
 from biva.training.semi_supervised import SemiSupervisedTrainer, trainer_class
 from biva.utils.checkpoint import load_checkpoint
 
+# The tiny run of tests/tiny.py (tiny.BASE), and this file's own intervals and sizes.
 TINY = ["train.log_every=2", "train.eval_every=4", "train.checkpoint_every=2",
-        "train.batch_size=24", "train.progress=false", "train.init_batch=64", "train.threads=1",
-        "train.eval_batches=1", "eval.n_samples=2", "eval.batch_size=40", "model.filters=[8]",
-        "model.blocks=1", "data.labels_per_class=3", "data.labelled_batch_size=10",
-        "train.finetune_steps=0"]
+        "train.batch_size=24", "eval.n_samples=2", "eval.batch_size=40",
+        "data.labels_per_class=3", "data.labelled_batch_size=10", "train.finetune_steps=0"]
 
 
 def tiny_config(*extra: str, steps: int = 4):
-    return load_run_config("digits", [*TINY, f"train.steps={steps}", *extra])
+    return digits_config(*TINY, *extra, steps=steps)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import digits_config
 
 from biva.cli.main import main
 from biva.config import load_run_config
@@ -33,15 +34,15 @@ from biva.utils.checkpoint import list_checkpoints, load_checkpoint
 from biva.utils.jsonl import read_jsonl
 
 # 200 training examples: 6 batches of 32 an epoch, so 12 steps cover two epochs.
+# The tiny run of tests/tiny.py (tiny.BASE), and this file's own intervals and sizes.
 TINY = ["train.finetune_steps=2", "train.log_every=4", "train.eval_every=6",
-        "train.checkpoint_every=4", "train.batch_size=32", "train.progress=false",
-        "train.init_batch=64", "train.threads=1", "train.eval_batches=1", "eval.n_samples=4",
-        "model.filters=[8]", "model.blocks=1", "data.valid_size=1150"]
+        "train.checkpoint_every=4", "train.batch_size=32", "eval.n_samples=4",
+        "data.valid_size=1150"]
 STEPS = 12
 
 
 def tiny_config(*extra: str, steps: int = STEPS):
-    return load_run_config("digits", [*TINY, f"train.steps={steps}", *extra])
+    return digits_config(*TINY, *extra, steps=steps)
 
 
 @pytest.fixture(scope="module")

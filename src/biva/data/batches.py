@@ -70,28 +70,37 @@ def _require_intensities(images: torch.Tensor, what: str) -> None:
         )
 
 
-def bernoulli_draw(images: torch.Tensor, seed: int, *keys: int | str) -> torch.Tensor:
+def bernoulli_draw(images: torch.Tensor, seed: int, *keys: int | str,
+                   first: int = 0) -> torch.Tensor:
     """A fixed Bernoulli draw of float intensities (N, C, H, W) in [0, 1] -> uint8 {0, 1}.
 
-    Example i uses noise position i of stream (seed, *keys), independent of N.
+    Example i uses noise position ``first + i`` of stream (seed, *keys), independent of N:
+    a long array drawn in pieces (``first``: the index of the piece's first example) gets the
+    draw of one call.
     """
     _require_intensities(images, "bernoulli_draw")
+    if first < 0:
+        raise ValueError(f"bernoulli_draw: first must be >= 0, found {first}")
     out = torch.empty(images.shape, dtype=torch.uint8)
-    for k, start in enumerate(range(0, images.shape[0], _NOISE_BLOCK)):
-        chunk = images[start : start + _NOISE_BLOCK]
-        # Positions start..start+511 are exactly block k: no gather, no cache needed.
-        u = _noise_block(tuple(images.shape[1:]), seed, keys, k)[: chunk.shape[0]]
-        out[start : start + chunk.shape[0]] = u < chunk
+    i, n = 0, images.shape[0]
+    while i < n:
+        k, offset = divmod(first + i, _NOISE_BLOCK)
+        take = min(_NOISE_BLOCK - offset, n - i)
+        u = _noise_block(tuple(images.shape[1:]), seed, keys, k)[offset:offset + take]
+        out[i:i + take] = u < images[i:i + take]
+        i += take
     return out
 
 
-def fixed_binarization(split: ImageSplit, seed: int) -> ImageSplit:
+def fixed_binarization(split: ImageSplit, seed: int, first: int = 0) -> ImageSplit:
     """One seeded Bernoulli draw of a dynamic split (float32 [0,1] -> uint8 {0,1}).
 
     Evaluating a dynamically binarized dataset uses such a fixed draw, so that every
-    evaluation (and every model) sees the same binary test images.
+    evaluation (and every model) sees the same binary test images; raw grey images (arrays,
+    folders) are drawn the same way. ``first``: the index of the split's first image in a
+    longer one read in pieces.
     """
-    return ImageSplit(bernoulli_draw(split.images, seed, "fixed"), split.labels)
+    return ImageSplit(bernoulli_draw(split.images, seed, "fixed", first=first), split.labels)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from biva.config import DataKind, RunConfig
+from biva.data.batches import fixed_binarization
 from biva.data.formats import IMAGE_EXTENSIONS, is_image_file, read_images
 from biva.data.types import ImageSplit
 
@@ -61,13 +62,13 @@ def iter_folder(path: str | Path, config: RunConfig, *, seed: int = 0,
                 batch: int | None = 512):
     """:func:`read_folder` a batch of files at a time: yields (files, uint8 images (n, C, H,
     W)), so that memory stays flat in the number of images (``batch`` None: one batch of
-    all). One seeded generator draws the binary images across batches; bilevel files (values 0
-    and 1) are recognised per batch."""
+    all). Grey levels for a binary-image model get the draw of
+    :func:`~biva.data.batches.fixed_binarization` (image i as image i of a split), whatever
+    the batch; bilevel files (values 0 and 1) are recognised per batch."""
     files = image_files(path)
     batch = batch or len(files)
     shape = tuple(config.model.input_shape)
     binary = DataKind.for_likelihood(config.model.likelihood) is DataKind.BINARY
-    g = torch.Generator().manual_seed(seed)
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
         raw = torch.from_numpy(read_images(chunk, size=shape[-1]))
@@ -75,7 +76,7 @@ def iter_folder(path: str | Path, config: RunConfig, *, seed: int = 0,
             raw = raw * 255                                # bilevel files: 0/1 -> 0/255
         images = fit_to_shape(ImageSplit(raw.to(torch.uint8)), shape).images
         if binary:
-            images = torch.bernoulli(images.float() / 255, generator=g).to(torch.uint8)
+            images = fixed_binarization(ImageSplit(images.float() / 255), seed, start).images
         yield chunk, images
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from biva.config.kinds import DataKind
-from biva.data import bernoulli_draw, to_model_input
+from biva.data import ImageSplit, fixed_binarization, to_model_input
 from biva.evaluation.style import save_png
 from biva.objectives.classification import predict_proba
 from biva.utils.atomic import atomic_write_json
@@ -65,8 +65,11 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
     """Raw images -> model input (N, C, H, W). (N, H, W), (N, H, W, C) and (N, C, H, W) accepted.
 
     Binary models take {0, 1} values as they are; grey levels (uint8 0..255 or floats in [0, 1])
-    get one seeded Bernoulli draw, the evaluation protocol of dynamically binarized data.
-    8-bit models take uint8 0..255.
+    get one seeded Bernoulli draw, pixel on with probability level / 255: the draw that
+    evaluates a dynamically binarized split (``fixed_binarization``), so image i of a raw array
+    gets exactly the binary image that image i of a split gets with the same seed (the
+    command line's ``--data`` route uses the run's ``train.seed``). 8-bit models take uint8
+    0..255.
     """
     arr = images.cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     if arr.dtype == np.bool_:
@@ -97,7 +100,7 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
         if bool(((grey < 0) | (grey > 1)).any()):
             raise ValueError("binary model: images must be {0, 1}, uint8 0..255 or floats "
                              "in [0, 1]")
-        return bernoulli_draw(grey, seed, "predict").to(torch.float32)
+        return fixed_binarization(ImageSplit(grey), seed).images.to(torch.float32)
     if x.dtype != torch.uint8:
         raise ValueError(f"8-bit model: images must be uint8 0..255, found {x.dtype}")
     return to_model_input(x, kind, bits)
