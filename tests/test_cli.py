@@ -453,6 +453,26 @@ def test_evaluate_data_scores_every_image_of_another_folder(trained_run, tmp_pat
                        "--data", "the model takes (1, 8, 8)")
 
 
+def test_evaluate_data_takes_a_folder_laid_out_by_split_as_train_does(trained_run, tmp_path):
+    """`biva train --data` takes train/ valid/ test/ subfolders (each of class folders);
+    `biva evaluate --data` refused a folder holding test/<class>/*.png (issue 42, item 6). It
+    now evaluates the requested split's subfolder, and says so."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    for c in ("zeros", "ones"):
+        (folder / "test" / c).mkdir(parents=True)
+        for i in range(4):
+            arr = np.random.default_rng(i).random((8, 8)) > 0.5
+            Image.fromarray(arr).convert("1").save(folder / "test" / c / f"{i}.png")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(trained_run), "--data", str(folder), "--samples", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_examples"] == 8 and res["split"] == f"all of {folder / 'test'}"
+
+
 def test_evaluate_names_the_fix_when_the_run_has_no_best_checkpoint(tmp_path, capsys):
     # Stopped at step 2, before its first validation: no checkpoints/best/ (issue 42).
     run = tmp_path / "run"

@@ -88,8 +88,9 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), *
     if s.data_root:
         cfg.data.root = s.data_root
     if s.data_path is not None:
-        data, split = images_of(s.data_path, cfg, s.seed if s.seed is not None else 0)
-        label = f"all of {s.data_path}"
+        folder = split_folder(s.data_path, s.split)
+        data, split = images_of(folder, cfg, s.seed if s.seed is not None else 0)
+        label = f"all of {folder}"
     else:
         data = load_run_data(cfg)
         split, label = evaluation_split(data, s.split, seed=cfg.train.seed), s.split
@@ -128,6 +129,16 @@ def write_evaluation(run_dir: str | Path, res: dict, out: Path, settings: EvalSe
         written += list(write_confusion(res["classification"], Path(run_dir),
                                         settings.source()))
     return written
+
+
+def split_folder(path: Path, split: str) -> Path:
+    """The folder ``--data`` evaluates: ``path`` itself, or its ``split`` subfolder when
+    ``path`` is laid out by split (train/, valid/, test/ subfolders, the layout ``biva train
+    --data`` takes) and has one for ``split``."""
+    path = Path(path)
+    if path.is_dir() and (path / split).is_dir():
+        return path / split
+    return path
 
 
 def images_of(path: Path, cfg: RunConfig, seed: int) -> tuple:
