@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,6 +305,19 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     torch.testing.assert_close(torch.from_numpy(np.load(run / "predictions_new.npz")["probs"]),
                                probs)
     torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    # The same images as a folder of PNGs (issue 42: predict took no folder): the same rule,
+    # the same probabilities, each row named by its file; a second run never overwrites.
+    from PIL import Image
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(grey):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    for written in ("predictions_images_new.npz", "predictions_images_new_2.npz"):
+        assert main(["predict", str(run), "--images", str(folder)]) == 0
+        saved = np.load(run / written)
+        torch.testing.assert_close(torch.from_numpy(saved["probs"]), probs)
+        assert [Path(f).name for f in saved["files"]] == [f"{i}.png" for i in range(5)]
 
     # Bad inputs: one line naming the problem and exit 2, never an error rate from garbage.
     floats = np.random.default_rng(0).random((5, 8, 8))

@@ -23,15 +23,18 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict", help="class probabilities from a semi-supervised run",
         description="Classify images with the EMA classifier q(y|x) of a semi-supervised run "
-        "(data.labels_per_class > 0): a split of a dataset (--data NAME) or an .npz file of "
-        "images (--npz FILE, array 'images' or 'x', optional 'labels'). Writes an .npz with "
-        "'probs' (N, C), 'pred' (N,) and 'labels' when known; prints the error if labels are "
-        "known.", formatter_class=HelpFormatter)
+        "(data.labels_per_class > 0): a split of a dataset (--data NAME), an .npz file of "
+        "images (--npz FILE, array 'images' or 'x', optional 'labels') or a folder of image "
+        "files (--images PATH, as biva detect and biva train --data read one). Writes an .npz "
+        "with 'probs' (N, C), 'pred' (N,), 'labels' when known and 'files' for --images; "
+        "prints the error if labels are known.", formatter_class=HelpFormatter)
     add_run_dir_argument(p, "a semi-supervised biva run directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", choices=DATASET_NAMES, metavar="NAME",
                      help=f"a dataset ({', '.join(DATASET_NAMES)})")
     src.add_argument("--npz", type=Path, metavar="FILE", help="an .npz file of images")
+    src.add_argument("--images", type=Path, metavar="PATH",
+                     help="a folder of image files (sorted, recursively), or one image file")
     p.add_argument("--split", default="test", choices=["test", "valid", "train"],
                    help="split of --data")
     p.add_argument("--data-root", default=None, help="where the dataset files are")
@@ -43,7 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=100,
                    help="examples per batch")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the z^BU draws (and of binarizing grey-level --npz images)")
+                   help="seed of the z^BU draws (and of binarizing grey-level --npz or --images "
+                   "images)")
     p.add_argument("--out", type=Path, default=None,
                    help="output .npz or .json (default: RUN_DIR/predictions_<source>.npz)")
     add_runtime_options(p)
@@ -54,7 +58,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
     settings = PredictSettings(
-        data=args.data, npz=args.npz, split=args.split, data_root=args.data_root,
+        data=args.data, npz=args.npz, images=args.images, split=args.split,
+        data_root=args.data_root,
         n_examples=args.n_examples, classifier_draws=args.classifier_draws,
         checkpoint=args.checkpoint, batch_size=args.batch_size, seed=args.seed, out=args.out)
     summary, out = predict_run(args.run_dir, settings, device=device)

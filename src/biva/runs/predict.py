@@ -6,30 +6,35 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from biva.config import DataKind
-from biva.data import evaluation_split, load_run_data, to_model_input
+from biva.data import evaluation_split, image_files, load_run_data, read_folder, to_model_input
 from biva.data.registry import npz_images
 from biva.evaluation.classification import images_to_model_input, predict_raw
 from biva.objectives.classification import classification_summary, predict_proba
 from biva.runs.loading import load_trained
+from biva.runs.sample import free_path
 from biva.utils.atomic import atomic_write_bytes, atomic_write_json
 
 
 @dataclass(frozen=True)
 class PredictSettings:
-    """What to classify: a data set ``data`` (its ``split``, read from ``data_root``) or an
-    .npz file ``npz`` of images (optional labels); the first ``n_examples`` (0: all).
+    """What to classify: a data set ``data`` (its ``split``, read from ``data_root``), an
+    .npz file ``npz`` of images (optional labels) or ``images``, a folder of image files (or
+    one file; read as :func:`~biva.data.read_folder` reads it, files in sorted order); the
+    first ``n_examples`` (0: all).
     ``classifier_draws``: z^BU draws q(y|x) averages; ``seed``: of those draws and of
     binarizing grey-level images; ``out``: .npz or .json (default
     RUN_DIR/predictions_<source>.npz)."""
 
     data: str | None = None
     npz: Path | None = None
+    images: Path | None = None
     split: str = "test"
     data_root: str | None = None
     n_examples: int = 0
@@ -40,8 +45,9 @@ class PredictSettings:
     out: Path | None = None
 
     def __post_init__(self):
-        if (self.data is None) == (self.npz is None):
-            raise ValueError("give one source: a data set (--data NAME) or an .npz (--npz FILE)")
+        if sum(x is not None for x in (self.data, self.npz, self.images)) != 1:
+            raise ValueError("give one source: a data set (--data NAME), an .npz (--npz FILE) "
+                             "or a folder of images (--images PATH)")
         if self.batch_size < 1 or self.classifier_draws < 1 or self.n_examples < 0:
             raise ValueError(f"batch_size and classifier_draws must be >= 1 and n_examples >= 0, "
                              f"found {self.batch_size}, {self.classifier_draws}, "
@@ -66,8 +72,23 @@ def _classifier(run_dir, checkpoint, device):
     return model, cfg, state
 
 
-def _inputs(model, cfg, s: PredictSettings):
-    """(model input (N, C, H, W), labels or None, class names or None, source name)."""
+class _Inputs(NamedTuple):
+    x: Tensor                       # model input (N, C, H, W)
+    labels: Tensor | None
+    class_names: list[str] | None
+    source: str                     # what the default output file is named after
+    files: list[str] | None = None  # the image files, in row order (--images)
+
+
+def _inputs(model, cfg, s: PredictSettings) -> _Inputs:
+    """What ``s`` names, as the model's input."""
+    if s.images is not None:
+        images = read_folder(s.images, cfg, seed=s.seed)
+        files = [str(f) for f in image_files(s.images)]
+        n = s.n_examples or len(images)
+        x = to_model_input(images[:n], DataKind.for_likelihood(cfg.model.likelihood),
+                           cfg.model.bits)
+        return _Inputs(x, None, None, f"images_{Path(s.images).stem}", files[:n])
     if s.data is not None:
         cfg.data.name = s.data
         if s.data_root:
@@ -77,7 +98,7 @@ def _inputs(model, cfg, s: PredictSettings):
         n = s.n_examples or len(split)
         x = to_model_input(split.images[:n], data.kind, cfg.model.bits)
         labels = None if split.labels is None else split.labels[:n]
-        return x, labels, list(data.class_names or []) or None, f"{s.data}_{s.split}"
+        return _Inputs(x, labels, list(data.class_names or []) or None, f"{s.data}_{s.split}")
     images, _, labels = npz_images(s.npz)
     n = s.n_examples or len(images)
     x = images_to_model_input(images[:n], DataKind.for_likelihood(cfg.model.likelihood),
@@ -88,7 +109,7 @@ def _inputs(model, cfg, s: PredictSettings):
         if bad.numel():
             raise ValueError(f"{s.npz}: labels must be 0..{model.num_classes - 1} (the model's "
                              f"classes); found {sorted(set(bad.tolist()))[:5]}")
-    return x, labels, None, s.npz.stem
+    return _Inputs(x, labels, None, s.npz.stem)
 
 
 def predict_run(run_dir: str | Path, settings: PredictSettings, *,
@@ -97,15 +118,18 @@ def predict_run(run_dir: str | Path, settings: PredictSettings, *,
     'pred' (N,) and 'labels' (when known); returns ({"n", "source"[, "error",
     "accuracy"]}, the file written)."""
     model, cfg, _ = _classifier(run_dir, settings.checkpoint, device)
-    x, labels, names, source = _inputs(model, cfg, settings)
+    x, labels, names, source, files = _inputs(model, cfg, settings)
     probs = predict_proba(model, x, batch_size=settings.batch_size,
                           n_samples=settings.classifier_draws, seed=settings.seed)
     result = {"probs": probs.numpy(), "pred": probs.argmax(1).numpy()}
     if labels is not None:
         result["labels"] = labels.numpy()
-    out = settings.out or Path(run_dir) / f"predictions_{source}.npz"
+    if files is not None:
+        result["files"] = np.array(files)
+    # A default name is never written over: two folders of one name get _2, _3, ...
+    out = settings.out or free_path(Path(run_dir) / f"predictions_{source}.npz")
     if out.suffix == ".json":
-        atomic_write_json(out, result)
+        atomic_write_json(out, {k: v.tolist() for k, v in result.items()})
     else:
         buf = io.BytesIO()
         np.savez(buf, **result)
