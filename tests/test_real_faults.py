@@ -57,7 +57,7 @@ def fill(mnt: Path, leave: int) -> Path:
 
 def _one_error_line(capsys) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    err = [line for line in err if not line.startswith("Warning")]
+    err = [line for line in err if not line.startswith(("Warning", "scored "))]  # progress
     assert len(err) == 1, err
     assert "Traceback" not in err[0]
     return err[0]
@@ -173,3 +173,83 @@ def test_a_second_writer_of_one_output_is_refused_naming_the_first(tiny_run, tmp
     assert main(["evaluate", str(tiny_run), "--samples", "2", "--n-examples", "5",
                  "--no-progress"]) == 0
     assert json.loads(default.read_text())["k"] == 2
+
+
+def _ood_argv(run: Path, out: Path, seed: int) -> list[str]:
+    return ["ood", str(run), "--ood-data", "uniform", "--n-examples", "20", "--n-valid", "20",
+            "--no-progress", "--seed", str(seed), "--out", str(out)]
+
+
+def _one_run_only(out: Path) -> int:
+    """The seed of the run that wrote every file of ``out`` (fails on a mixed folder)."""
+    seeds = {json.loads((out / name).read_text())["seed"] for name in ("table.json",
+                                                                       "metrics.json")}
+    assert len(seeds) == 1, seeds
+    assert (out / "scores.csv").is_file() and (out / "histograms.png").is_file()
+    return seeds.pop()
+
+
+def test_a_full_disk_in_the_ood_write_phase_keeps_the_earlier_set_whole(tmpfs, capsys,
+                                                                          tiny_run, tmp_path):
+    """After a real disk-full while `biva ood` wrote its files, metrics and tables came from
+    the new run and scores.csv and the histograms from the old one (issue 41). Now the new
+    set is written beside the old and swapped in whole."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    out = tmpfs / "ood"
+    assert main(_ood_argv(run, out, seed=1)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for leave_kib in (0, 24, 96):
+        filler = fill(tmpfs, leave_kib * 1024)
+        capsys.readouterr()
+        assert main(_ood_argv(run, out, seed=2)) == 2, leave_kib
+        line = _one_error_line(capsys)
+        assert "no space left on device" in line, line
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, leave_kib
+        filler.unlink()
+    assert main(_ood_argv(run, out, seed=2)) == 0
+    assert _one_run_only(out) == 2 and not (tmpfs / "ood.incomplete").exists()
+
+
+def test_a_sigterm_in_the_ood_write_phase_leaves_one_runs_files(tiny_run, tmp_path):
+    """A real SIGTERM the moment `biva ood` starts writing (its staging folder appears, or,
+    as the code before staging did, the folder's first file changes): the output folder
+    holds one run's complete set, never a mix; the next run completes."""
+    import shutil
+    import signal
+    import time
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    out = tmp_path / "ood"
+    assert main(_ood_argv(run, out, seed=1)) == 0
+    stage = tmp_path / "ood.incomplete"
+    first = (out / "table.json").stat().st_mtime_ns
+
+    def writing() -> bool:
+        return stage.exists() or (out / "table.json").stat().st_mtime_ns != first
+
+    code = "import sys; from biva.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *_ood_argv(run, out, seed=2)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not writing() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert _one_run_only(out) in (1, 2)
+    assert main(_ood_argv(run, out, seed=2)) == 0
+    assert _one_run_only(out) == 2 and not stage.exists()
+
+
+def test_an_ood_output_folder_of_someone_elses_files_is_refused(tiny_run, tmp_path, capsys):
+    """The output folder is replaced whole, so one that biva did not write is refused."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    assert main(_ood_argv(tiny_run, out, seed=1)) == 2
+    line = _one_error_line(capsys)
+    assert "biva did not write" in line and str(out) in line, line
+    assert (out / "notes.txt").read_text() == "keep me"

@@ -31,7 +31,14 @@ from biva.ood.metrics import (
 from biva.ood.scores import SCORE_HELP, BoundSweep, parse_scores, score_ks, sweep_split
 from biva.ood.sets import SYNTHETIC, load_like_run, synthetic_set
 from biva.runs.loading import load_trained
-from biva.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from biva.utils.atomic import (
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_folder,
+    staged_directory,
+)
 from biva.utils.parsing import parse_int_list
 from biva.utils.progress import progress_bar
 
@@ -296,6 +303,10 @@ def _prepare(settings: OODSettings, device):
     return model, cfg, state, run_data, seed, ks, sets
 
 
+#: Files that mark a folder as an earlier `biva ood` output (before the .biva-output marker).
+OOD_OUTPUTS = ("metrics.json", "table.json")
+
+
 def run_ood(settings: OODSettings, device: torch.device | str = "cpu") -> dict:
     """Score every set, choose k on validation data, fit the detector, write the files in
     ``settings.out_dir``; returns {"out", "table", "metrics"} (metrics as in metrics.json)."""
@@ -305,36 +316,42 @@ def run_ood(settings: OODSettings, device: torch.device | str = "cpu") -> dict:
     # (prior means): swept along whatever --score asks for.
     sweep_scores = list(dict.fromkeys(scores_wanted + ["lk"] + (list(DOS_SWEEP_SCORES)
                                                                 if use_dos else [])))
+    check_output_folder(settings.out_dir, OOD_OUTPUTS)    # before the work, not after it
     model, cfg, state, run_data, seed, ks, sets = _prepare(settings, device)
     kind, bits, in_label = run_data.kind, cfg.model.bits, sets[0][0]
     all_ks = sorted(set(ks) | {0})
     t0 = time.perf_counter()
     sweeps, valid_sweeps = _score_all(model, sets, kind, bits, all_ks, sweep_scores, settings,
                                       seed)
-    out = settings.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     dims = int(np.prod(tuple(cfg.model.input_shape)))
-    lk_scores = {label: {k: sw.bounds[("sample", k)] for k in ks} for label, sw in sweeps.items()}
+    lk_scores = {label: {k: sw.bounds[("sample", k)] for k in ks}
+                 for label, sw in sweeps.items()}
     table = ood_table(lk_scores, in_name=in_label, kind=kind, dims=dims,
                       n_samples=settings.n_samples)
     meta = {"run_dir": str(settings.run_dir), "checkpoint": state["checkpoint"],
             "step": state.get("step"), "seed": seed, "ood_split": settings.ood_split}
     table.update(meta)
-    atomic_write_json(out / "table.json", table)
-    atomic_write_text(out / "table.md", table_markdown(table))
     metrics, selected = _metrics(sets, sweeps, valid_sweeps, scores_wanted, ks, all_ks,
                                  settings, seed)
-    detector, detector_anomaly = _fit_detector(model, kind, bits, settings, sets, valid_sweeps,
-                                               sweeps, scores_wanted, ks, seed, out)
-    result = {"convention": METRIC_CONVENTION, "in_distribution": in_label, "ks": ks,
-              "scores": scores_wanted, "score_help": {s: SCORE_HELP[s] for s in scores_wanted},
-              "n_samples": settings.n_samples, "n_valid": settings.n_valid, **meta,
-              "metrics": metrics, "selected_on_validation": selected, "detector": detector,
-              "seconds": time.perf_counter() - t0}
-    atomic_write_json(out / "metrics.json", result)
-    atomic_write_text(out / "metrics.md", metrics_markdown(result))
-    _write_histograms(out, lk_scores, sweeps, in_label, kind, dims, ks, scores_wanted)
-    _write_scores(out, sweeps, in_label, ks, scores_wanted, detector_anomaly)
+    out = settings.out_dir
+    # The new set is written beside the old one and swapped in whole: a kill or a full disk
+    # in the write phase leaves the earlier set as it was (and OUT.incomplete beside it).
+    with staged_directory(out, written_by="biva ood", earlier=OOD_OUTPUTS) as stage:
+        atomic_write_json(stage / "table.json", table)
+        atomic_write_text(stage / "table.md", table_markdown(table))
+        detector, detector_anomaly = _fit_detector(model, kind, bits, settings, sets,
+                                                   valid_sweeps, sweeps, scores_wanted, ks,
+                                                   seed, stage)
+        result = {"convention": METRIC_CONVENTION, "in_distribution": in_label, "ks": ks,
+                  "scores": scores_wanted,
+                  "score_help": {s: SCORE_HELP[s] for s in scores_wanted},
+                  "n_samples": settings.n_samples, "n_valid": settings.n_valid, **meta,
+                  "metrics": metrics, "selected_on_validation": selected,
+                  "detector": detector, "seconds": time.perf_counter() - t0}
+        atomic_write_json(stage / "metrics.json", result)
+        atomic_write_text(stage / "metrics.md", metrics_markdown(result))
+        _write_histograms(stage, lk_scores, sweeps, in_label, kind, dims, ks, scores_wanted)
+        _write_scores(stage, sweeps, in_label, ks, scores_wanted, detector_anomaly)
     return {"out": out, "table": table, "metrics": result}
 
 

@@ -276,3 +276,52 @@ def atomic_directory(final_path: StrPath) -> Iterator[Path]:
     fsync_directory(final.parent)
     if old is not None:
         _remove_path(old)
+
+
+#: The name a staged output folder carries until it is complete.
+INCOMPLETE = ".incomplete"
+_REPLACED = ".replaced"
+_MARKER = ".biva-output"
+
+
+@contextlib.contextmanager
+def staged_directory(path: StrPath, *, written_by: str,
+                     earlier: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a folder's new set of files beside it and swap it in at the end.
+
+    Yields ``<path>.incomplete``; when the block ends without an error, the old ``path`` (if
+    any) becomes ``<path>.replaced``, the new set becomes ``path`` and the old set is removed.
+    A reader of ``path`` sees the old set or the new one, never a mix; a crash, kill or full
+    disk leaves ``path`` as it was and the half-written set under a name that says so (the
+    next run clears it). A folder that biva did not write (no ``.biva-output`` marker and none
+    of the ``earlier`` file names of older versions' outputs) is refused, never replaced.
+    ``written_by``: what the marker records (e.g. "biva ood"). Hold the output's lock around
+    it (:func:`biva.utils.run_lock.output_lock`)."""
+    path = Path(path)
+    stage, old = path.with_name(path.name + INCOMPLETE), path.with_name(path.name + _REPLACED)
+    if not path.exists() and old.is_dir():
+        os.rename(old, path)          # killed between the two renames: the old set is back
+    check_output_folder(path, earlier)
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    (stage / _MARKER).write_text(json.dumps({"written_by": written_by}) + "\n")
+    yield stage
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.rename(path, old)
+    os.rename(stage, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_folder(path: StrPath, earlier: tuple[str, ...] = ()) -> None:
+    """Refuse (ValueError, one line) an existing ``path`` that :func:`staged_directory` would
+    not replace: a file, or a folder of files biva did not write. Call it before long work."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; choose another output folder")
+    names = {p.name for p in path.iterdir()}
+    if names and _MARKER not in names and not names & set(earlier):
+        raise ValueError(f"{path}: holds files biva did not write ({sorted(names)[:3]}...); "
+                         "an output folder is replaced as a whole: choose a new or empty one")

@@ -59,19 +59,17 @@ def _take(key: Path, path: Path, remedy: str) -> None:
 
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike[str]):
-    """Hold the writer lock of an output (a folder, or a file via a hidden ``.<name>.lock``
+    """Hold the writer lock of an output (a folder or a file, via a hidden ``.<name>.lock``
     beside it) for the block: a second process writing the same output is refused at once,
     naming the holder, instead of interleaving or overwriting its files."""
     target = Path(path).resolve()
     if fcntl is None or target in _held:
         yield
         return
-    if target.is_dir() or not target.suffix:
-        target.mkdir(parents=True, exist_ok=True)
-        lock = target / LOCK_FILE
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = target.with_name(f".{target.name}.lock")
+    # Beside the output, not in it: an output folder is swapped whole when complete
+    # (biva.utils.atomic.staged_directory), and its lock must outlive the swap.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
     _take(target, lock, "wait for it to finish, or choose another --out")
     try:
         yield
