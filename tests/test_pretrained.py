@@ -106,6 +106,15 @@ def test_save_and_from_pretrained_round_trip_in_the_hub_layout(tmp_path):
     torch.manual_seed(0)
     b = ref(x).log_weight
     torch.testing.assert_close(a, b)
+    # A card load() would refuse, or one the README cannot be written from: nothing is left
+    # behind, and a folder saved before stays as it was (issue 41: half-written folders).
+    saved = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(ValueError, match="name '../x'"):
+        save_pretrained(run, tmp_path / "bad", card={**card, "name": "../x"})
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises((TypeError, KeyError, ValueError)):
+        save_pretrained(run, out, card={**card, "scores": ["not a score"]})
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == saved
     half = from_pretrained(save_pretrained(run, tmp_path / "hub16", card=card, half=True))
     assert json.loads((tmp_path / "hub16" / "card.json").read_text())["dtype"] == "float16"
     assert all(t.dtype == torch.float32 for t in half.model.state_dict().values()

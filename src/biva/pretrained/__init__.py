@@ -43,7 +43,12 @@ from biva.ood.detector import OODDetector
 from biva.ood.metrics import ood_metrics
 from biva.ood.sets import load_like_run
 from biva.runs.loading import build_model, find_checkpoint
-from biva.utils.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from biva.utils.atomic import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    staged_directory,
+)
 from biva.utils.checkpoint import load_checkpoint, save_checkpoint
 from biva.utils.hashing import sha256_file
 from biva.utils.run_lock import output_lock
@@ -309,21 +314,26 @@ def save_pretrained(run_dir: str | Path, out: str | Path, *, card: dict[str, Any
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"))
-    shutil.copyfile(run_dir / "config.json", out / "config.json")
-    files = ["model.safetensors", "config.json"]
-    detector = run_dir / "ood" / "detector.json"
-    if (run_dir / "detector.json").is_file():
-        detector = run_dir / "detector.json"
-    if detector.is_file():
-        shutil.copyfile(detector, out / "detector.json")
-        files.append("detector.json")
-    full = {**card, "name": card.get("name", out.name), "step": state.get("step"),
-            "dtype": "float16" if half else "float32",
-            "sha256": {f: sha256_file(out / f) for f in files}}
-    atomic_write_json(out / "card.json", full)
-    atomic_write_text(out / "README.md", card_markdown(full))
+    # Written beside `out` and swapped in only once it loads as it will be read: a malformed
+    # card or a kill leaves no half-written folder, and no folder that load() refuses.
+    with output_lock(out), staged_directory(out, written_by="biva save_pretrained",
+                                            earlier=("card.json",)) as stage:
+        save_file({k: v.contiguous() for k, v in weights.items()},
+                  str(stage / "model.safetensors"))
+        shutil.copyfile(run_dir / "config.json", stage / "config.json")
+        files = ["model.safetensors", "config.json"]
+        detector = run_dir / "ood" / "detector.json"
+        if (run_dir / "detector.json").is_file():
+            detector = run_dir / "detector.json"
+        if detector.is_file():
+            shutil.copyfile(detector, stage / "detector.json")
+            files.append("detector.json")
+        full = {**card, "name": card.get("name", out.name), "step": state.get("step"),
+                "dtype": "float16" if half else "float32",
+                "sha256": {f: sha256_file(stage / f) for f in files}}
+        atomic_write_json(stage / "card.json", full)
+        atomic_write_text(stage / "README.md", card_markdown(full))
+        load(stage)
     return out
 
 
