@@ -47,25 +47,10 @@ def step_cost(train: list[dict]) -> dict:
 
 
 def machine() -> dict:
-    """The machine the summary was made on: CPU model, cores, torch version."""
-    import os
-    import platform
+    """The machine the summary was made on: CPU model, cores, torch version, load."""
+    from biva.utils.machine import describe_machine
 
-    model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-        version = torch.__version__
-    except ImportError:
-        version = None
-    return {"cpu": model or platform.processor() or None, "cores": os.cpu_count(),
-            "torch": version}
+    return describe_machine()
 
 
 def paired_difference(result: list[dict], a: str, b: str) -> dict | None:

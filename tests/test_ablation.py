@@ -26,6 +26,7 @@ from biva.experiments.ablation import (
     evaluate_run_for_ablation,
     plan_runs,
     summarize,
+    table_markdown,
 )
 from biva.models import build_hierarchy
 
@@ -137,9 +138,14 @@ def test_shared_biva_prior_is_one_gaussian_for_both_parts():
         small(biva_prior="tied").validate()
 
 
-def _fake_result(variant, seed, l1, lk, cpu, curve_elbo, kl=(1.0, 0.5)):
+MACHINE = {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0", "load_1min": 2.1}
+
+
+def _fake_result(variant, seed, l1, lk, cpu, curve_elbo, kl=(1.0, 0.5), machine=MACHINE,
+                 budget=0.0):
     n = len(curve_elbo)
     return {"variant": variant, "seed": seed, "dataset": "d", "kind": "8bit", "dims": 100,
+            "machine": machine, "budget": {"steps": 10 * n, "max_cpu_minutes": budget},
             "params": 1000, "stochastic_layers": 2, "steps": 10 * n, "cpu_minutes": cpu,
             "test": {"n_examples": 5, "k": 4, "L_1": l1, "L_4": lk,
                      "L_1_bpd": -l1 / (100 * math.log(2)), "L_4_bpd": -lk / (100 * math.log(2))},
@@ -171,10 +177,41 @@ def test_summary_means_spreads_and_equal_cpu_minutes_by_hand():
     assert fig[("lvae", "z2")]["kl"] == [0.5, 0.5] and fig[("lvae", "z1")]["kl_mean"] == 1.0
 
 
-def test_best_within_cpu_ignores_later_records():
+def test_the_value_at_a_cpu_budget_is_interpolated_between_validations_by_hand():
+    """At 2.5 CPU-min, between validations of -3 (2.0) and -1 (3.0): -2, not the -3 of the
+    last validation before it (issue 40); never extrapolated past the run's end."""
     curve = {"cpu_minutes": [1.0, 2.0, 3.0], "valid_elbo": [-5.0, -3.0, -1.0]}
-    assert best_within_cpu(curve, 2.5) == -3.0
+    assert best_within_cpu(curve, 2.5) == pytest.approx(-2.0)
+    assert best_within_cpu(curve, 2.0) == -3.0
     assert best_within_cpu(curve, 0.5) is None
+    assert best_within_cpu(curve, 3.5) is None
+    # A curve that falls after its best: the best before the budget stands.
+    falling = {"cpu_minutes": [1.0, 2.0, 3.0], "valid_elbo": [-5.0, -1.0, -9.0]}
+    assert best_within_cpu(falling, 2.5) == -1.0
+
+
+def test_cpu_minutes_of_different_machines_are_never_compared():
+    other = {**MACHINE, "cpu": "Intel Xeon", "cores": 16}
+    results = [_fake_result("lvae", 0, -100.0, -98.0, 2.0, [-120.0, -110.0]),
+               _fake_result("biva", 0, -90.0, -89.0, 4.0, [-130.0, -105.0, -95.0, -92.0],
+                            machine=other)]
+    s = summarize(results, ["lvae", "biva"])
+    assert s["equal_cpu_minutes"] is None and "different machines" in s["equal_cpu_basis"]
+    assert all(r["valid_elbo_at_equal_cpu"] == [None] for r in s["rows"])
+    assert "not compared (different machines)" in table_markdown(s)
+    # A run without a machine record is not assumed to match one.
+    results[1]["machine"] = None
+    assert summarize(results, ["lvae", "biva"])["equal_cpu_minutes"] is None
+
+
+def test_the_cpu_cut_off_is_the_budget_whatever_variants_the_table_shows():
+    runs = [_fake_result("lvae", 0, -100.0, -98.0, 3.0, [-120.0, -110.0, -108.0], budget=3.0),
+            _fake_result("biva", 0, -90.0, -89.0, 3.0, [-130.0, -105.0, -95.0], budget=3.0),
+            _fake_result("vae", 0, -95.0, -94.0, 1.5, [-140.0], budget=3.0)]
+    both = summarize(runs, ["lvae", "biva", "vae"])
+    one = summarize(runs[:2], ["lvae", "biva"])
+    assert both["equal_cpu_minutes"] == one["equal_cpu_minutes"] == 3.0
+    assert both["equal_cpu_basis"] == "the runs' CPU budget"
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from biva.utils.atomic import atomic_write_json
 from biva.utils.checkpoint import latest_checkpoint
 from biva.utils.config_io import to_dict
 from biva.utils.jsonl import read_jsonl
+from biva.utils.machine import describe_machine
 from biva.utils.rng import seeded_eval
 from biva.utils.run_lock import RunDirLocked, lock_run_dir, unlock_run_dir
 
@@ -256,6 +257,8 @@ def evaluate_run_for_ablation(run: AblationRun, budget: AblationBudget, device="
         "active_units": {"threshold": active["threshold"], "active": active["active"],
                          "dims": active["dims"]},
         "curve": curve,
+        # CPU-minutes are compared only between runs of one kind of machine (summary.py).
+        "machine": describe_machine(),
     }
 
 

@@ -14,6 +14,7 @@ from biva.evaluation.style import save_png
 from biva.experiments.ablation.runner import AblationRun, load_result
 from biva.experiments.ablation.variants import ABLATION_VARIANTS
 from biva.utils.atomic import atomic_write_json, atomic_write_text
+from biva.utils.machine import same_machine
 
 
 # ----------------------------------------------------------------------------- summary
@@ -26,11 +27,36 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def best_within_cpu(curve: dict, minutes: float, key: str = "valid_elbo") -> float | None:
-    """The best validation ELBO (nats) reached by ``minutes`` CPU-minutes, from a curve."""
-    vals = [v for v, m in zip(curve[key], curve["cpu_minutes"], strict=True)
-            if m <= minutes + 1e-9]
-    return max(vals) if vals else None
+    """The best validation ELBO (nats) of a run by ``minutes`` CPU-minutes: the best
+    validation at or before it, or the curve's value at ``minutes`` itself, linearly
+    interpolated between the validations around it, whichever is higher. None when the run
+    never reached ``minutes`` (no extrapolation) or had no validation by then."""
+    m, v = curve["cpu_minutes"], curve[key]
+    before = [x for x, t in zip(v, m, strict=True) if t <= minutes + 1e-9]
+    if not before or m[-1] < minutes - 1e-9:
+        return None
+    i = len(before) - 1
+    at = before[-1]
+    if i + 1 < len(m) and m[i + 1] > m[i]:
+        w = (minutes - m[i]) / (m[i + 1] - m[i])
+        at = v[i] + w * (v[i + 1] - v[i])
+    return max(*before, at)
 
+
+def _equal_cpu_minutes(results: Sequence[dict]) -> tuple[float | None, str]:
+    """The CPU-minutes every run is compared at, and on what basis: the runs' common CPU
+    budget when they had one (whatever variants the table shows), else the shortest run's
+    CPU time; None when the runs were made on different machines (CPU time is not
+    comparable across machines: compare at equal steps)."""
+    machines = [r.get("machine") for r in results]
+    if any(not same_machine(machines[0], m) for m in machines[1:]):
+        kinds = sorted({f"{(m or {}).get('cpu')} x{(m or {}).get('cores')}" for m in machines})
+        return None, f"not compared: runs from different machines ({'; '.join(kinds)})"
+    budgets = {r.get("budget", {}).get("max_cpu_minutes") or 0 for r in results}
+    if len(budgets) == 1 and budgets != {0}:
+        return float(budgets.pop()), "the runs' CPU budget"
+    return (min(r["curve"]["cpu_minutes"][-1] for r in results if r["curve"]["step"]),
+            "the shortest run's CPU time")
 
 
 def summarize(results: Sequence[dict], variants: Sequence[str]) -> dict:
@@ -44,7 +70,7 @@ def summarize(results: Sequence[dict], variants: Sequence[str]) -> dict:
     k = results[0]["test"].get("k", 1)
     dims = results[0]["dims"]
     bpd = results[0]["kind"] == "8bit"
-    equal_cpu = min(r["curve"]["cpu_minutes"][-1] for r in results if r["curve"]["step"])
+    equal_cpu, equal_cpu_basis = _equal_cpu_minutes(results)
     rows, figure = [], []
     lk = f"L_{k}" if k > 1 else "L_1"
     for v in [v for v in variants if any(r["variant"] == v for r in results)]:
@@ -60,7 +86,8 @@ def summarize(results: Sequence[dict], variants: Sequence[str]) -> dict:
                 row[f"test_{name}{suffix}"] = vals
                 row[f"test_{name}{suffix}_mean"], row[f"test_{name}{suffix}_std"] = (
                     _mean_std(vals))
-        at_cpu = [best_within_cpu(r["curve"], equal_cpu) for r in rs]
+        at_cpu = [None if equal_cpu is None else best_within_cpu(r["curve"], equal_cpu)
+                  for r in rs]
         row["valid_elbo_at_equal_cpu"] = at_cpu
         row["valid_elbo_at_equal_cpu_mean"], row["valid_elbo_at_equal_cpu_std"] = (
             _mean_std(at_cpu))
@@ -84,6 +111,7 @@ def summarize(results: Sequence[dict], variants: Sequence[str]) -> dict:
                                [x["active_fraction"] for x in per_seed])[0]})
     return {"k": k, "dims": dims, "units": "bits/dim" if bpd else "nats",
             "dataset": results[0]["dataset"], "equal_cpu_minutes": equal_cpu,
+            "equal_cpu_basis": equal_cpu_basis,
             "n_test": results[0]["test"]["n_examples"], "rows": rows,
             "runs": [{key: r[key] for key in r if key != "curve"} for r in results],
             "kl_per_layer": figure}
@@ -97,6 +125,12 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 
 
+def _cpu_label(summary: dict) -> str:
+    m = summary["equal_cpu_minutes"]
+    return "equal CPU-min: not compared (different machines)" if m is None else \
+        f"{m:.1f} CPU-min"
+
+
 def table_markdown(summary: dict) -> str:
     """Table 1 and the per-layer figure's numbers as Markdown."""
     k, bpd = summary["k"], summary["units"] == "bits/dim"
@@ -107,7 +141,7 @@ def table_markdown(summary: dict) -> str:
              f"checkpoint; mean ± std over seeds; {summary['units']}, lower is better"
              + ("" if bpd else " for -L") + "):", "",
              f"| variant | params | seeds | steps | CPU-min | L_1 ({unit}) | {lk} ({unit}) | "
-             f"valid at {summary['equal_cpu_minutes']:.1f} CPU-min ({unit}) |",
+             f"valid at {_cpu_label(summary)} ({unit}) |",
              "|---|---|---|---|---|---|---|---|"]
     sign = 1 if bpd else -1     # bits/dim are positive already; -L in nats
 
@@ -192,7 +226,8 @@ def plot_curves(results: Sequence[dict], summary: dict, out: Path) -> Path:
         ax.set_ylabel("validation -ELBO, " + ("bits/dim" if bpd else "nats"))
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[1].axvline(summary["equal_cpu_minutes"], color="grey", linestyle=":")
+    if summary["equal_cpu_minutes"] is not None:
+        axes[1].axvline(summary["equal_cpu_minutes"], color="grey", linestyle=":")
     save_png(fig, out)
     plt.close(fig)
     return out
