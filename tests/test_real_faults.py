@@ -253,3 +253,36 @@ def test_an_ood_output_folder_of_someone_elses_files_is_refused(tiny_run, tmp_pa
     line = _one_error_line(capsys)
     assert "biva did not write" in line and str(out) in line, line
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_an_unreadable_subfolder_is_reported_not_skipped_silently():
+    """A folder a user cannot read (a real permission denial: the reader runs as `nobody`)
+    was skipped without a word (issue 41); its images are now named as left out."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("dropping to another user needs root and setpriv on Linux")
+    root = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        for sub in ("open", "secret"):
+            (root / sub).mkdir()
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / sub / "a.png")
+        (root / "open").chmod(0o755)
+        (root / "secret").chmod(0o700)          # root's alone: nobody cannot list it
+        code = ("import sys; from biva.data.folders import image_files; "
+                "print(len(image_files(sys.argv[1])))")
+        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-c", code, str(root)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "HOME": "/tmp"})
+        if done.returncode != 0 and "Permission denied" in done.stderr:
+            pytest.skip(f"the test environment is not readable by nobody: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "1"
+        assert f"{root / 'secret'}: unreadable (Permission denied)" in done.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

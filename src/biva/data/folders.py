@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -47,7 +48,13 @@ def image_files(path: str | Path) -> list[Path]:
         files = [path]
     else:
         files = []
-        for root, dirs, names in os.walk(path):
+
+        def unreadable(err: OSError) -> None:
+            # Skipped, but never silently: the user learns which images were left out.
+            print(f"warning: {err.filename}: unreadable ({err.strerror}); its images are "
+                  "skipped", file=sys.stderr)
+
+        for root, dirs, names in os.walk(path, onerror=unreadable):
             # Hidden folders and files (.git, macOS ._ copies) are skipped, as training skips them.
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             files += [Path(root) / n for n in names if is_image_file(Path(root) / n)]
