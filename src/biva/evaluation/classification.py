@@ -61,7 +61,8 @@ def write_confusion(summary: dict, run_dir: str | Path, split: str) -> tuple[Pat
 
 
 def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
-                          input_shape: tuple[int, ...], seed: int = 0) -> Tensor:
+                          input_shape: tuple[int, ...], seed: int = 0, first: int = 0,
+                          levels: bool | None = None) -> Tensor:
     """Raw images -> model input (N, C, H, W). (N, H, W), (N, H, W, C) and (N, C, H, W) accepted.
 
     Binary models take {0, 1} values as they are; grey levels (uint8 0..255 or floats in [0, 1])
@@ -69,7 +70,9 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
     evaluates a dynamically binarized split (``fixed_binarization``), so image i of a raw array
     gets exactly the binary image that image i of a split gets with the same seed (the
     command line's ``--data`` route uses the run's ``train.seed``). 8-bit models take uint8
-    0..255.
+    0..255. ``first``: the index of ``images[0]`` in a longer array converted in pieces (its
+    draws, and the image numbers errors name); ``levels``: whether {0, 1} values are grey
+    levels to draw from (None: only when some value is neither 0 nor 1).
     """
     arr = images.cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     if arr.dtype == np.bool_:
@@ -80,7 +83,7 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))
         raise ValueError(f"images: {len(bad)} non-finite values (NaN or inf), the first in "
-                         f"image {int(bad[0, 0])}")
+                         f"image {first + int(bad[0, 0])}")
     if not arr.flags.writeable:     # e.g. read_idx's view of a file buffer
         arr = arr.copy()
     x = torch.as_tensor(arr)
@@ -94,16 +97,31 @@ def images_to_model_input(images: np.ndarray | Tensor, kind: str, bits: int,
                          f"channel, (N, {h}, {w}); found {tuple(x.shape)}")
     x = x.contiguous()
     if kind == "binary":
-        if x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all()):
+        if levels is None:
+            levels = not (x.dtype == torch.bool or bool(((x == 0) | (x == 1)).all()))
+        if not levels:
             return x.to(torch.float32)
         grey = x.to(torch.float32) / (255.0 if not x.is_floating_point() else 1.0)
         if bool(((grey < 0) | (grey > 1)).any()):
             raise ValueError("binary model: images must be {0, 1}, uint8 0..255 or floats "
                              "in [0, 1]")
-        return fixed_binarization(ImageSplit(grey), seed).images.to(torch.float32)
+        return fixed_binarization(ImageSplit(grey), seed, first).images.to(torch.float32)
     if x.dtype != torch.uint8:
         raise ValueError(f"8-bit model: images must be uint8 0..255, found {x.dtype}")
     return to_model_input(x, kind, bits)
+
+
+def raw_batches(images: np.ndarray | Tensor, kind: str, bits: int,
+                input_shape: tuple[int, ...], seed: int, batch_size: int):
+    """:func:`images_to_model_input` of ``images`` a batch at a time (memory flat in N: a
+    uint8 array stays uint8 until its batch is converted); the draws of one call."""
+    # Whether {0, 1} values are binary pixels or grey levels is decided for the whole array.
+    step = 65536
+    levels = not all(bool(((c == 0) | (c == 1)).all())
+                     for c in (np.asarray(images[i:i + step]) for i in range(0, len(images), step)))
+    for start in range(0, len(images), batch_size):
+        yield images_to_model_input(images[start:start + batch_size], kind, bits, input_shape,
+                                    seed, first=start, levels=levels)
 
 
 def predict_raw(model, model_cfg, images: np.ndarray | Tensor, *, n_samples: int = 1,

@@ -4,6 +4,7 @@ confusion matrix, and the bounds with y summed out (nats per example)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -62,16 +63,29 @@ def predict_proba(model, x: Tensor, *, batch_size: int = 100, n_samples: int = 1
 
     Each row averages ``n_samples`` draws of z^BU; ``seed`` makes the draws reproducible.
     """
-    for name, value in (("batch_size", batch_size), ("n_samples", n_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, found {value!r}")
+    _check_count("batch_size", batch_size)
+    return predict_proba_batches(model, (x[s:s + batch_size]
+                                         for s in range(0, x.shape[0], batch_size)),
+                                 n_samples=n_samples, seed=seed)
+
+
+def predict_proba_batches(model, batches: Iterable[Tensor], *, n_samples: int = 1,
+                          seed: int | None = 0) -> Tensor:
+    """:func:`predict_proba` over model-input batches made as they are needed (one batch in
+    memory at a time): the same draws, batch for batch, as one call on their concatenation
+    split at the same places. Returns (N, num_classes) float32."""
+    _check_count("n_samples", n_samples)
     device = model.out_conv.v.device
     out = []
     with seeded_eval(model, seed):
-        for start in range(0, x.shape[0], batch_size):
-            out.append(model.classify(x[start:start + batch_size].to(device), n_samples).cpu())
+        for x in batches:
+            out.append(model.classify(x.to(device), n_samples).cpu())
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
 
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, found {value!r}")
 
 
 def labelled_batches(split: ImageSplit, kind: str, bits: int, batch_size: int, device,
