@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 import shlex
 import shutil
@@ -260,8 +261,11 @@ def test_the_site_builds_with_warnings_as_errors(site):
     assert "biva ablation" in cli and "--init-from" in cli
     config = (site / "reference/config.html").read_text()
     assert "train.init_from" in config and "model.biva_prior" in config
-    api = (site / "reference/api.html").read_text()
-    assert "HierarchicalVAE" in api and "importance_weighted_bound" in api
+    index = (site / "reference/api.html").read_text()
+    assert "api/biva.models.hierarchy.html" in index          # one page a module, linked
+    hierarchy = (site / "reference/api/biva.models.hierarchy.html").read_text()
+    bounds = (site / "reference/api/biva.objectives.importance.html").read_text()
+    assert "HierarchicalVAE" in hierarchy and "importance_weighted_bound" in bounds
 
 
 def test_an_unknown_config_field_or_a_missing_docstring_fails_the_build(tmp_path):
@@ -365,3 +369,25 @@ def test_the_site_loads_in_a_real_browser_with_its_styles_and_no_script_error(si
         css.unlink()
     found = _browser_check(exe, broken / "index.html", tmp_path)
     assert any("furo.css" in m for m in found["missing"]), found
+
+
+def test_every_library_module_has_its_reference_page_listed_by_layer(tmp_path):
+    """One page a module (issue 42: the reference was one 1.37 MB page), each listed in the
+    index; the generator keeps the index as it is (a module added without a page fails)."""
+    import pkgutil
+
+    import biva
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {m.name for m in pkgutil.walk_packages(biva.__path__, "biva.")} | {"biva"}
+    modules = {m for m in modules if not m.startswith("biva.cli")}   # the CLI reference
+    pages = {p.stem for p in (root / "docs" / "reference" / "api").glob("*.md")}
+    assert modules == pages
+    index = (root / "docs" / "reference" / "api.md").read_text()
+    assert {m for m in modules if f"api/{m}\n" in index} == modules
+    spec = importlib.util.spec_from_file_location("api_pages", root / "scripts" / "api_pages.py")
+    api_pages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_pages)
+    shutil.copy(root / "docs" / "reference" / "api.md", tmp_path / "api.md")
+    api_pages.split(tmp_path / "api.md", tmp_path / "api")
+    assert (tmp_path / "api.md").read_text() == index

@@ -193,14 +193,18 @@ class NVAEFamily:
 
     @staticmethod
     def side_blocks(W: int, mid: int, side: int, n_enc: int, L: int) -> tuple[nn.Module, ...]:
+        """NVAE's pre- and post-processing cells at the image side."""
         return NVAEEncoderCell(W), NVAEDecoderCell(W, mid)
 
     @staticmethod
     def encoder_stage(W: int, mid: int, r: int, n: int, n_enc: int) -> nn.Sequential:
+        """The encoder's n cells at resolution r."""
         return nn.Sequential(*[NVAEEncoderCell(W) for _ in range(n)])
 
     @staticmethod
     def encode_stage(stage: nn.Sequential, h: Tensor, n_latent: int) -> tuple[Tensor, list]:
+        """(the stage's output, each latent group's features: the output of its group of
+        cells, the lowest group paired with the lowest latent)."""
         per_group, acts = len(stage) // n_latent, []
         for g in range(n_latent):
             h = stage[g * per_group:(g + 1) * per_group](h)

@@ -133,8 +133,8 @@ def write_evaluation(run_dir: str | Path, res: dict, out: Path, settings: EvalSe
 
 def split_folder(path: Path, split: str) -> Path:
     """The folder ``--data`` evaluates: ``path`` itself, or its ``split`` subfolder when
-    ``path`` is laid out by split (train/, valid/, test/ subfolders, the layout ``biva train
-    --data`` takes) and has one for ``split``."""
+    ``path`` is laid out by split (``train/``, ``valid/``, ``test/`` subfolders, the layout
+    ``biva train --data`` takes) and has one for ``split``."""
     path = Path(path)
     if path.is_dir() and (path / split).is_dir():
         return path / split
