@@ -332,7 +332,11 @@ def _browser_check(exe: str, page: Path, tmp: Path) -> dict:
     probe.unlink()
     match = re.search(r'id="site-check">(\{.*?\})<', res.stdout)
     assert match, f"no probe result (rc {res.returncode}): {res.stderr[-2000:]}"
-    return json.loads(match.group(1).replace("&quot;", '"'))
+    found = json.loads(match.group(1).replace("&quot;", '"'))
+    # The DOM at the end of the time budget: MathJax has typeset every formula or not.
+    found["math_rendered"] = res.stdout.count("<mjx-container")
+    found["math_raw"] = len(re.findall(r'<span class="math[^"]*">\\\(', res.stdout))
+    return found
 
 
 def test_the_site_loads_in_a_real_browser_with_its_styles_and_no_script_error(site, tmp_path):
@@ -352,6 +356,9 @@ def test_the_site_loads_in_a_real_browser_with_its_styles_and_no_script_error(si
                        ("guide/anomaly-detection.html", "guide_anomaly_detection.png")):
         found = _browser_check(exe, site / page, tmp_path)
         assert found["sheets"] >= 2 and found["missing"] == [] and found["errors"] == [], found
+        if page.startswith("guide/"):
+            # L^{>k} and LLR^{>k} rendered as maths, offline (issue 42), none left raw.
+            assert found["math_rendered"] > 10 and found["math_raw"] == 0, found
         shot = tmp_path / name
         subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
@@ -369,6 +376,10 @@ def test_the_site_loads_in_a_real_browser_with_its_styles_and_no_script_error(si
         css.unlink()
     found = _browser_check(exe, broken / "index.html", tmp_path)
     assert any("furo.css" in m for m in found["missing"]), found
+    # ... and without the MathJax it serves, no formula is rendered.
+    shutil.rmtree(broken / "_static" / "mathjax")
+    found = _browser_check(exe, broken / "guide" / "anomaly-detection.html", tmp_path)
+    assert found["math_rendered"] == 0 and found["math_raw"] > 10, found
 
 
 def test_every_library_module_has_its_reference_page_listed_by_layer(tmp_path):
