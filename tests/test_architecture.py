@@ -211,3 +211,14 @@ def test_the_trainer_loop_module_stays_under_300_lines():
     for name in ("trainer.py", "loop.py"):
         lines = (ROOT / "src" / "biva" / "training" / name).read_text().count("\n")
         assert lines < 300, name
+
+
+def test_the_installed_package_says_what_it_is_and_who_made_it():
+    """`pip show biva` had no author; the metadata names the families and the makers."""
+    from importlib.metadata import metadata, version
+
+    import biva
+
+    meta = metadata("biva")
+    assert meta["Author"] == "the biva developers" and version("biva") == biva.__version__
+    assert "NVAE" in meta["Summary"] and "BIVA" in meta["Keywords"]

@@ -266,3 +266,21 @@ def test_raw_digits_and_the_dataset_route_see_the_same_binary_images(shared_data
     cli_error = float(np.mean(np.array(saved["pred"]) != labels))
     error = float((p.predict(raw, seed=seed).numpy() != labels).mean())
     assert error == pytest.approx(cli_error, abs=1e-12)
+
+
+def test_one_return_convention_tensors_from_models_numpy_from_the_detector(tmp_path):
+    """The documented convention (architecture guide, "What functions return"): read_folder
+    and the classifier give torch tensors; the scikit-learn style detector NumPy arrays."""
+    from PIL import Image
+
+    photos = load("photos32")
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    images = read_folder(tmp_path, photos.config)
+    assert isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+    for method in ("predict", "decision_function", "score_samples", "anomaly_score"):
+        assert isinstance(getattr(photos.detector, method)(images), np.ndarray), method
+    digits = load("mnist-100-labels")
+    raw = np.zeros((2, 28, 28), np.uint8)
+    assert isinstance(digits.predict(raw), torch.Tensor)
+    assert isinstance(digits.predict_proba(raw), torch.Tensor)
