@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             with PeakMemory(device) as mem:
                 t.train_step(x)
             memory[name] = mem.mib
-        skipped = {name: t.skipped for name, t in trainers.items()}
+        skipped = {name: t.guard.skipped for name, t in trainers.items()}
     probe = conv_peak(batch, cfg.per_layer("filters")[1 if cfg.n_layers > 1 else 0],
                       cfg.spatial_sizes()[1], device, reps=3 if args.quick else 7,
                       group_gflop=0.5 if args.quick else 20.0)
