@@ -173,6 +173,7 @@ def test_quick_cli_run_writes_json_and_figures(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["runs"] == [run]
 
 
+@pytest.mark.slow
 def test_parallel_workers(tmp_path):
     out = tmp_path / "par"
     assert main(["densities", "--variants", "vae,lvae", "--potentials", "1", "--seeds", "1",

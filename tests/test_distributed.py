@@ -138,6 +138,7 @@ def data():
     return load_run_data(deterministic_config())
 
 
+@pytest.mark.slow
 def test_two_ranks_of_b_rows_match_one_process_of_2b_rows(two_ranks, data, tmp_path,
                                                           monkeypatch):
     monkeypatch.setattr(DiagonalGaussian, "sample", _posterior_mean)

@@ -202,6 +202,7 @@ def photo_folders(shared_data_dir, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_the_readmes_three_examples_run_on_small_real_data(photo_folders):
     """Exactly the README's blocks, in its order, in a folder laid out as they name it; only
     the training budget and K are made small (appended --set / replaced values)."""

@@ -16,6 +16,7 @@ def test_bernoulli_matches_bce_with_logits():
 
 
 @pytest.mark.parametrize("channels,bits,n_mix", [(1, 8, 3), (3, 8, 2), (3, 3, 4), (1, 1, 1)])
+@pytest.mark.slow
 def test_discretized_logistic_mixture_sums_to_one(channels, bits, n_mix):
     # Sum p(x) over every joint value of one pixel's channels: all 2**(bits*C) bins.
     lik = DiscretizedLogisticMixture(n_mix=n_mix, bits=bits)

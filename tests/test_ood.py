@@ -242,6 +242,7 @@ def toy_model():
     return train(HierarchicalVAE(tiny_config("biva")), steps=400, lr=1e-2, free_bits=0.0), toy_data
 
 
+@pytest.mark.slow
 def test_detector_separates_known_in_and_out_distributions(toy_model, tmp_path):
     from sklearn.metrics import roc_auc_score
 

@@ -130,6 +130,7 @@ def few_photos(shared_data_dir, tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_cpu_config_learns_on_photos_without_skipping(few_photos, tmp_path):
     """natural32_cpu on real photos, its own schedule: 240 steps (the 200-step warm-up, where
     gradient norms grow ~50x, then 40 with the auto skip threshold armed) skip nothing and
@@ -147,6 +148,7 @@ def test_cpu_config_learns_on_photos_without_skipping(few_photos, tmp_path):
     assert train[-1]["loss"] < 0.9 * train[0]["loss"]
 
 
+@pytest.mark.slow
 def test_data_flag_resolves_the_same_config_as_an_explicit_one(few_photos, tmp_path):
     common = ["--steps", "1", "--no-progress", "--threads", "1", "--set", "train.eval_every=1",
               "--set", "train.eval_batches=1"]

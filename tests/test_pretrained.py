@@ -37,6 +37,7 @@ def test_at_least_the_demo_model_ships_and_all_fit_the_size_budget():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.slow
 def test_every_card_score_is_what_the_checkpoint_gives(name, monkeypatch):
     """The card's seed-0 value on its slice, within its stated Monte Carlo error: a wrong
     checkpoint, a changed bound or a changed data split fails."""

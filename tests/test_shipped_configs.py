@@ -100,6 +100,7 @@ def data_root():
 
 @pytest.mark.parametrize(("name", "variant"), _family_pairs(
     shipped_configs(), lambda n: load_run_config(n, []).model.variant))
+@pytest.mark.slow
 def test_shipped_config_trains_a_step_and_evaluates_l_k(name, variant, data_root, tmp_path):
     overrides = [*SMALL, f"model.variant={variant}"]
     cfg = load_run_config(name, overrides)
@@ -158,6 +159,7 @@ def _train_step_and_bound(cfg, data_root, tmp_path) -> None:
 
 @pytest.mark.parametrize(("name", "variant"),
                          _family_pairs(sorted(PRESETS), lambda n: preset(n).variant))
+@pytest.mark.slow
 def test_preset_builds_trains_and_evaluates_l_k(name, variant):
     cfg = preset(name, variant=variant, blocks=1)
     if cfg.latent_type == "conv":
@@ -167,6 +169,7 @@ def test_preset_builds_trains_and_evaluates_l_k(name, variant):
 
 @pytest.mark.filterwarnings("error")  # e.g. torch's warning on even kernels with "same"
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if preset(n).latent_type == "conv"))
+@pytest.mark.slow
 def test_conv_preset_at_its_real_latent_kernel(name):
     _step_and_bound(preset(name, blocks=1))
 

@@ -190,6 +190,7 @@ def _logged_train_steps(run: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if r.get("kind") == "train"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     """Kill `biva train` with SIGKILL mid-run, resume it, compare with an uninterrupted run."""
     steps = 40
