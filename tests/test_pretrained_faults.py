@@ -252,6 +252,14 @@ def test_reading_a_folder_in_batches_gives_the_same_images(tmp_path):
     assert torch.equal(torch.cat([images for _, images in parts]), whole)
 
 
+def _peak_mb(code: str) -> int:
+    """Run ``code`` (which prints "peak_mb N") in a fresh one-thread process; returns N."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split("peak_mb")[1])
+
+
 def _detect_peak_mb(tmp_path: Path, n: int) -> int:
     from PIL import Image
 
@@ -270,10 +278,7 @@ def _detect_peak_mb(tmp_path: Path, n: int) -> int:
         assert d.n_images == {n}
         print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split("peak_mb")[1])
+    return _peak_mb(code)
 
 
 @pytest.mark.slow
@@ -297,10 +302,7 @@ def _predict_peak_mb(run: Path, tmp_path: Path, n: int) -> int:
                      "--batch-size", "1000"]) == 0
         print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    return int(out.stdout.split("peak_mb")[1])
+    return _peak_mb(code)
 
 
 @pytest.mark.slow

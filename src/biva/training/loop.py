@@ -10,11 +10,13 @@ best checkpoint is chosen on :attr:`TrainingLoop.selection`.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 
 import torch
 
+from biva.objectives import bits_per_dim
 from biva.training.callbacks import default_callbacks
 from biva.training.distributed import any_rank, average_across_ranks
 from biva.training.schedule import free_bits, kl_weight
@@ -99,7 +101,7 @@ class TrainingLoop:
 
     def _agreed(self, flag: bool) -> bool:
         """``flag`` on any rank (one all-reduce under torchrun)."""
-        return any_rank(flag, self.device) if self.distributed else flag
+        return any_rank(flag, self.device)
 
     def _budget_stop(self) -> bool:
         """True (every rank alike) when a wall or CPU budget is spent; sets the reason."""
@@ -143,6 +145,14 @@ class TrainingLoop:
                "time": time.time(), "cpu_s": self.clock.seconds}
         self._notify("on_train_record", rec)
         return rec
+
+    def _valid_record(self, elbo: float, **figures) -> dict:
+        """A ``kind: "valid"`` record at this step: the ELBO (nats) and its bits/dim, the
+        trainer's other ``valid_*`` figures, wall and CPU time."""
+        dims = math.prod(self.cfg.model.input_shape)
+        return {"kind": "valid", "step": self.step, **figures, "valid_elbo": elbo,
+                "valid_bpd": float(bits_per_dim(elbo, dims)), "time": time.time(),
+                "cpu_s": self.clock.seconds}
 
     def _validate(self) -> dict:
         """:meth:`evaluate` on rank 0 alone (every rank holds the same EMA weights), then the

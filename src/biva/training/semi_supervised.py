@@ -16,8 +16,6 @@ on the validation split (EMA weights); ``checkpoints/best`` holds the lowest val
 from __future__ import annotations
 
 import itertools
-import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +24,6 @@ import torch
 from biva.config.run import RunConfig, read_run_config
 from biva.data import DatasetSplits, ImageSplit, balanced_label_split, epoch_batches, load_run_data
 from biva.models.semi_supervised import UNLABELLED, SemiSupervisedBIVA, default_alpha
-from biva.objectives import bits_per_dim
 from biva.objectives.classification import evaluate_classification
 from biva.training.trainer import Selection, Trainer
 from biva.utils.atomic import atomic_write_json
@@ -159,12 +156,9 @@ class SemiSupervisedTrainer(Trainer):
         res = evaluate_classification(self.ema.model, self.valid, self.data.kind,
                                       self.cfg.model.bits, batch_size=self.cfg.eval.batch_size,
                                       n_examples=n, seed=0)
-        dims = math.prod(self.cfg.model.input_shape)
-        return {"kind": "valid", "step": self.step, "valid_error": res["error"],
-                "valid_elbo": res["L_1"], "valid_elbo_U": res["elbo_U"],
-                "valid_bpd": float(bits_per_dim(res["L_1"], dims)),
-                "valid_log_px": res["log_px"], "valid_kl_groups": res["kl_groups"],
-                "time": time.time(), "cpu_s": self.clock.seconds}
+        return self._valid_record(res["L_1"], valid_error=res["error"],
+                                  valid_elbo_U=res["elbo_U"], valid_log_px=res["log_px"],
+                                  valid_kl_groups=res["kl_groups"])
 
     def sample_grid(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Four samples of each class, one class a row."""

@@ -11,7 +11,6 @@ with bit-identical parameters on CPU.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -278,11 +277,8 @@ class Trainer(TrainingLoop):
         stats = validation_statistics(self.ema.model, self.valid, self.data.kind,
                                       self.cfg.model.bits, batch_size=self.cfg.eval.batch_size,
                                       device=self.device, max_batches=tc.eval_batches or None)
-        dims = math.prod(self.cfg.model.input_shape)
-        return {"kind": "valid", "step": self.step, "valid_elbo": stats["elbo"],
-                "valid_bpd": float(bits_per_dim(stats["elbo"], dims)),
-                "valid_log_px": stats["log_px"], "valid_kl_groups": stats["kl_groups"],
-                "time": time.time(), "cpu_s": self.clock.seconds}
+        return self._valid_record(stats["elbo"], valid_log_px=stats["log_px"],
+                                  valid_kl_groups=stats["kl_groups"])
 
     def sample_grid(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """What the sample images show: 16 samples of the EMA model, 8 a row."""
