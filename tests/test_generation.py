@@ -80,29 +80,28 @@ def test_partial_generation_at_zero_is_the_reconstruction(trained, x):
 def test_rows_at_different_temperatures_share_the_noise(trained, monkeypatch):
     model, _, _ = trained
     L = model.n_layers
-    seen: list[list[torch.Tensor]] = []
+    seen: list[list[tuple]] = []
+    orig_generate = type(model)._generate
     orig_sample = DiagonalGaussian.sample
-    orig_top = type(model).generate_from_top
 
-    def top(self, z_top, temperature=1.0, generator=None, **kwargs):
-        seen.append([z_top.clone()])
-        return orig_top(self, z_top, temperature, generator, **kwargs)
+    def generate(self, *args):
+        seen.append([])
+        return orig_generate(self, *args)
 
     def sample(self, temperature=1.0, noise=None):
-        seen[-1].append(noise.clone())
+        seen[-1].append((temperature, noise.clone()))
         return orig_sample(self, temperature, noise)
 
-    monkeypatch.setattr(type(model), "generate_from_top", top)
+    monkeypatch.setattr(type(model), "_generate", generate)
     monkeypatch.setattr(DiagonalGaussian, "sample", sample)
     temps = [1.0, 0.5, [0.8] * (L - 1) + [0.6]]
     gen.samples_at_temperatures(model, 4, temps, seed=3)
-    top_temps = [1.0, 0.5, 0.6]
-    # z_L = temperature_L * eps with the same eps in every row; lower layers get the same eps.
-    eps = [draws[0] / t for draws, t in zip(seen, top_temps, strict=True)]
+    # z_L = temperature_L * eps first, then every lower group: the same eps in every row.
+    assert [row[0][0] for row in seen] == [1.0, 0.5, 0.6]
+    assert [t for t, _ in seen[2][1:]] == [0.8] * (len(seen[2]) - 1)
     for row in range(1, 3):
-        assert torch.allclose(eps[row], eps[0], atol=1e-6)
         assert len(seen[row]) == len(seen[0]) > 1
-        for a, b in zip(seen[row][1:], seen[0][1:], strict=True):
+        for (_, a), (_, b) in zip(seen[row], seen[0], strict=True):
             assert torch.equal(a, b)
 
 
@@ -115,7 +114,7 @@ def test_per_layer_temperature(trained, tiny_run, tmp_path):
     # Only z_L noisy: the image is the prior-mean decoding of z_L = 0.9 * eps.
     only_top = model.sample(6, [0.0] * (L - 1) + [0.9], generator=g())
     eps = torch.randn((6, *model.latent_shape(L)), generator=g())
-    assert torch.allclose(only_top, model.decode(model.generate_from_top(0.9 * eps, 0.0)))
+    assert torch.allclose(only_top, model.to_images(model.generate_from_top(0.9 * eps, 0.0)))
     assert not torch.allclose(only_top, model.sample(6, 0.9, generator=g()))
 
     # CLI: each --temperature scales the per-layer list; a list of ones changes nothing.
@@ -145,9 +144,9 @@ def test_interpolation_endpoints_decode_the_posterior_means(trained, x):
     torch.manual_seed(11)  # the seed drives exactly the forward pass's draws
     assert torch.equal(mu_a, model(xa).posteriors[f"z{L}"].mu)
     for col, mu in ((0, mu_a), (-1, mu_b)):
-        assert torch.allclose(inter[:, col], model.decode(model.generate_from_top(mu, 0.0)),
+        assert torch.allclose(inter[:, col], model.to_images(model.generate_from_top(mu, 0.0)),
                               atol=1e-6)
-    mid = model.decode(model.generate_from_top((mu_a + mu_b) / 2, 0.0))
+    mid = model.to_images(model.generate_from_top((mu_a + mu_b) / 2, 0.0))
     assert torch.allclose(inter[:, 2], mid, atol=1e-5)
     with pytest.raises(ValueError, match="steps"):
         gen.interpolate_top(model, xa, xb, steps=1)

@@ -206,14 +206,14 @@ def test_decode_gives_the_mean_by_default_a_draw_on_request_and_names_bad_modes(
     torch.manual_seed(0)
     model = HierarchicalVAE(preset("digits", filters=(8,), blocks=1))
     params = torch.randn(64, 1, 8, 8)
-    torch.testing.assert_close(model.decode(params), torch.sigmoid(params))
+    torch.testing.assert_close(model.to_images(params), torch.sigmoid(params))
     torch.manual_seed(1)
-    draw = model.decode(params, "sample")
+    draw = model.to_images(params, "sample")
     assert set(draw.unique().tolist()) == {0.0, 1.0}
     # A draw, not the mean: about sigmoid(params) of the pixels are 1.
     assert abs(float(draw.mean() - torch.sigmoid(params).mean())) < 0.05
     with pytest.raises(ValueError, match="mode must be 'mean' or 'sample', got 'median'"):
-        model.decode(params, "median")
+        model.to_images(params, "median")
 
 
 @pytest.mark.parametrize("likelihood,fields,expected", [

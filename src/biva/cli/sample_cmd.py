@@ -1,4 +1,5 @@
-"""``biva sample``: a PNG grid of prior samples, one row per temperature."""
+"""``biva sample``: a PNG grid of prior samples, one row per temperature; with ``--from
+IMAGES``, what each layer holds (reconstructions keeping the top layers, interpolations)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from biva.cli.common import (
     HelpFormatter,
     add_run_dir_argument,
     add_runtime_options,
+    parse_int_list,
     parse_temperatures,
     positive_int,
     setup_runtime,
 )
-from biva.runs.sample import SampleSettings, sample_run
+from biva.runs.sample import LatentViewSettings, SampleSettings, latent_views_run, sample_run
 
 
 def add_parser(sub) -> None:
@@ -23,8 +25,9 @@ def add_parser(sub) -> None:
         "temperatures (e.g. 1.0,0.8,0.6) give one row each, with the same latent noise.",
         formatter_class=HelpFormatter)
     add_run_dir_argument(p, "a biva run directory")
-    p.add_argument("-n", "--num", type=positive_int, default=64,
-                   help="samples (per temperature)")
+    p.add_argument("-n", "--num", type=positive_int, default=None,
+                   help="samples per temperature (default 64); with --from or --from-split, "
+                   "images (default 8)")
     p.add_argument("--temperature", default="1.0", help="one value or a comma-separated list")
     p.add_argument("--layer-temperatures", default=None, metavar="T1,...,TL",
                    help="one temperature per stochastic layer (layer 1 first), e.g. "
@@ -39,6 +42,26 @@ def add_parser(sub) -> None:
     p.add_argument("--per-class", type=int, default=10,
                    help="semi-supervised runs: samples a class in figures/samples_by_class.png "
                    "(one row per class)")
+    v = p.add_argument_group(
+        "what each layer holds", "with --from or --from-split: a folder of figures (default "
+        "RUN_DIR/figures/latents): keep.png, one row an image, then the image decoded from "
+        "its top K layers (the rest drawn from the prior at the first --temperature) for each "
+        "K of --keep; interpolate_layerI.png, pairs of images interpolated at layer I; "
+        "latent_views.json. -n is the number of images")
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--from", dest="from_images", type=Path, default=None, metavar="IMAGES",
+                     help="a folder of image files (or one file), read as `biva train --data` "
+                     "reads a folder")
+    src.add_argument("--from-split", choices=["valid", "test"], default=None,
+                     help="the first images of a split of the run's own data set")
+    v.add_argument("--keep", default=None, metavar="K,...",
+                   help="top layers kept from q(z|x), e.g. 3,2,1 (default L, L-1, ..., 0)")
+    v.add_argument("--interpolate-layers", default=None, metavar="I,...",
+                   help="layers to interpolate at (default 1 and L)")
+    v.add_argument("--steps", type=positive_int, default=8, help="points of an interpolation")
+    v.add_argument("--interpolate-others", choices=["a", "prior"], default="a",
+                   help="the layers not interpolated: the first image's posterior means (a), "
+                   "or the conditional prior means given the layers above (prior)")
     add_runtime_options(p)
     p.set_defaults(func=run)
 
@@ -52,10 +75,22 @@ def _parse_layer_temperatures(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     device = setup_runtime(args)
+    if args.from_images is not None or args.from_split is not None:
+        views = LatentViewSettings(
+            images=args.from_images, split=args.from_split, n=args.num or 8,
+            keep=tuple(parse_int_list(args.keep, "--keep")) if args.keep else None,
+            layers=(tuple(parse_int_list(args.interpolate_layers, "--interpolate-layers"))
+                    if args.interpolate_layers else None), steps=args.steps,
+            others=args.interpolate_others,
+            temperature=parse_temperatures(args.temperature)[0], seed=args.seed,
+            checkpoint=args.checkpoint, out=args.out)
+        for path in latent_views_run(args.run_dir, views, device=device):
+            print(f"written: {path}")
+        return 0
     layer = (_parse_layer_temperatures(args.layer_temperatures) if args.layer_temperatures
              else None)
     settings = SampleSettings(
-        n=args.num, temperatures=tuple(parse_temperatures(args.temperature)),
+        n=args.num or 64, temperatures=tuple(parse_temperatures(args.temperature)),
         layer_temperatures=tuple(layer) if layer else None, mode=args.mode, seed=args.seed,
         checkpoint=args.checkpoint, out=args.out, per_class=args.per_class)
     for path in sample_run(args.run_dir, settings, device=device):

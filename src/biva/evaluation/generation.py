@@ -53,7 +53,7 @@ def partial_generations(model: HierarchicalVAE, x: Tensor, layers: Sequence[int]
     cols = []
     with seeded_eval(model, seed):
         for i in layers:
-            cols.append(model.decode(model(x, prior_layers=int(i)).x_params, "mean"))
+            cols.append(model.to_images(model(x, prior_layers=int(i)).x_params, "mean"))
     return torch.stack(cols, 1)
 
 
@@ -83,7 +83,7 @@ def interpolate_top(model: HierarchicalVAE, x_a: Tensor, x_b: Tensor, steps: int
     for w in weights:
         z_top = torch.lerp(mu_a, mu_b, w)
         gen = _generator(model, 0 if seed is None else seed)
-        cols.append(model.decode(model.generate_from_top(z_top, temperature, gen), "mean"))
+        cols.append(model.to_images(model.generate_from_top(z_top, temperature, gen), "mean"))
     return torch.stack(cols, 1)
 
 
@@ -154,7 +154,7 @@ def write_reconstructions(model, split, kind: str, bits: int, out: Path, n: int 
     """Rows of originals and their reconstructions (mean of p(x|z), z ~ q(z|x))."""
     x = to_model_input(split.images[:n], kind, bits).to(model.out_conv.v.device)
     with torch.no_grad():
-        recon = model.decode(model(x).x_params, "mean")
+        recon = model.to_images(model(x).x_params, "mean")
     cols = min(n, 16)
     rows = []
     for start in range(0, n, cols):

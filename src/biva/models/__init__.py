@@ -6,6 +6,7 @@ models from a :class:`~biva.config.ModelConfig`."""
 from biva.config import ConfigError, ModelConfig
 from biva.models.base import HierarchyOutput, LatentHierarchy
 from biva.models.hierarchy import HIERARCHY_VARIANTS, BottomUp, HierarchicalVAE, Variant
+from biva.models.latents import Decoding, Encoding, GroupPosterior
 from biva.models.linear_gaussian import LinearGaussianHierarchy
 from biva.models.semi_supervised import SemiSupervisedBIVA
 from biva.models.topdown import TopDownVAE
@@ -38,6 +39,9 @@ __all__ = [
     "TopDownVAE",
     "HIERARCHY_VARIANTS",
     "BottomUp",
+    "Decoding",
+    "Encoding",
+    "GroupPosterior",
     "Variant",
     "build_hierarchy",
 ]

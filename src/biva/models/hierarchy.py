@@ -33,7 +33,7 @@ LVAE+, BIVA), ``td_skip`` (the deterministic top-down path of eq. 5: LVAE+ and B
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from biva.config import ModelConfig
 from biva.likelihoods import Likelihood, build_likelihood
-from biva.models.base import HierarchyOutput, LatentHierarchy
+from biva.models.base import HierarchyOutput, LatentHierarchy, check_pass
 from biva.nn.blocks import GatedResBlock, Stage
 from biva.nn.gaussian import (
     DiagonalGaussian,
@@ -219,8 +219,9 @@ class HierarchicalVAE(LatentHierarchy):
         return (units, side, side)
 
     # ----------------------------------------------------------------------------- inference
-    def _bottom_up(self, x: Tensor, n_samples: int) -> BottomUp:
-        """The BU pass at N = n_samples * B rows (see :class:`BottomUp`).
+    def _bottom_up(self, x: Tensor, n_samples: int, posterior_mode: str = "sample") -> BottomUp:
+        """The BU pass at N = n_samples * B rows (see :class:`BottomUp`); z^BU_i is a draw of
+        its posterior, or its mean with ``posterior_mode="mean"``.
 
         Work that does not depend on a sample runs once on the B input rows: all of it for the
         LVAEs, stage 1 for BIVA and the VAE. Tensors are repeated to N = n_samples * B rows
@@ -249,7 +250,7 @@ class HierarchicalVAE(LatentHierarchy):
                 q = self.bu_heads[i](outs[i][-1])[0]
                 q = q if expanded else q.expand(n_samples)
                 q_bu.append(q)
-                z_bu.append(q.sample())
+                z_bu.append(q.take(posterior_mode))
         q_top = self.top_head(outs[-1][-1])[0]
         if not expanded:
             q_top = q_top.expand(n_samples)
@@ -277,14 +278,14 @@ class HierarchicalVAE(LatentHierarchy):
             h = h + td_context[i]
         return self.td_stages[i](h, skips if self.variant.td_skip else None)
 
-    def _posterior_step(self, i: int, d: Tensor, bu: BottomUp,
-                        priors: list[DiagonalGaussian]) -> tuple[list[Tensor], list[tuple]]:
+    def _posterior_step(self, i: int, d: Tensor, bu: BottomUp, priors: list[DiagonalGaussian],
+                        posterior_mode: str) -> tuple[list[Tensor], list[tuple]]:
         """Layer i drawn from q given the TD features d_{i,M}: BIVA's z^BU_i (from the BU pass)
         and z^TD_i; an LVAE's z_i from the merged posterior; the VAE's z_i from the BU pass.
         Returns z_i's parts and, for each, (name, z, q, log p(z | z_>i))."""
         if self.variant.td_inference:
             q_td = self.td_heads[i - 1](self.merges[i - 1](bu.features[i - 1], d))[0]
-            z_td = q_td.sample()
+            z_td = q_td.take(posterior_mode)
         if self.variant.split_latent:
             parts = [(bu.z_bu[i - 1], bu.q_bu[i - 1]), (z_td, q_td)]
         elif self.variant.td_inference:
@@ -307,7 +308,7 @@ class HierarchicalVAE(LatentHierarchy):
                 td_context: Sequence[Tensor | None] | None = None,
                 bottom_up: tuple | None = None,
                 top_log_prior: Callable[[Tensor], Tensor] | None = None,
-                prior_mode: str = "sample") -> HierarchyOutput:
+                prior_mode: str = "sample", posterior_mode: str = "sample") -> HierarchyOutput:
         """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
 
         ``prior_layers = k`` gives the L^{>k} bound (eq. 2): layers 1..k are drawn from the
@@ -323,12 +324,12 @@ class HierarchicalVAE(LatentHierarchy):
         potential, see :mod:`biva.experiments.densities`); None keeps the standard normal.
         ``prior_mode="mean"`` sets z_<=k to the conditional prior means instead of drawing them
         (the likelihood-ratio score of Havtorn et al. 2021): a score, *not* a bound on log p(x).
+        ``posterior_mode="mean"`` takes every q-layer's mean instead of a draw (a deterministic
+        code, see :meth:`encode`; not a bound either).
         """
-        if not 0 <= prior_layers < self.n_layers:
-            raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
-        if prior_mode not in ("sample", "mean"):
-            raise ValueError(f"prior_mode must be 'sample' or 'mean', got {prior_mode!r}")
-        bu = BottomUp(*bottom_up) if bottom_up is not None else self._bottom_up(x, n_samples)
+        check_pass(prior_layers, self.n_layers, prior_mode, posterior_mode)
+        bu = (BottomUp(*bottom_up) if bottom_up is not None
+              else self._bottom_up(x, n_samples, posterior_mode))
         kl: dict[str, Tensor] = {}
         latents: dict[str, Tensor] = {}
         posteriors: dict[str, DiagonalGaussian] = {}
@@ -337,7 +338,7 @@ class HierarchicalVAE(LatentHierarchy):
             kl[name] = q.log_prob(z) - p_log
             latents[name], posteriors[name] = z, q
 
-        z_top = bu.q_top.sample()
+        z_top = bu.q_top.take(posterior_mode)
         record(f"z{self.n_layers}", z_top, bu.q_top, standard_normal_log_prob(z_top)
                if top_log_prior is None else top_log_prior(z_top))
         zs, skips = [z_top], None
@@ -348,7 +349,7 @@ class HierarchicalVAE(LatentHierarchy):
                 zs = [p.sample() if prior_mode == "sample" else p.mu for p in priors]
                 latents.update(zip(self._layer_names(i), zs, strict=True))
             else:
-                zs, terms = self._posterior_step(i, skips[-1], bu, priors)
+                zs, terms = self._posterior_step(i, skips[-1], bu, priors, posterior_mode)
                 for term in terms:
                     record(*term)
         x_params = self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
@@ -358,28 +359,29 @@ class HierarchicalVAE(LatentHierarchy):
     def _layer_names(self, i: int) -> list[str]:
         return [f"z{i}_bu", f"z{i}_td"] if self.variant.split_latent else [f"z{i}"]
 
-    @torch.no_grad()
-    def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
-                          generator: torch.Generator | None = None,
-                          td_context: Sequence[Tensor | None] | None = None) -> Tensor:
-        """p(x|z) parameters for a given top latent z_L (B, *latent_shape(L)).
-
-        z_{<L} are drawn from the conditional priors with their standard deviations scaled by
-        ``temperature`` (one value or L values, layer 1 first; the L-th is unused here; 0 gives
-        the prior means). Returns (B, P, H, W); images via :meth:`decode`.
-        """
-        temps = self._temperatures(temperature)
+    def _generate(self, given: Mapping[str, Tensor], n: int, temps: list[float],
+                  generator: torch.Generator | None,
+                  td_context: Sequence[Tensor | None] | None) -> Tensor:
+        """The TD pass from the ``given`` layers (see :meth:`LatentHierarchy.decode`): p(x|z)
+        parameters (n, P, H, W); z_L, when not given, is drawn first (N(0, temps[-1]^2 I))."""
         device, dtype = self.out_conv.v.device, self.out_conv.v.dtype
-        was_training = self.training
-        self.eval()  # generation never uses dropout
-
-        try:
-            zs, skips = [z_top], None
-            for i in range(self.n_layers - 1, 0, -1):
-                skips = self._td_stage(i, zs, skips, td_context)
+        top = f"z{self.n_layers}"
+        if top in given:
+            z_top = given[top]
+        else:
+            shape = (n, *self.latent_shape(self.n_layers))
+            unit = DiagonalGaussian(torch.zeros(shape, device=device, dtype=dtype),
+                                    torch.ones(shape, device=device, dtype=dtype))
+            z_top = unit.sample(temps[-1], torch.randn(shape, generator=generator,
+                                                       device=device, dtype=dtype))
+        zs, skips = [z_top], None
+        for i in range(self.n_layers - 1, 0, -1):
+            skips = self._td_stage(i, zs, skips, td_context)
+            names = self._layer_names(i)
+            if names[0] in given:
+                zs = [given[g] for g in names]
+            else:
                 zs = [p.sample(temps[i - 1], torch.randn(p.mu.shape, generator=generator,
                                                          device=device, dtype=dtype))
                       for p in self.priors(i, skips[-1])]
-            return self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
-        finally:
-            self.train(was_training)
+        return self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])

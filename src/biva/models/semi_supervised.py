@@ -26,7 +26,7 @@ Bounds per example (nats), with L(x, y) = log p(x | z, y) + log p(y) + log p(z) 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from biva.config import ModelConfig
 from biva.models.base import HierarchyOutput
 from biva.models.hierarchy import BottomUp, HierarchicalVAE
+from biva.models.latents import Encoding
 from biva.nn.blocks import Stage, elu_flatten
 from biva.nn.gaussian import DiagonalGaussian, LatentEmbedding, repeat_batch
 from biva.nn.weightnorm import WNLinear, data_dependent_init
@@ -383,7 +384,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                generator: torch.Generator | None = None, mode: str = "mean",
                y: Tensor | Sequence[int] | int | None = None) -> Tensor:
         """n images (n, C, H, W) of classes ``y`` (n ints, one int, or None: y ~ p(y))."""
-        return self.decode(self.sample_params(n, temperature, generator, y=y), mode)
+        return self.to_images(self.sample_params(n, temperature, generator, y=y), mode)
 
     @torch.no_grad()
     def sample_params(self, n: int, temperature: float | Sequence[float] = 1.0,
@@ -404,6 +405,21 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         if td_context is None:
             td_context = self.class_context(self._classes(z_top.shape[0], y, generator))
         return super().generate_from_top(z_top, temperature, generator, td_context=td_context)
+
+    def _generate(self, given: Mapping[str, Tensor], n: int, temps: list[float],
+                  generator: torch.Generator | None,
+                  td_context: Sequence[Tensor | None] | None) -> Tensor:
+        if td_context is None:
+            raise ValueError("semi-supervised model: its decoder reads a class; use "
+                             "sample(..., y=...) or generate_from_top(..., y=...)")
+        return super()._generate(given, n, temps, generator, td_context)
+
+    def encode(self, x: Tensor, mode: str = "sample") -> Encoding:
+        """Not defined here: q(z|x, y) needs a class (the latent API covers the unsupervised
+        families)."""
+        raise ValueError("semi-supervised model: its posterior reads a class; the latent API "
+                         "(encode, decode, reconstruct, interpolate) covers the unsupervised "
+                         "families")
 
     @torch.no_grad()
     def class_grid(self, per_class: int, temperature: float | Sequence[float] = 1.0,

@@ -35,7 +35,7 @@ docs/guide/models.md ("VDVAE- and NVAE-style models").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from biva.config import ConfigError, ModelConfig, parse_spec
 from biva.likelihoods import Likelihood, build_likelihood
-from biva.models.base import HierarchyOutput, LatentHierarchy
+from biva.models.base import HierarchyOutput, LatentHierarchy, check_pass
 from biva.nn.gaussian import DiagonalGaussian, repeat_batch, std_from_raw
 from biva.nn.residual import (
     BottleneckBlock,
@@ -325,7 +325,7 @@ class TopDownVAE(LatentHierarchy):
                 free_bits: float = 0.0, kl_weight: float = 1.0, spectral_reg: float = 0.0,
                 bottom_up: list[Tensor] | None = None,
                 top_log_prior: Callable[[Tensor], Tensor] | None = None,
-                prior_mode: str = "sample") -> HierarchyOutput:
+                prior_mode: str = "sample", posterior_mode: str = "sample") -> HierarchyOutput:
         """One pass: x (B, C, H, W) -> :class:`HierarchyOutput` with N = n_samples * B rows.
 
         ``prior_layers = k``: z_1..z_k are drawn from the conditional prior (their means with
@@ -334,12 +334,10 @@ class TopDownVAE(LatentHierarchy):
         Loss: the negative ELBO with free bits ``max(KL_g, free_bits)`` per group and example,
         KL scaled by ``kl_weight``, plus ``spectral_reg`` x :meth:`spectral_penalty`.
         ``bottom_up``: a result of ``_bottom_up`` at N rows to reuse; ``top_log_prior(z_L)``
-        replaces the N(0, I) log-density of z_L.
+        replaces the N(0, I) log-density of z_L; ``posterior_mode="mean"`` takes each q-layer's
+        mean instead of a draw (a code for :meth:`encode`, not a bound).
         """
-        if not 0 <= prior_layers < self.n_layers:
-            raise ValueError(f"prior_layers must be in 0..{self.n_layers - 1}, got {prior_layers}")
-        if prior_mode not in ("sample", "mean"):
-            raise ValueError(f"prior_mode must be 'sample' or 'mean', got {prior_mode!r}")
+        check_pass(prior_layers, self.n_layers, prior_mode, posterior_mode)
         acts = bottom_up if bottom_up is not None else self._bottom_up(x, n_samples)
         kl: dict[str, Tensor] = {}
         latents: dict[str, Tensor] = {}
@@ -356,7 +354,7 @@ class TopDownVAE(LatentHierarchy):
                 z = p.sample() if prior_mode == "sample" else p.mu
             else:
                 q = block.posterior(s, acts[layer - 1], p)
-                z = q.sample()
+                z = q.take(posterior_mode)
                 log_p = (top_log_prior(z) if top_log_prior is not None and layer == self.n_layers
                          else p.log_prob(z))
                 kl[name], posteriors[name] = q.log_prob(z) - log_p, q
@@ -369,33 +367,24 @@ class TopDownVAE(LatentHierarchy):
             out.loss = out.loss + spectral_reg * self.spectral_penalty()
         return out
 
-    @torch.no_grad()
-    def generate_from_top(self, z_top: Tensor, temperature: float | Sequence[float] = 1.0,
-                          generator: torch.Generator | None = None,
-                          td_context: Sequence[Tensor | None] | None = None) -> Tensor:
-        """p(x|z) parameters (B, P, H, W) for a given z_L (B, *latent_shape(L)); z_<L drawn
-        from the conditional priors with their std scaled by ``temperature`` (one value or L,
-        layer 1 first; 0 gives the prior means)."""
+    def _generate(self, given: Mapping[str, Tensor], n: int, temps: list[float],
+                  generator: torch.Generator | None,
+                  td_context: Sequence[Tensor | None] | None) -> Tensor:
+        """The decoder from the ``given`` layers (see :meth:`LatentHierarchy.decode`): p(x|z)
+        parameters (n, P, H, W); the other layers drawn from their priors in decoder order."""
         if td_context is not None:
             raise ValueError(f"{self.family}: class conditioning (td_context) is available for "
                              "the BIVA family only")
-        temps = self._temperatures(temperature)
-        was_training = self.training
-        self.eval()
-
-        try:
-            h, current = None, None
-            for j, layer, block in self._decoder_order():
-                if j != current:
-                    h, current = self._enter_resolution(h, j, z_top.shape[0]), j
-                p, h = block.prior(block.state(h))
-                if layer == self.n_layers:
-                    z = z_top.to(p.mu.dtype)
-                else:
-                    noise = torch.randn(p.mu.shape, generator=generator, device=p.mu.device,
-                                        dtype=p.mu.dtype)
-                    z = p.sample(temps[layer - 1], noise)
-                h = block.update(h, z)
-            return self._x_params(h)
-        finally:
-            self.train(was_training)
+        h, current = None, None
+        for j, layer, block in self._decoder_order():
+            if j != current:
+                h, current = self._enter_resolution(h, j, n), j
+            p, h = block.prior(block.state(h))
+            if f"z{layer}" in given:
+                z = given[f"z{layer}"].to(p.mu.dtype)
+            else:
+                noise = torch.randn(p.mu.shape, generator=generator, device=p.mu.device,
+                                    dtype=p.mu.dtype)
+                z = p.sample(temps[layer - 1], noise)
+            h = block.update(h, z)
+        return self._x_params(h)

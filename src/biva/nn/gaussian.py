@@ -39,6 +39,10 @@ class DiagonalGaussian:
         eps = torch.randn_like(self.mu) if noise is None else noise
         return self.mu + (temperature * self.sigma) * eps
 
+    def take(self, mode: str = "sample") -> Tensor:
+        """A reparameterized draw (``mode="sample"``) or the mean (``"mean"``): (B, *event)."""
+        return self.mu if mode == "mean" else self.sample()
+
     def log_prob(self, z: Tensor) -> Tensor:
         """log N(z; mu, sigma^2) in nats, summed over the event axes -> (B,)."""
         zf, mu, sigma = z.float(), self.mu.float(), self.sigma.float()

@@ -1,4 +1,5 @@
-"""Samples of a run's model as image files (``biva sample``)."""
+"""Samples of a run's model as image files (``biva sample``), and what each layer holds
+(``biva sample --from IMAGES``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from pathlib import Path
 import torch
 
 from biva.config import DataKind
+from biva.data import evaluation_split, image_files, load_run_data, read_folder, to_model_input
 from biva.evaluation.classification import write_class_samples
 from biva.evaluation.generation import write_samples
+from biva.evaluation.latent_views import write_latent_views
 from biva.runs.loading import load_trained
+from biva.utils.atomic import staged_directory
+from biva.utils.run_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,35 @@ class SampleSettings:
     checkpoint: str = "best"
     out: Path | None = None
     per_class: int = 10
+
+
+@dataclass(frozen=True)
+class LatentViewSettings:
+    """What each layer holds (``biva sample --from IMAGES``): the first ``n`` images of
+    ``images`` (a folder of image files or one file, read as :func:`biva.data.read_folder`
+    reads it) or of ``split`` ("valid" or "test") of the run's own data set, reconstructed
+    keeping the top ``keep`` layers (default L, L-1, ..., 0) with the rest drawn at
+    ``temperature``, and interpolated at ``layers`` (default 1 and L) in ``steps`` steps
+    between consecutive pairs, the other layers from the first image's posterior means
+    (``others="a"``) or from the conditional prior means ("prior"); ``out`` a folder
+    (default RUN_DIR/figures/latents, or latents_2, ... when taken), written whole."""
+
+    images: Path | None = None
+    split: str | None = None
+    n: int = 8
+    keep: tuple[int, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    steps: int = 8
+    others: str = "a"
+    temperature: float = 1.0
+    seed: int = 0
+    checkpoint: str = "best"
+    out: Path | None = None
+
+    def __post_init__(self):
+        if (self.images is None) == (self.split is None):
+            raise ValueError("give one source of images: a folder (--from IMAGES) or a split "
+                             "of the run's data set (--from-split valid|test)")
 
 
 def free_path(path: Path) -> Path:
@@ -58,3 +92,30 @@ def sample_run(run_dir: str | Path, settings: SampleSettings = SampleSettings(),
         written.append(write_class_samples(model, kind, out.with_name(out.stem + "_by_class.png"),
                                            s.per_class, t, s.seed, s.mode))
     return written
+
+
+def latent_views_run(run_dir: str | Path, settings: LatentViewSettings, *,
+                     device: str | torch.device = "cpu") -> list[Path]:
+    """Write the figures of :func:`biva.evaluation.latent_views.write_latent_views` for the
+    run's EMA model and ``settings.images``; returns the files written."""
+    s = settings
+    model, cfg, _ = load_trained(run_dir, s.checkpoint, device)
+    if hasattr(model, "class_grid"):
+        raise ValueError(f"{run_dir}: --from needs an image model of an unsupervised family "
+                         "(the semi-supervised posterior reads a class)")
+    kind = DataKind.for_likelihood(cfg.model.likelihood)
+    if s.images is not None:
+        sources = [str(f) for f in image_files(s.images)[:s.n]]
+        raw = read_folder(s.images, cfg, seed=s.seed)[:s.n]
+    else:
+        split = evaluation_split(load_run_data(cfg), s.split, seed=cfg.train.seed)
+        raw = split.images[:s.n]
+        sources = [f"{cfg.data.name} {s.split} image {i}" for i in range(len(raw))]
+    x = to_model_input(raw, kind, cfg.model.bits).to(device)
+    out = s.out or free_path(Path(run_dir) / "figures" / "latents")
+    with output_lock(out), staged_directory(out, written_by="biva sample --from") as stage:
+        names = write_latent_views(model, x, kind, stage, keeps=s.keep, layers=s.layers,
+                                   steps=s.steps, others=s.others, temperature=s.temperature,
+                                   seed=s.seed,
+                                   sources=sources)
+    return [out / p.name for p in names]
