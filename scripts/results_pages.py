@@ -1,0 +1,248 @@
+"""Render the measured figures of the README (and other pages) from the committed JSON under
+docs/results/: no figure typed by hand.
+
+A page holds each generated fragment between two markers::
+
+    <!-- generated: NAME (python scripts/results_pages.py; do not edit) -->
+    ...
+    <!-- end generated: NAME -->
+
+Usage: python scripts/results_pages.py           rewrite every fragment from its JSON
+       python scripts/results_pages.py --check   exit 1, naming the fragment, if a page differs
+``tests/test_results_pages.py`` runs the check, so a page and its JSON cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+VARIANT_NAMES = {"vae": "VAE", "lvae": "LVAE", "lvae+": "LVAE+", "lvae+2l-1": "LVAE+ (2L-1 layers)",
+                 "biva": "BIVA", "vdvae": "VDVAE-style", "nvae": "NVAE-style"}
+
+
+def _json(rel: str):
+    return json.loads((RESULTS / rel).read_text())
+
+
+def _pm(mean: float, std: float | None, digits: int = 3) -> str:
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _ci(values) -> str:
+    return f"[{values[0]:.3f}, {values[1]:.3f}]"
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _rows(table: dict) -> dict[str, dict]:
+    return {r["variant"]: r for r in table["rows"]}
+
+
+def _per_seed_difference(a: dict, b: dict, key: str) -> list[float]:
+    """a - b per shared seed (the runs of one seed share data order and init seed)."""
+    pos_a = {s: i for i, s in enumerate(a["seeds"])}
+    return [a[key][pos_a[s]] - b[key][i] for i, s in enumerate(b["seeds"]) if s in pos_a]
+
+
+# ----------------------------------------------------------------------------- README
+def readme_ablation() -> str:
+    """The ablation table of the README and what it supports."""
+    photos, mnist = _json("ablation_photos32/table.json"), _json("ablation_static_mnist/table.json")
+    p, m = _rows(photos), _rows(mnist)
+    lines = ["| variant | photos32: seeds | L_1 (bits/dim) | valid. at "
+             f"{photos['equal_cpu_minutes']:.1f} CPU-min | static MNIST: L_1 (nats) | "
+             "L_100 (nats) |",
+             "|---|---|---|---|---|---|"]
+    best = min(p, key=lambda v: p[v]["test_L_1_bpd_mean"])
+    for v, r in p.items():
+        l1 = _pm(r["test_L_1_bpd_mean"], r["test_L_1_bpd_std"])
+        l1 = f"**{l1}**" if v == best else l1
+        valid = _pm(r["valid_bpd_at_equal_cpu_mean"], r["valid_bpd_at_equal_cpu_std"])
+        lines.append(f"| {VARIANT_NAMES[v]} | {len(r['seeds'])} | {l1} | {valid} | "
+                     f"{m[v]['test_L_1_mean']:.2f} | {m[v]['test_L_100_mean']:.2f} |")
+    cpu = [r["cpu_minutes"] for r in p.values()]
+    diffs = {v: _per_seed_difference(p["biva"], p[v], "test_L_1_bpd") for v in ("lvae+", "lvae")}
+    said = "; ".join(f"{VARIANT_NAMES[v]} {', '.join(f'{d:+.3f}' for d in ds)}"
+                     for v, ds in diffs.items())
+    steps = {int(r["steps"]) for r in p.values()}
+    lines += ["", f"photos32: {', '.join(map(str, sorted(steps)))} steps a run, "
+              f"{photos['n_test']} test photos, {min(cpu):.1f}-{max(cpu):.1f} CPU-min a run (one "
+              f"machine, one day); static MNIST: {int(m['biva']['steps'])} steps, "
+              f"{len(m['biva']['seeds'])} seed, the first {mnist['n_test']} test images. BIVA's "
+              f"test L_1 minus each LVAE's, per seed (bits/dim, negative: BIVA better): {said}. "
+              f"{len(p['biva']['seeds'])} seeds give no interval, so no ordering is claimed "
+              "here; the paper's gaps on CIFAR-10 are 0.29 (LVAE+) and 0.48 (LVAE). "
+              + _layers_used()]
+    return "\n".join(lines)
+
+
+def _layers_used() -> str:
+    kl = [g for g in _json("ablation_photos32/kl_per_layer.json")["groups"]
+          if g["variant"] == "biva"]
+    warm = _json("ablation_photos32_recipes/recipes.json")["recipes"][
+        "free bits 2 + KL warm-up 1,000 steps"]
+    used = [sum(g["active"][i] > 0 for g in kl) for i in range(len(kl[0]["active"]))]
+    return (f"With free bits alone BIVA uses {' and '.join(map(str, used))} of its {len(kl)} "
+            "latent groups (per seed; figure: KL and active units per group); the KL warm-up "
+            f"now shipped in `natural32_cpu` keeps {sum(g['active'] > 0 for g in warm['layers'])} "
+            f"active (one seed, test L_1 {warm['test_L_1']:.3f}).")
+
+
+def _ssl_line() -> str:
+    draws = {d["variant"]: d for d in _json("ssl_draws/draws.json")}
+    equal = {d["variant"]: d for d in _json("ssl_draws_equal_steps/draws.json")}
+    b, v = draws["biva"], draws["vae"]
+    eb, ev = equal["biva"], equal["vae"]
+    n_eq = len(eb["seeds"])
+    return (f"test error on all {b['test_examples'][0]:,} test images, {len(b['seeds'])} label "
+            f"draws at {b['cpu_minutes'][0]:.0f} CPU-min each: BIVA (z^BU-mean classifier) "
+            f"{_pct(b['mean'], 2)} ± {100 * b['std']:.2f}, VAE variant {_pct(v['mean'], 2)} ± "
+            f"{100 * v['std']:.2f} (CPU-minutes bought different step counts); at equal steps "
+            f"({eb['steps'][0]:,} a run, {n_eq} of 3 draws so far): BIVA "
+            f"{', '.join(_pct(e, 2) for e in eb['test_errors'])}, VAE variant "
+            f"{', '.join(_pct(e, 2) for e in ev['test_errors'])}. Target 4.0% not met "
+            "(`docs/results/ssl_draws/`, `docs/results/ssl_draws_equal_steps/`)")
+
+
+def readme_results() -> str:
+    """The README's table of results against the paper."""
+    photos = _json("photos32/eval_test_k100.json")
+    photos_cpu = _json("photos32/valid_bpd_by_cpu_minute.json")[-1]
+    abl = _rows(_json("ablation_photos32/table.json"))
+    fam = _rows(_json("topdown_photos32/table.json"))
+    warm = _json("ablation_photos32_recipes/recipes.json")["recipes"][
+        "free bits 2 + KL warm-up 1,000 steps"]
+    ood = _json("ood_fashion_pretrained_110min/metrics.json")
+    llr = ood["selected_on_validation"]["llr_mean"]["mnist"]
+    pmetrics = _json("ood_photos_dos_k12/metrics.json")
+    det, pdet = ood["detector"]["test"]["mnist"], pmetrics["detector"]
+    pdet_steps, pdet_n = pmetrics["step"], pmetrics["metrics"]["elbo"]["mnist"]["0"]["n_in"]
+
+    def l1(rows, v):
+        r = rows[v]
+        return f"{VARIANT_NAMES[v]} {_pm(r['test_L_1_bpd_mean'], r['test_L_1_bpd_std'])}"
+
+    active = sum(g["active"] > 0 for g in warm["layers"])
+    rows = [
+        ("own photos, 32x32 (5,000 images), `natural32_cpu` (BIVA)",
+         f"test L_{photos['k']} {photos['L_100_bpd']:.3f} bits/dim ({photos['n_examples']} test "
+         f"photos; best-validation step {photos['step']:,} of "
+         f"{photos_cpu['cpu_minutes']:.0f} CPU-min)", "CIFAR-10 L_1000 3.08 bits/dim"),
+        (f"the ablation on photos, {int(abl['biva']['steps']):,} steps a run",
+         f"test L_1 over {len(abl['biva']['seeds'])} seeds: "
+         + ", ".join(l1(abl, v) for v in ("biva", "lvae+", "lvae")) + " bits/dim; no ordering "
+         "claimed at 2 seeds", "CIFAR-10: LVAE 3.60, LVAE+ 3.41, BIVA 3.12 bits/dim"),
+        ("VDVAE- and NVAE-style models, same photos recipe",
+         f"test L_1 over {len(fam['vdvae']['seeds'])} seeds: "
+         + ", ".join(l1(fam, v) for v in ("vdvae", "nvae", "biva")) + " bits/dim",
+         "VDVAE CIFAR-10: 2.87, NVAE 2.91 bits/dim"),
+        ("every BIVA layer in use (Figure 2)",
+         f"with a KL warm-up (now shipped): {active} of {len(warm['layers'])} latent groups "
+         f"active, test L_1 {warm['test_L_1']:.3f} bits/dim", "all layers active"),
+        ("anomalies: Fashion-MNIST vs MNIST, shipped `fashion-mnist-ood` (110 CPU-min, step "
+         f"{ood['step']:,}, {llr['n_in']:,} test images a set, K = {ood['n_samples']})",
+         f"LLR^{{>{llr['k']}}} (k chosen on MNIST *validation* images): AUROC {llr['auroc']:.3f} "
+         f"{_ci(llr['auroc_ci'])}; the detector with no anomaly examples: {det['auroc']:.3f} "
+         f"{_ci(det['auroc_ci'])}", "Havtorn et al. (LLR^{>k}): 0.98"),
+        ("anomalies with no anomaly examples, photos vs MNIST, shipped `photos32` "
+         f"(warm-up recipe, {pdet_steps:,} steps, {pdet['fitted_on']}, "
+         f"{pdet_n:,} test images a set)",
+         f"AUROC {pdet['test']['mnist']['auroc']:.3f} {_ci(pdet['test']['mnist']['auroc_ci'])}; "
+         f"flags {_pct(pdet['test']['mnist']['flagged'], 0)} of MNIST and "
+         f"{_pct(pdet['test_in_flagged'])} of the photos' own test images", "-"),
+        ("MNIST with 100 labels", _ssl_line(), "BIVA 0.83% +- 0.02 (5 label draws)"),
+    ]
+    out = ["| task | biva, CPU | paper |", "|---|---|---|"]
+    return "\n".join(out + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def readme_detectors() -> str:
+    """The README's sentences on the two shipped detectors."""
+    ood = _json("ood_fashion_pretrained_110min/metrics.json")
+    det = ood["detector"]
+    pdet = _json("ood_photos_dos_k12/metrics.json")["detector"]
+    card = json.loads((ROOT / "src/biva/pretrained/fashion-mnist-ood/card.json").read_text())
+    score = next(s for s in card["scores"] if s["metric"] == "auroc:mnist")
+    return (f"The detector is the density of each image's [L_K, LLR^{{>1}}, LLR^{{>2}}] (the "
+            "likelihood and the two lowest likelihood ratios), fitted on validation images "
+            "alone, so it needs no examples of the anomalies and nothing in it was chosen on "
+            f"test data: on the photos model it flags {_pct(pdet['test']['mnist']['flagged'], 0)}"
+            f" of MNIST digits (AUROC {pdet['test']['mnist']['auroc']:.3f}) and "
+            f"{_pct(pdet['test_in_flagged'])} of the photos' own test images; on Fashion-MNIST "
+            f"against MNIST the shipped model reaches {det['test']['mnist']['auroc']:.3f} "
+            f"{_ci(det['test']['mnist']['auroc_ci'])} ({ood['n_valid']:,} test images a set, "
+            f"K = {ood['n_samples']}), short of Havtorn et al.'s 0.98. Its card re-measures "
+            f"{score['value']:.3f} ± {score['mc_error']:.3f} on the first "
+            f"{score['n_examples']} test images of each set (the ± is the spread over sampling "
+            "seeds, not the uncertainty of the figure).")
+
+
+def getting_started_detector() -> str:
+    """Getting started's sentence on what the default detector flags."""
+    pdet = _json("ood_photos_dos_k12/metrics.json")["detector"]
+    return ("The detector needs no examples of the anomalies: it flags images whose likelihood "
+            "and likelihood ratios are improbable for the run's own validation images, in either "
+            f"direction (the default detector of the shipped `photos32` model flags "
+            f"{_pct(pdet['test']['mnist']['flagged'], 0)} of MNIST digits and "
+            f"{_pct(pdet['test_in_flagged'])} of the photos' own test images).")
+
+
+FRAGMENTS: dict[str, tuple[str, Callable[[], str]]] = {
+    "readme-ablation": ("README.md", readme_ablation),
+    "readme-results": ("README.md", readme_results),
+    "readme-detectors": ("README.md", readme_detectors),
+    "getting-started-detector": ("docs/getting-started.md", getting_started_detector),
+}
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- generated: {re.escape(name)} [^\n]*-->\n)(.*?)(\n<!-- end "
+                      rf"generated: {re.escape(name)} -->)", re.S)
+
+
+def render(root: Path = ROOT) -> dict[Path, str]:
+    """Every page with its fragments rewritten: {path: new text}."""
+    pages: dict[Path, str] = {}
+    for name, (page, make) in FRAGMENTS.items():
+        path = root / page
+        text = pages.get(path, path.read_text())
+        pattern = _pattern(name)
+        if not pattern.search(text):
+            raise ValueError(f"{page}: no '<!-- generated: {name} ... -->' markers")
+        body = make()
+        pages[path] = pattern.sub(lambda mt, body=body: mt.group(1) + body + mt.group(3), text)
+    return pages
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    """The fragments whose page text differs from what their JSON renders."""
+    out = []
+    for name, (page, make) in FRAGMENTS.items():
+        found = _pattern(name).search((root / page).read_text())
+        if found is None or found.group(2) != make():
+            out.append(f"{page}: fragment {name}")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        bad = stale()
+        for line in bad:
+            print(f"{line} differs from its JSON: run python scripts/results_pages.py")
+        return 1 if bad else 0
+    for path, text in render().items():
+        path.write_text(text)
+    print(f"{len(FRAGMENTS)} fragments rendered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,55 @@
+"""The README's measured figures are rendered from the committed JSON (issue 40): a page that
+disagrees with its JSON, by an edit of either, fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def pages():
+    spec = importlib.util.spec_from_file_location("results_pages",
+                                                  ROOT / "scripts" / "results_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_generated_fragment_equals_what_its_json_renders(pages):
+    assert pages.stale() == []
+    text = (ROOT / "README.md").read_text()
+    for name in pages.FRAGMENTS:
+        assert f"<!-- generated: {name} " in text and f"<!-- end generated: {name} -->" in text
+
+
+def test_a_number_edited_in_the_page_fails_the_check(pages, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert "reaches 0.958 [0.949, 0.965]" in readme
+    (tmp_path / "README.md").write_text(readme.replace("reaches 0.958", "reaches 0.959"))
+    assert pages.stale(tmp_path) == ["README.md: fragment readme-detectors"]
+
+
+def test_a_number_changed_in_the_json_fails_the_check(pages, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "docs" / "results", results,
+                    ignore=shutil.ignore_patterns("*.png", "*.safetensors"))
+    path = results / "ablation_photos32" / "table.json"
+    table = json.loads(path.read_text())
+    table["rows"][-1]["test_L_1_bpd_mean"] += 0.01    # BIVA's mean L_1
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(pages, "RESULTS", results)
+    assert pages.stale() == ["README.md: fragment readme-ablation",
+                             "README.md: fragment readme-results"]
+
+
+def test_markers_missing_from_a_page_are_named(pages, tmp_path):
+    (tmp_path / "README.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="README.md: no '<!-- generated: readme-ablation"):
+        pages.render(tmp_path)
