@@ -94,6 +94,10 @@ class ModelConfig:
     # vdvae/nvae: a block's inner channels as a multiple of filters (0: the paper's, VDVAE's
     # bottleneck 0.25 and NVAE's expansion 6)
     inner_width: float = 0.0
+    # vdvae/nvae: inverse autoregressive flow steps appended to each latent group's posterior
+    # (masked convolutions over the group, alternating orders; NVAE's num_nf = 1 is 2 steps);
+    # log q is corrected by their log-determinant. 0: a Gaussian posterior
+    posterior_flows: int = 0
     description: str = field(default="", compare=False)
 
     @property
@@ -152,7 +156,15 @@ class ModelConfig:
             fail("input_shape", "square images (height == width)", self.input_shape)
         if self.topdown:
             self._validate_topdown(fail)
-            return
+        else:
+            self._validate_hierarchy(fail)
+
+    def _validate_hierarchy(self, fail) -> None:
+        """The BIVA family's fields (the layer tuples, strides, blocks)."""
+        c, h, _ = self.input_shape
+        if self.posterior_flows != 0:
+            fail("posterior_flows", "0 for the BIVA family (flows are built for vdvae and nvae)",
+                 self.posterior_flows)
         n = len(self.latents)
         if n < 1:
             fail("latents", "at least one stochastic layer", self.latents)
@@ -228,4 +240,8 @@ class ModelConfig:
             fail("filters", "one positive width (the residual stream's channels)", self.filters)
         if self.inner_width < 0:
             fail("inner_width", "0 (the paper's) or a positive multiple", self.inner_width)
+        if isinstance(self.posterior_flows, bool) or not (
+                isinstance(self.posterior_flows, int) and self.posterior_flows >= 0):
+            fail("posterior_flows", "an int >= 0 (IAF steps a latent group)",
+                 self.posterior_flows)
         self._validate_common(fail)

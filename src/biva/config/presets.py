@@ -120,8 +120,9 @@ def _vdvae_cifar10(**kw) -> ModelConfig:
 def _nvae_cifar10(**kw) -> ModelConfig:
     # NVAE's CIFAR-10 layout (Vahdat & Kautz 2020): one latent scale at 16x16 with 30 groups of
     # 20 channels, 128 channels, two encoder cells a group, decoder cells with expansion 6;
-    # 10 logistic components. Not here: its IAF flows, pre/post-processing cells (a stem and
-    # average pool instead) and second decoder cell a group (27.7M parameters).
+    # 10 logistic components. Not here: its pre/post-processing cells (a stem and average
+    # pool instead) and second decoder cell a group (27.7M parameters); its IAF flows
+    # (num_nf 1: a pair of autoregressive cells a group) in nvae-cifar10-flows.
     base = ModelConfig(
         variant="nvae", input_shape=(3, 32, 32), likelihood="discretized_logistic",
         latents=(20,), filters=(128,), spec="16x30", encoder_spec="16x60", inner_width=6.0,
@@ -145,6 +146,9 @@ PRESETS = {
     # latent block per layer of natural32-cpu / binary-cpu: what `biva ablation` trains).
     "vdvae-cifar10": lambda: _vdvae_cifar10(description="VDVAE-style CIFAR-10 model, 43 layers"),
     "nvae-cifar10": lambda: _nvae_cifar10(description="NVAE-style CIFAR-10 model, 30 groups"),
+    "nvae-cifar10-flows": lambda: _nvae_cifar10(
+        posterior_flows=2, description="NVAE-style CIFAR-10 model, 30 groups, 2 IAF steps a "
+        "group (NVAE's num_nf = 1)"),
     "vdvae-natural32-cpu": lambda: replace(
         topdown_equivalent(_natural_cpu(32), "vdvae"),
         description="CPU-sized 32x32 VDVAE-style model, L=6"),
@@ -157,6 +161,13 @@ PRESETS = {
     "nvae-binary-cpu": lambda: replace(
         topdown_equivalent(_binary(filters=(32,)), "nvae"),
         description="CPU-sized binary-image NVAE-style model, L=6"),
+    # The CPU hierarchies with 2 IAF steps on every group's posterior.
+    "nvae-natural32-cpu-flows": lambda: replace(
+        topdown_equivalent(_natural_cpu(32), "nvae"), posterior_flows=2,
+        description="CPU-sized 32x32 NVAE-style model, L=6, 2 IAF steps a group"),
+    "nvae-binary-cpu-flows": lambda: replace(
+        topdown_equivalent(_binary(filters=(32,)), "nvae"), posterior_flows=2,
+        description="CPU-sized binary-image NVAE-style model, L=6, 2 IAF steps a group"),
 }
 
 

@@ -195,19 +195,22 @@ class LatentHierarchy(nn.Module):
     def interpolate(self, x_a: Tensor, x_b: Tensor, layer: int, steps: int = 8, *,
                     others: str = "prior", mode: str = "mean") -> Decoding:
         """A straight line at one layer between the posterior means of x_a and x_b (each
-        (B, C, H, W)); ``others``: "prior" takes every other layer from its conditional prior
-        mean, "a" from x_a's posterior means. Returns (B, steps, ...); step 0 is x_a's code."""
+        (B, C, H, W); with posterior flows, the means pushed through them); ``others``: "prior"
+        takes every other layer from its conditional prior mean, "a" from x_a's code.
+        Returns (B, steps, ...); step 0 is x_a's code."""
         if steps < 2:
             raise ValueError(f"steps: expected at least 2, found {steps}")
         if not 1 <= layer <= self.n_layers:
             raise ValueError(f"layer: expected 1..{self.n_layers}, found {layer}")
         if others not in ("prior", "a"):
             raise ValueError(f"others: expected 'prior' or 'a', found {others!r}")
+        # The codes the decoder reads: the posterior means (pushed through the posterior
+        # flows, where the model has them).
         code_a, code_b = self.encode(x_a, "mean"), self.encode(x_b, "mean")
-        base = code_a.means() if others == "a" else {}
+        base = code_a.draws() if others == "a" else {}
         cols = []
         for w in torch.linspace(0, 1, steps).tolist():
-            at = {g: torch.lerp(p.mean, code_b.groups[g].mean, w)
+            at = {g: torch.lerp(p.draw, code_b.groups[g].draw, w)
                   for g, p in code_a.of_layer(layer).items()}
             cols.append(self.decode({**base, **at}, temperature=0.0, mode=mode))
         return Decoding(torch.stack([c.x_params for c in cols], 1),

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from biva.config import ConfigError, ModelConfig, parse_spec
 from biva.likelihoods import Likelihood, build_likelihood
 from biva.models.base import HierarchyOutput, LatentHierarchy, check_pass
+from biva.nn.flows import PosteriorFlow
 from biva.nn.gaussian import DiagonalGaussian, repeat_batch, std_from_raw
 from biva.nn.residual import (
     BottleneckBlock,
@@ -69,6 +70,13 @@ class LatentBlock(nn.Module):
         super().__init__()
         self.top, self.min_std = top, min_std
         self.z_ch, self.resolution = z_ch, resolution
+        self.flow: PosteriorFlow | None = None
+
+    def add_flow(self, width: int, steps: int) -> None:
+        """Append ``steps`` IAF steps to the posterior (context: s + a, ``width`` channels).
+        Called last in a subclass's ``__init__``: the other parameters are drawn first."""
+        if steps > 0:
+            self.flow = PosteriorFlow(self.z_ch, width, max(8, width // 2), steps)
 
     def state(self, h: Tensor) -> Tensor:
         """The features s the prior and posterior read from the decoder state h."""
@@ -95,13 +103,26 @@ class LatentBlock(nn.Module):
         """The state after z joins it."""
         return h + self.proj(z)
 
+    def posterior_draw(self, s: Tensor, a: Tensor, prior: DiagonalGaussian,
+                       mode: str) -> tuple[DiagonalGaussian, Tensor, Tensor]:
+        """(q_0, z, log q(z)): the base posterior, its draw (its mean with ``mode="mean"``)
+        pushed through the flow when there is one, and log q of the result (N,) nats, the
+        flow's log-determinant subtracted."""
+        q = self.posterior(s, a, prior)
+        z = q.take(mode)
+        log_q = q.log_prob(z)
+        if self.flow is not None:
+            z, log_det = self.flow(z, s + a)
+            log_q = log_q - log_det
+        return q, z, log_q
+
 
 class VDVAEBlock(LatentBlock):
     """VDVAE's block: (p, h_p) = prior(s), h = s + h_p; q = N(post(<s; a>));
     h = res(h + proj(z)), residual outputs and proj scaled by sqrt(1 / N_blocks)."""
 
     def __init__(self, width: int, mid: int, z_ch: int, resolution: int, n_blocks: int,
-                 top: bool, min_std: float):
+                 top: bool, min_std: float, flows: int = 0):
         super().__init__(z_ch, resolution, top, min_std)
         scale = residual_scale(n_blocks)
         self.post = BottleneckBlock(2 * width, mid, 2 * z_ch, resolution)
@@ -113,6 +134,7 @@ class VDVAEBlock(LatentBlock):
                                    out_scale=scale)
         with torch.no_grad():
             self.proj.weight.mul_(scale)
+        self.add_flow(width, flows)
 
     def prior(self, s: Tensor) -> tuple[DiagonalGaussian, Tensor]:
         if self.top:
@@ -133,13 +155,14 @@ class NVAEBlock(LatentBlock):
     q = N(mu_p + dmu, sigma_p * dsigma) from conv(elu(a + post_in(s))); h = s + proj(z)."""
 
     def __init__(self, width: int, mid: int, z_ch: int, resolution: int, n_blocks: int,
-                 top: bool, min_std: float):
+                 top: bool, min_std: float, flows: int = 0):
         super().__init__(z_ch, resolution, top, min_std)
         self.cell = None if top else NVAEDecoderCell(width, mid)
         self.prior_net = None if top else conv(width, 2 * z_ch, 3)
         self.post_in = conv(width, width, 1)
         self.post = conv(width, 2 * z_ch, 3)
         self.proj = conv(z_ch, width, 1)
+        self.add_flow(width, flows)
 
     def state(self, h: Tensor) -> Tensor:
         """cell(h); NVAE's top group reads the learned constant itself: a batch-normed cell on
@@ -260,7 +283,8 @@ class TopDownVAE(LatentHierarchy):
             [nn.Parameter(torch.zeros(1, W, r, r)) for r in self.resolutions])
         self.blocks = nn.ModuleList(                           # decoder order: layer L first
             [parts.latent_block(W, mid, self.z_channels[i - 1], self.layer_res[i - 1], L,
-                                i == L, config.min_std) for i in range(L, 0, -1)])
+                                i == L, config.min_std, config.posterior_flows)
+             for i in range(L, 0, -1)])
         self.likelihood: Likelihood = build_likelihood(
             config.likelihood, n_mix=config.n_mix, bits=config.bits,
             num_classes=config.num_classes, fixed_std=config.likelihood_std)
@@ -353,11 +377,10 @@ class TopDownVAE(LatentHierarchy):
             if layer <= prior_layers:
                 z = p.sample() if prior_mode == "sample" else p.mu
             else:
-                q = block.posterior(s, acts[layer - 1], p)
-                z = q.take(posterior_mode)
+                q, z, log_q = block.posterior_draw(s, acts[layer - 1], p, posterior_mode)
                 log_p = (top_log_prior(z) if top_log_prior is not None and layer == self.n_layers
                          else p.log_prob(z))
-                kl[name], posteriors[name] = q.log_prob(z) - log_p, q
+                kl[name], posteriors[name] = log_q - log_p, q
             latents[name] = z
             h = block.update(h, z)
         x_params = self._x_params(h)
