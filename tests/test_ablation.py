@@ -76,8 +76,11 @@ def test_each_ablation_variant_builds_what_it_names(variant):
     model = build_hierarchy(cfg)
     expected = {"vae": ("vae", 3), "lvae": ("lvae", 3), "lvae+": ("lvae+", 3),
                 "lvae+2l-1": ("lvae+", 5), "biva": ("biva", 3), "vdvae": ("vdvae", 3),
-                "nvae": ("nvae", 3)}[variant]
+                "nvae": ("nvae", 3), "nvae+flows": ("nvae", 3)}[variant]
     assert (cfg.variant, model.n_layers) == expected
+    assert cfg.posterior_flows == (2 if variant == "nvae+flows" else 0)
+    if variant == "nvae+flows":   # the NVAE-style model of the same base, plus its flows
+        assert replace(cfg, posterior_flows=0) == ablation_model(small(), "nvae")
 
 
 def test_topdown_variants_have_the_base_hierarchys_shape():

@@ -18,6 +18,7 @@ ABLATION_VARIANTS = {
     "biva": "BIVA: stochastic BU path (z^BU) and top-down inference (z^TD)",
     "vdvae": "VDVAE-style: deterministic encoder, top-down residual blocks with a latent each",
     "nvae": "NVAE-style: NVAE cells, residual-normal posterior, spectral regularization",
+    "nvae+flows": "NVAE-style with 2 IAF steps on every group's posterior (NVAE's num_nf 1)",
 }
 
 
@@ -30,6 +31,9 @@ PAPER_VARIANTS = ("vae", "lvae", "lvae+", "lvae+2l-1", "biva")
 
 #: train.spectral_reg of an nvae run whose config leaves it at 0 (NVAE used 1e-2 to 1e-1).
 NVAE_SPECTRAL_REG = 0.01
+
+#: model.posterior_flows of the nvae+flows variant.
+ABLATION_FLOWS = 2
 
 
 
@@ -59,7 +63,7 @@ def doubled_depth(model: ModelConfig) -> ModelConfig:
 def ablation_train(train, variant: str):
     """The train config of one variant: spectral regularization only for the top-down
     families, NVAE's at :data:`NVAE_SPECTRAL_REG` unless the config sets one."""
-    if variant == "nvae":
+    if variant in ("nvae", "nvae+flows"):
         return replace(train, spectral_reg=train.spectral_reg or NVAE_SPECTRAL_REG)
     if variant == "vdvae":
         return train
@@ -73,6 +77,8 @@ def ablation_model(model: ModelConfig, variant: str) -> ModelConfig:
         raise ConfigError(f"variant {variant!r}: expected one of {list(ABLATION_VARIANTS)}")
     if variant == "lvae+2l-1":
         return doubled_depth(replace(model, variant="lvae+"))
+    if variant == "nvae+flows":
+        return replace(ablation_model(model, "nvae"), posterior_flows=ABLATION_FLOWS)
     if variant in ("vdvae", "nvae"):
         return topdown_equivalent(replace(model, variant="biva") if model.topdown else model,
                                   variant)
