@@ -209,6 +209,7 @@ def test_resume_under_two_ranks_is_bit_identical(two_ranks):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_biva_train_under_torchrun_then_resume(tmp_path):
     """The CLI joins the process group itself: launch, stop, resume with torchrun."""
     run = tmp_path / "run"

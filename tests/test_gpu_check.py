@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     out = tmp_path / "gpu"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), str(out),

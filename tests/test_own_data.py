@@ -131,6 +131,7 @@ def few_photos(shared_data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_cpu_config_learns_on_photos_without_skipping(few_photos, tmp_path):
     """natural32_cpu on real photos, its own schedule: 240 steps (the 200-step warm-up, where
     gradient norms grow ~50x, then 40 with the auto skip threshold armed) skip nothing and

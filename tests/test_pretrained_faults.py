@@ -282,6 +282,7 @@ def _detect_peak_mb(tmp_path: Path, n: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_detect_memory_is_flat_in_the_number_of_images(tmp_path):
     # 100,000 small PNGs took 4.26 GB and were killed with no CSV (issue 41). Measured on
     # 64x64 colour files and the photos32 model: 084a86b's peak grew 179 MB from 300 to 6,000
@@ -306,6 +307,7 @@ def _predict_peak_mb(run: Path, tmp_path: Path, n: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_predict_memory_is_flat_in_the_number_of_npz_images(tmp_path):
     # A 1.5 MB npz of 2 million images took biva predict to 8.4 GB (issue 41): all of it was
     # converted to float32 at once. Measured on 8x8 grey images and a tiny semi-supervised

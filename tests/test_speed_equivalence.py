@@ -206,6 +206,7 @@ def test_trainer_applies_the_speed_options(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_compiled_step_matches_eager(nchw_noise):
     """train.compile: the compiled model gives the eager loss and gradients (no dropout; the
     latent noise comes from the eager RNG via inductor's fallback_random)."""

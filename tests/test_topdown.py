@@ -295,6 +295,7 @@ def test_every_command_takes_a_topdown_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_nvae_trains_under_torchrun(tmp_path):
     """Two gloo ranks (batch norm, squeeze-and-excitation and the spectral penalty under DDP)
     train, checkpoint and evaluate an NVAE-style model through the CLI."""
