@@ -19,6 +19,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, emit, machine, model_input, setup  # noqa: E402
 
+from biva.objectives.training import training_loss  # noqa: E402
+
 
 def module_groups(model) -> dict[str, torch.nn.Module]:
     """Named groups of the hierarchy whose forward time is reported (stages, heads, ...)."""
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     def train_step():
         model.train()
         with amp:
-            out = model(x, free_bits=2.0)
+            out = model(x)
+            out.loss = training_loss(out, free_bits=2.0)
         opt.zero_grad(set_to_none=True)
         with record_function("backward"):
             out.loss.backward()

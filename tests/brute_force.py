@@ -9,6 +9,7 @@ import torch
 
 from biva import HierarchicalVAE, ModelConfig
 from biva.models import build_hierarchy
+from biva.objectives.training import training_loss
 
 VARIANTS = ("vae", "lvae", "lvae+", "biva")
 # BIVA with one prior Gaussian for z^BU_i and z^TD_i (model.biva_prior = "shared"), and the
@@ -58,7 +59,7 @@ def train(model: HierarchicalVAE, steps: int = 100, seed: int = 0, lr: float = 1
     opt = torch.optim.Adamax(model.parameters(), lr=lr)
     for step in range(steps + finetune):
         x = data[(step * 32) % 2048:(step * 32) % 2048 + 32]
-        loss = model(x, free_bits=free_bits if step < steps else 0.0).loss
+        loss = training_loss(model(x), free_bits=free_bits if step < steps else 0.0)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -241,18 +241,35 @@ def test_spectral_penalty_finds_the_largest_singular_value():
     assert all(torch.equal(a, b) for a, b in zip(before, pen.buffers(), strict=True))
 
 
-def test_spectral_reg_joins_the_loss_and_is_refused_for_the_biva_family():
-    torch.manual_seed(0)
-    model = TopDownVAE(tiny("nvae"))
-    x = images()
-    model.initialize(x)
-    model.eval()
-    torch.manual_seed(1)
-    plain = model(x).loss
-    torch.manual_seed(1)
-    reg = model(x, spectral_reg=0.5).loss
-    # (the loss is ~1e3 nats in float32: compare the difference to 1e-3)
-    torch.testing.assert_close(reg - plain, 0.5 * model.spectral_penalty(), atol=1e-3, rtol=0)
+def test_spectral_reg_joins_the_training_loss_and_is_refused_for_the_biva_family(tmp_path):
+    """The trainer's objective is the free-bits loss plus spectral_reg x the penalty (the
+    penalty is added outside the model's pass, so a dropped term would go unseen)."""
+    from tiny import digits_config
+
+    from biva.objectives.training import training_loss
+    from biva.training import Trainer
+    from biva.training.schedule import free_bits, kl_weight
+
+    topdown = ("model.variant=nvae", "model.spec=4x1,2x1", "model.encoder_spec=4x1,2x1",
+               "model.latents=[2]", "model.kernels=[3]", "model.strides=[1]")
+    x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+    for reg in (0.0, 0.5):
+        cfg = digits_config(*topdown, f"train.spectral_reg={reg}", "train.finetune_steps=0",
+                            steps=1)
+        trainer = Trainer(cfg, tmp_path / f"reg{reg}")
+        # The penalty's power iteration advances at each call in train mode: the expected
+        # value is taken from the same state.
+        state = [b.clone() for b in trainer.model.spectral.buffers()]
+        torch.manual_seed(1)
+        out = trainer._forward(x, None)
+        objective = training_loss(out, free_bits=free_bits(cfg.train, 0),
+                                  kl_weight=kl_weight(cfg.train, 0))
+        for b, saved in zip(trainer.model.spectral.buffers(), state, strict=True):
+            b.copy_(saved)
+        penalty = trainer.model.spectral_penalty()
+        # (the loss is ~1e2 nats in float32: compare the difference to 1e-3)
+        torch.testing.assert_close(out.loss - objective, reg * penalty, atol=1e-3, rtol=0)
+    assert 0.5 * penalty > 0.01   # the term is not negligible
     cfg = RunConfig()
     cfg.train.spectral_reg = 0.1
     with pytest.raises(ConfigError, match="train.spectral_reg: spectral regularization is for"):

@@ -376,17 +376,19 @@ def test_kl_warmup():
     assert kl_weight(tiny_config("train.kl_warmup_steps=0").train, 0) == 1.0
 
 
-def test_train_step_passes_the_schedules_to_the_model(tmp_path, data, monkeypatch):
+def test_train_step_passes_the_schedules_to_the_objective(tmp_path, data, monkeypatch):
+    import biva.training.trainer as trainer_module
+
     cfg = tiny_config("train.free_bits=0.75", "train.kl_warmup_steps=8", "train.warmup_steps=4")
     trainer = Trainer(cfg, tmp_path / "run", data=data)
     seen = []
-    forward = trainer.model.forward
+    objective = trainer_module.training_loss
 
-    def spy(x, **kwargs):
+    def spy(out, **kwargs):
         seen.append(kwargs)
-        return forward(x, **kwargs)
+        return objective(out, **kwargs)
 
-    monkeypatch.setattr(trainer.model, "forward", spy)
+    monkeypatch.setattr(trainer_module, "training_loss", spy)
     x = first_batch(trainer)
     for step in (0, STEPS - 3, STEPS - 2, STEPS - 1):  # finetune_steps=2: the last two steps
         trainer.step = step

@@ -38,6 +38,7 @@ from biva.config import ModelConfig
 from biva.evaluation.style import save_png
 from biva.models.hierarchy import HierarchicalVAE
 from biva.models.mlp import as_mlp
+from biva.objectives.training import training_loss
 from biva.utils.atomic import atomic_write_bytes, atomic_write_json
 
 POTENTIALS = (1, 2, 3, 4)
@@ -241,8 +242,8 @@ def train(variant: str, index: int, seed: int, cfg: DensityConfig, device: str =
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
         x = torch.randn(cfg.batch_size, 2, 1, 1, device=device)
-        out = model(x, free_bits=cfg.free_bits,
-                    top_log_prior=prior.log_prior(annealing(step, cfg)))
+        out = model(x, top_log_prior=prior.log_prior(annealing(step, cfg)))
+        out.loss = training_loss(out, free_bits=cfg.free_bits)
         if not torch.isfinite(out.loss):  # the one host sync of an iteration
             skipped += 1  # a rare overflow must not poison the weights; counted, reported
             continue

@@ -26,7 +26,8 @@ class HierarchyOutput:
 
     ``log_weight`` = log p(x|z) + log p(z_>k) - log q(z_>k|x): nats, (N,); its mean is the ELBO
     (k = 0) or L^{>k}. ``kl`` (N, G) holds log q - log p per latent group (one-sample Monte
-    Carlo), 0 for groups drawn from the prior. ``loss`` is the training objective (scalar).
+    Carlo), 0 for groups drawn from the prior. ``loss``: the negative mean bound (scalar);
+    training replaces it by :func:`biva.objectives.training.training_loss`.
     """
 
     loss: Tensor
@@ -85,15 +86,16 @@ class LatentHierarchy(nn.Module):
 
     def _output(self, x: Tensor, x_params: Tensor, kl: dict[str, Tensor],
                 latents: dict[str, Tensor], posteriors: dict[str, DiagonalGaussian],
-                n_samples: int, free_bits: float, kl_weight: float) -> HierarchyOutput:
-        """The bound and the loss of one pass from p(x|z)'s parameters (N, P, H, W) and the
-        per-group KL draws (N,) (groups drawn from the prior are absent: KL 0)."""
+                n_samples: int) -> HierarchyOutput:
+        """The bound of one pass from p(x|z)'s parameters (N, P, H, W) and the per-group KL
+        draws (N,) (groups drawn from the prior are absent: KL 0); ``loss`` is the negative
+        bound (training's objective, with free bits and a KL weight, is
+        :func:`biva.objectives.training.training_loss`)."""
         log_px = self.likelihood.log_prob(x_params, repeat_batch(x, n_samples))
         zero = log_px.new_zeros(log_px.shape)
         kl_all = torch.stack([kl.get(g, zero) for g in self.group_names], dim=1)
         log_weight = log_px - kl_all.sum(1)
-        kl_train = kl_all.clamp_min(free_bits) if free_bits > 0 else kl_all
-        loss = -(log_px - kl_weight * kl_train.sum(1)).mean()
+        loss = -log_weight.mean()
         return HierarchyOutput(loss=loss, log_weight=log_weight, log_px=log_px, kl=kl_all,
                                group_names=list(self.group_names), x_params=x_params,
                                latents=latents, posteriors=posteriors, n_samples=n_samples)

@@ -304,7 +304,6 @@ class HierarchicalVAE(LatentHierarchy):
         return dists * 2 if self.shared_prior else dists
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
-                free_bits: float = 0.0, kl_weight: float = 1.0,
                 td_context: Sequence[Tensor | None] | None = None,
                 bottom_up: tuple | None = None,
                 top_log_prior: Callable[[Tensor], Tensor] | None = None,
@@ -316,8 +315,8 @@ class HierarchicalVAE(LatentHierarchy):
         from q. BIVA's q(z_>k | x) still conditions on the q-draws of z^BU_<=k, which act as
         auxiliary variables: with r(a | x, z_>k) = q(a | x) for a = z^BU_<=k,
         ``E[log p(x|z) + log p(z_>k) - log q(z_>k | x, a)] <= log p(x)`` (Jensen twice), and the
-        same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. Loss: the negative ELBO with
-        free bits ``max(KL_g, free_bits)`` per group and example, KL scaled by ``kl_weight``.
+        same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. ``loss`` is the negative bound
+        (training's free bits and KL weight: :mod:`biva.objectives.training`).
         Optional: ``td_context`` (see :meth:`_td_stage`, N rows) and ``bottom_up``, a result of
         ``_bottom_up`` at N rows to reuse (one y-independent BU pass for several TD passes).
         ``top_log_prior(z_L) -> (N,)`` replaces the N(0, I) log-density of z_L (e.g. a 2-D
@@ -353,8 +352,7 @@ class HierarchicalVAE(LatentHierarchy):
                 for term in terms:
                     record(*term)
         x_params = self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
-        return self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
-                            kl_weight)
+        return self._output(x, x_params, kl, latents, posteriors, n_samples)
 
     def _layer_names(self, i: int) -> list[str]:
         return [f"z{i}_bu", f"z{i}_td"] if self.variant.split_latent else [f"z{i}"]

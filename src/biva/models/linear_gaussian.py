@@ -77,8 +77,7 @@ class LinearGaussianHierarchy(nn.Module):
         """p(z_i | z_{i+1} = above) (i = 0: the likelihood p(x | z_1))."""
         return MultivariateNormal(above @ self.A[i].T + self.b[i], torch.diag(self.s[i] ** 2))
 
-    def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
-                free_bits: float = 0.0, kl_weight: float = 1.0) -> HierarchyOutput:
+    def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0) -> HierarchyOutput:
         """Log importance weights of the L^{>k} estimator, same rules as HierarchicalVAE."""
         x = x.double().repeat(n_samples, 1)
         k = prior_layers

@@ -103,18 +103,17 @@ class LatentBlock(nn.Module):
         """The state after z joins it."""
         return h + self.proj(z)
 
-    def posterior_draw(self, s: Tensor, a: Tensor, prior: DiagonalGaussian,
-                       mode: str) -> tuple[DiagonalGaussian, Tensor, Tensor]:
-        """(q_0, z, log q(z)): the base posterior, its draw (its mean with ``mode="mean"``)
-        pushed through the flow when there is one, and log q of the result (N,) nats, the
-        flow's log-determinant subtracted."""
+    def posterior_draw(self, s: Tensor, a: Tensor, prior: DiagonalGaussian, mode: str
+                       ) -> tuple[DiagonalGaussian, Tensor, Tensor, Tensor | None]:
+        """(q_0, z_0, z, log_det): the base posterior, its draw z_0 (its mean with
+        ``mode="mean"``), z_0 pushed through the flow (z_0 itself without one) and the flow's
+        log-determinant (N,) nats (None without one): log q(z) = log q_0(z_0) - log_det."""
         q = self.posterior(s, a, prior)
-        z = q.take(mode)
-        log_q = q.log_prob(z)
-        if self.flow is not None:
-            z, log_det = self.flow(z, s + a)
-            log_q = log_q - log_det
-        return q, z, log_q
+        z0 = q.take(mode)
+        if self.flow is None:
+            return q, z0, z0, None
+        z, log_det = self.flow(z0, s + a)
+        return q, z0, z, log_det
 
 
 class VDVAEBlock(LatentBlock):
@@ -346,7 +345,6 @@ class TopDownVAE(LatentHierarchy):
         return self.out_conv(h)
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
-                free_bits: float = 0.0, kl_weight: float = 1.0, spectral_reg: float = 0.0,
                 bottom_up: list[Tensor] | None = None,
                 top_log_prior: Callable[[Tensor], Tensor] | None = None,
                 prior_mode: str = "sample", posterior_mode: str = "sample") -> HierarchyOutput:
@@ -355,8 +353,8 @@ class TopDownVAE(LatentHierarchy):
         ``prior_layers = k``: z_1..z_k are drawn from the conditional prior (their means with
         ``prior_mode="mean"``, a score rather than a bound), z_>k from q, giving L^{>k}: q(z_>k|x)
         never reads z_<=k, so ``E[log p(x|z) + log p(z_>k) - log q(z_>k|x)] <= log p(x)``.
-        Loss: the negative ELBO with free bits ``max(KL_g, free_bits)`` per group and example,
-        KL scaled by ``kl_weight``, plus ``spectral_reg`` x :meth:`spectral_penalty`.
+        ``loss`` is the negative bound (training adds free bits, the KL weight and
+        ``spectral_reg`` x :meth:`spectral_penalty`: :mod:`biva.objectives.training`).
         ``bottom_up``: a result of ``_bottom_up`` at N rows to reuse; ``top_log_prior(z_L)``
         replaces the N(0, I) log-density of z_L; ``posterior_mode="mean"`` takes each q-layer's
         mean instead of a draw (a code for :meth:`encode`, not a bound).
@@ -377,18 +375,17 @@ class TopDownVAE(LatentHierarchy):
             if layer <= prior_layers:
                 z = p.sample() if prior_mode == "sample" else p.mu
             else:
-                q, z, log_q = block.posterior_draw(s, acts[layer - 1], p, posterior_mode)
+                q, z0, z, log_det = block.posterior_draw(s, acts[layer - 1], p, posterior_mode)
+                # log p before log q: the order autograd accumulates z's gradients in (pinned
+                # by tests/test_family_fixtures.py).
                 log_p = (top_log_prior(z) if top_log_prior is not None and layer == self.n_layers
                          else p.log_prob(z))
+                log_q = q.log_prob(z0) if log_det is None else q.log_prob(z0) - log_det
                 kl[name], posteriors[name] = log_q - log_p, q
             latents[name] = z
             h = block.update(h, z)
         x_params = self._x_params(h)
-        out = self._output(x, x_params, kl, latents, posteriors, n_samples, free_bits,
-                           kl_weight)
-        if spectral_reg > 0:
-            out.loss = out.loss + spectral_reg * self.spectral_penalty()
-        return out
+        return self._output(x, x_params, kl, latents, posteriors, n_samples)
 
     def _generate(self, given: Mapping[str, Tensor], n: int, temps: list[float],
                   generator: torch.Generator | None,

@@ -30,6 +30,7 @@ from biva.models import LatentHierarchy, build_hierarchy
 from biva.nn.blocks import use_channels_last, use_grad_checkpointing
 from biva.objectives import bits_per_dim
 from biva.objectives.splits import validation_statistics
+from biva.objectives.training import training_loss
 from biva.training.distributed import (
     broadcast_module_,
     seed_rank_step,
@@ -251,18 +252,21 @@ class Trainer(TrainingLoop):
                 **self._batch_statistics(out)}
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor | None):
-        """The model's output on a training batch, at this step's free bits and KL weight."""
+        """The model's output on a batch, ``loss`` the objective at this step's free bits and KL
+        weight (``training_loss`` + NVAE's spectral penalty; with labels, eq. 20)."""
         tc = self.cfg.train
-        model = self._step_module()
-        model.train()
-        kl_w = kl_weight(tc, self.step)
+        model = self._step_module().train()
+        lam, kl_w = free_bits(tc, self.step), kl_weight(tc, self.step)
         if tc.compile:  # a tensor, not a constant baked into the graph: no recompile per step
             kl_w = torch.tensor(kl_w, device=self.device)
-        extra = {"spectral_reg": tc.spectral_reg} if tc.spectral_reg else {}
-        if y is not None:
-            extra["labels"] = y.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            return model(x, free_bits=free_bits(tc, self.step), kl_weight=kl_w, **extra)
+            if y is not None:
+                return model(x, labels=y.to(self.device), free_bits=lam, kl_weight=kl_w)
+            out = model(x)
+            out.loss = training_loss(out, free_bits=lam, kl_weight=kl_w)
+            if tc.spectral_reg:
+                out.loss = out.loss + tc.spectral_reg * self.model.spectral_penalty()
+        return out
 
     def _batch_statistics(self, out) -> dict[str, torch.Tensor]:
         """Statistics of a training batch beyond the bound's (none here)."""
