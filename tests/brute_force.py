@@ -16,7 +16,7 @@ VARIANTS = ("vae", "lvae", "lvae+", "biva")
 # top-down families (TopDownVAE: VDVAE's and NVAE's blocks, NVAE's residual-normal posterior).
 DENSE_MODELS = (*VARIANTS, "biva_shared")
 # nvae_flows: the NVAE-style model with two IAF steps on every group's posterior.
-TOPDOWN = ("vdvae", "nvae", "nvae_flows")  # in test_bound_exact_topdown.py (another worker)
+TOPDOWN = ("vdvae", "nvae", "nvae_flows")  # test_bound_exact_topdown.py / _flows.py
 K = 65536          # importance samples per image
 N_PRIOR = 262144   # ancestral samples for the brute-force marginal
 
