@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from biva.config import DataKind
-from biva.data import evaluation_split, image_files, load_run_data, read_folder, to_model_input
+from biva.data import evaluation_split, load_run_data, to_model_input
+from biva.data.folders import iter_folder
 from biva.evaluation.classification import write_class_samples
 from biva.evaluation.generation import write_samples
 from biva.evaluation.latent_views import write_latent_views
@@ -105,8 +106,9 @@ def latent_views_run(run_dir: str | Path, settings: LatentViewSettings, *,
                          "(the semi-supervised posterior reads a class)")
     kind = DataKind.for_likelihood(cfg.model.likelihood)
     if s.images is not None:
-        sources = [str(f) for f in image_files(s.images)[:s.n]]
-        raw = read_folder(s.images, cfg, seed=s.seed)[:s.n]
+        # Only the first n files are read (the folder may hold many more).
+        files, raw = next(iter_folder(s.images, cfg, seed=s.seed, batch=s.n))
+        sources = [str(f) for f in files]
     else:
         split = evaluation_split(load_run_data(cfg), s.split, seed=cfg.train.seed)
         raw = split.images[:s.n]
