@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -69,13 +70,15 @@ def pytest_collection_modifyitems(config, items):
     a mutant then stops at the first fast test that fails, and only survivors pay for the
     brute-force checks. ``MUTATION_DESELECT`` (comma-separated test names) leaves tests out of
     a quick first pass, whose survivors are then re-tested with everything. Normal runs keep
-    every test, the files with more slow tests first."""
+    every test, the longest files first."""
     if not os.environ.get("MUTANT_UNDER_TEST"):
-        # Files with the most slow tests start first (pytest-xdist --dist loadfile hands out
-        # whole files in this order): a long file starting last kept one worker busy alone for
-        # minutes at the end of CI. Within a file, and among equals, the order is kept.
-        slow = Counter(str(item.path) for item in items if item.get_closest_marker("slow"))
-        items.sort(key=lambda item: -slow.get(str(item.path), 0))
+        # The longest files start first (pytest-xdist --dist loadfile hands out whole files in
+        # this order), by the seconds measured in tests/durations.json (scripts/
+        # test_durations.py); a file not measured yet counts 30 s a slow test. A long file
+        # starting last kept one worker busy alone for minutes at the end of CI. Within a
+        # file the order is kept.
+        seconds = _file_seconds(items)
+        items.sort(key=lambda item: -seconds[str(item.path)])
         return
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
     names = [n for n in os.environ.get("MUTATION_DESELECT", "").split(",") if n]
@@ -83,3 +86,18 @@ def pytest_collection_modifyitems(config, items):
         dropped = [i for i in items if i.originalname in names]
         items[:] = [i for i in items if i.originalname not in names]
         config.hook.pytest_deselected(items=dropped)
+
+
+
+def _file_seconds(items) -> dict[str, float]:
+    """Test file path -> its seconds in tests/durations.json, or 30 s per slow test for a file
+    not measured yet."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(__file__).with_name("durations.json")
+    measured = json.loads(path.read_text()) if path.is_file() else {}
+    slow = Counter(str(i.path) for i in items if i.get_closest_marker("slow"))
+    out = {}
+    for item in items:
+        rel = Path(item.path).relative_to(root).as_posix()
+        out[str(item.path)] = measured.get(rel, 30.0 * slow.get(str(item.path), 0))
+    return out

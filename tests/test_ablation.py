@@ -335,3 +335,47 @@ def test_a_changed_recipe_is_refused_for_the_runs_already_there(ablation_dir, ca
     err = capsys.readouterr().err
     assert "was trained with other settings than this command asks for" in err and field in err
     assert (out / "table.json").read_bytes() == table
+
+
+def test_summaries_of_two_processes_are_written_one_at_a_time_and_say_what_is_missing(
+        ablation_dir, tmp_path):
+    """Two processes may work on one ablation; each wrote its five summary files one by one
+    from the results it had loaded, so a summary of fewer runs could land over a later, fuller
+    one, or mix with it (the re-attack). Now a summary waits for the other process's lock,
+    loads the results inside it, and lists the runs without a result in its files."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    from biva.experiments.ablation import plan_runs, write_summary
+
+    out = tmp_path / "abl"
+    shutil.copytree(ablation_dir[0], out)
+    nvae = out / "nvae" / "seed0" / "ablation_result.json"
+    saved = nvae.read_bytes()
+    nvae.unlink()
+    runs = plan_runs(out, ["lvae", "biva", "nvae"], [0])
+    write_summary(out, runs, ["lvae", "biva", "nvae"])
+    table = json.loads((out / "table.json").read_text())
+    assert table["missing_runs"] == [str(out / "nvae" / "seed0")]
+    assert {r["variant"] for r in table["rows"]} == {"lvae", "biva"}
+    assert "Incomplete: 1 run(s) without a result yet" in (out / "table.md").read_text()
+    # A second real process holds the summary's lock while the missing result lands.
+    code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from biva.utils.run_lock import output_lock
+        with output_lock(Path({str(out)!r}) / "table"):
+            print("held", flush=True)
+            time.sleep(3)
+            Path({str(nvae)!r}).write_bytes(bytes.fromhex({saved.hex()!r}))
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    write_summary(out, runs, ["lvae", "biva", "nvae"])
+    assert holder.wait(timeout=60) == 0
+    # Loaded before the lock was free, it would still miss nvae (written at the lock's end).
+    table = json.loads((out / "table.json").read_text())
+    assert table["missing_runs"] == [] and len(table["rows"]) == 3
+    assert "Incomplete" not in (out / "table.md").read_text()

@@ -314,6 +314,10 @@ def test_resume_trains_a_finished_run_further_with_a_larger_budget(run_copy, cap
     ["evaluate", "RUN", "--batch-size", "0"],
     ["sample", "RUN", "-n", "0"],
     ["run", "--samples", "zero"],
+    # `biva predict --batch-size -3` wrote an empty predictions file with exit 0, and
+    # `--n-examples -2` predicted 3 of 5 images (issue 41).
+    ["predict", "RUN", "--data", "digits", "--batch-size", "-3"],
+    ["predict", "RUN", "--data", "digits", "--n-examples", "-2"],
 ])
 def test_bad_numeric_options_are_refused_by_the_parser(argv, trained_run, capsys):
     argv = [str(trained_run) if a == "RUN" else a for a in argv]

@@ -142,25 +142,59 @@ def test_device_files_and_fifos_are_refused_at_once(tmp_path, capsys, target):
         assert "not a regular file" in capsys.readouterr().err
 
 
-def test_a_config_edited_to_a_huge_model_is_refused_before_allocating(tmp_path):
-    folder = _copy(tmp_path)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["model"]["filters"] = [3000]
-    (folder / "config.json").write_text(json.dumps(cfg))
-    _sign(folder)
+def _peak_of(statement: str, *argv: str, cwd: Path | None = None) -> tuple[str, int]:
+    """Run ``statement`` in a real process (``argv`` as its arguments, in ``cwd``): its output
+    and peak resident memory in MB."""
     code = textwrap.dedent(f"""
         import resource, sys
         from biva import pretrained
+        from biva.cli.main import main
         try:
-            pretrained.load({str(folder)!r})
+            {statement}
         except ValueError as e:
             print("refused:", e)
-        print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        finally:
+            print("peak_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300).stdout
-    assert "refused:" in out and "disagree on" in out, out
-    peak = int(out.split("peak_mb")[1])
+    res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         timeout=300, cwd=cwd)
+    return res.stdout + res.stderr, int(res.stdout.split("peak_mb")[1])
+
+
+def _huge(config: Path) -> None:
+    cfg = json.loads(config.read_text())
+    cfg["model"]["filters"] = [3000]
+    config.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("route", ["python", "cli"])
+def test_a_config_edited_to_a_huge_model_is_refused_before_allocating(tmp_path, route):
+    # The Python load() compared shapes first; `biva sample --pretrained FOLDER` copied the
+    # folder into a run and built the model of its config: 16 GB resident (the re-attack).
+    folder = _copy(tmp_path)
+    _huge(folder / "config.json")
+    _sign(folder)
+    if route == "python":
+        out, peak = _peak_of("pretrained.load(sys.argv[1])", str(folder))
+        assert "refused:" in out and "disagree on" in out, out
+    else:
+        out, peak = _peak_of("sys.exit(main(sys.argv[1:]))", "sample", "--pretrained",
+                             str(folder), "-n", "2", "--out", str(tmp_path / "s.png"),
+                             cwd=tmp_path)
+        assert "disagree on" in out and not (tmp_path / "runs").exists(), out
+    assert peak < 1500, f"{peak} MB resident: the model was built before the shapes were compared"
+
+
+def test_a_run_config_edited_to_a_huge_model_is_refused_before_allocating(tiny_run, tmp_path):
+    # Any command that loads a run (evaluate, sample, detect, ...) built the model of
+    # config.json before comparing it with the checkpoint.
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _huge(run / "config.json")
+    out, peak = _peak_of("sys.exit(main(sys.argv[1:]))", "evaluate", str(run), "--samples",
+                         "1", "--n-examples", "4")
+    assert f"{run / 'config.json'} and " in out and "disagree on" in out, out
+    assert "restore it" in out
     assert peak < 1500, f"{peak} MB resident: the model was built before the shapes were compared"
 
 

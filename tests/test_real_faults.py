@@ -96,9 +96,13 @@ def test_a_really_full_disk_while_training_is_one_line_and_the_run_resumes(tmpfs
 
 
 def test_a_really_full_disk_while_writing_outputs_keeps_the_earlier_ones(tmpfs, capsys,
-                                                                         tiny_run):
-    """biva evaluate / sample / report outputs on a full disk: one line each, the earlier
-    file of the same name intact, no temporary left behind."""
+                                                                         tiny_run, tmp_path):
+    """biva evaluate / sample / detect outputs on a full disk: one line each naming the file,
+    the earlier file of the same name intact, no temporary left behind."""
+    import shutil
+
+    from PIL import Image
+
     out = tmpfs / "out"
     out.mkdir()
     targets = {
@@ -118,6 +122,22 @@ def test_a_really_full_disk_while_writing_outputs_keeps_the_earlier_ones(tmpfs, 
         line = _one_error_line(capsys)
         assert "no space left on device" in line and str(out) in line, line
         assert path.read_bytes() == before[name], name
+    # A new output on the full disk: its lock file's holder note cannot be written either;
+    # that was the error (no file named, the re-attack); now the CSV's own write names it.
+    filler.unlink()
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.new("L", (8, 8)).save(imgs / f"{i}.png")
+    detect = ["detect", str(run), str(imgs), "--no-progress", "--out"]
+    assert main([*detect, str(tmp_path / "first.csv")]) == 0    # fits the run's detector
+    filler = fill(tmpfs, 0)
+    capsys.readouterr()
+    assert main([*detect, str(out / "new.csv")]) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if ": error:" in x]
+    assert len(errors) == 1, errors
+    assert "no space left on device" in errors[0] and str(out / "new.csv") in errors[0], errors
     # No temporary left behind (the hidden .eval.json.lock is the output's writer lock).
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == [
         "eval.json", "s.png"]
@@ -286,3 +306,43 @@ def test_an_unreadable_subfolder_is_reported_not_skipped_silently():
         assert f"{root / 'secret'}: unreadable (Permission denied)" in done.stderr
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_sigterm_while_detect_writes_its_csv_leaves_no_partial_file(tiny_run, tmp_path):
+    """A real SIGTERM while `biva detect` writes its rows (the default action ended the
+    process and left `.out.csv.tmp-*` behind, the re-attack): the command unwinds, removes
+    its temporary, keeps the earlier CSV byte-identical and exits 143 with one line."""
+    import shutil
+    import signal
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4000):
+        Image.fromarray(rng.integers(0, 256, (8, 8), np.uint8)).save(imgs / f"{i:05d}.png")
+    out = tmp_path / "out.csv"
+    argv = ["detect", str(run), str(imgs), "--out", str(out), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    before = out.read_bytes()
+    code = "import sys; from biva.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while (not list(tmp_path.glob(".out.csv.tmp-*")) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.002)
+    assert proc.poll() is None, "detect ended before it wrote a row: no SIGTERM was tested"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert [line for line in err.splitlines() if line.startswith("interrupted")] == [
+        "interrupted: SIGTERM: stopped; files being written were removed, earlier outputs "
+        "are as they were"], err
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob(".out.csv.tmp-*"))
+    assert out.read_bytes() == before

@@ -16,7 +16,7 @@ from biva.models import TopDownVAE, build_hierarchy
 from biva.models import build_hierarchy as build_model
 from biva.models.topdown import residual_normal
 from biva.nn.gaussian import DiagonalGaussian
-from biva.nn.residual import SpectralPenalty
+from biva.nn.residual import SpectralPenalty, conv
 
 
 def tiny(family: str, **kw) -> ModelConfig:
@@ -30,6 +30,31 @@ def tiny(family: str, **kw) -> ModelConfig:
 def images(n: int = 6, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand((n, 3, 8, 8), generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("kernel,groups", [(5, 6), (3, 1), (5, 1), (1, 1)])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 3), (2, 5), (3, 3), (6, 6)])
+def test_same_conv_crops_its_kernel_without_changing_output_or_gradients(kernel, groups, hw):
+    """The cropped kernel on inputs smaller than the kernel gives nn.Conv2d's output and
+    gradients (a wrong crop offset or padding shifts or drops taps and fails this)."""
+    torch.manual_seed(0)
+    fast = conv(6, 6, kernel, groups=groups)
+    ref = torch.nn.Conv2d(6, 6, kernel, padding=kernel // 2, groups=groups)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 6, *hw, requires_grad=True)
+    y_fast, y_ref = fast(x), ref(x)
+    assert y_fast.shape == y_ref.shape == (3, 6, *hw)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y_ref)
+    gx_fast, gw_fast = torch.autograd.grad(y_fast, (x, fast.weight), g)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, ref.weight), g)
+    torch.testing.assert_close(gx_fast, gx_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw_fast, gw_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_same_conv_needs_an_odd_kernel():
+    with pytest.raises(ValueError, match="odd kernel"):
+        conv(4, 4, 4)
 
 
 def test_residual_normal_is_the_prior_at_zero_shift_and_unit_scale():

@@ -150,3 +150,33 @@ def test_atomic_directory_restores_old_when_swap_fails(
 def test_atomic_open_rejects_other_modes(tmp_path: Path) -> None:
     with pytest.raises(ValueError), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_a_sigterm_inside_deferred_is_raised_at_its_end_and_atomic_open_cleans_up(tmp_path):
+    """A real SIGTERM to this process: outside deferred() it raises at once; inside, only
+    when the block ends, so the descriptor a temporary is opened with is never owned twice
+    (a SIGTERM between os.fdopen and the ownership hand-over gave `Bad file descriptor`,
+    exit 2, in the suite). atomic_open then removes its temporary."""
+    import signal
+
+    from biva.utils.signals import Terminated, deferred, sigterm_unwinds
+
+    reached, before = [], signal.getsignal(signal.SIGTERM)
+    with sigterm_unwinds():
+        with pytest.raises(Terminated):
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):      # the handler runs between bytecodes
+                    reached.append(1)
+        assert len(reached) == 1000
+        (tmp_path / "out.txt").write_text("old")
+        with pytest.raises(Terminated):
+            with atomic_open(tmp_path / "out.txt") as f:
+                f.write("new, half")
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    reached.append(2)
+        assert len(reached) < 2000      # raised at once outside deferred()
+    assert (tmp_path / "out.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    assert signal.getsignal(signal.SIGTERM) is before     # the handler is put back

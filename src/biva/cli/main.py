@@ -26,6 +26,7 @@ from biva.cli import (
 from biva.cli.common import BivaParser, HelpFormatter, resolve_run_dir, unknown_options_error
 from biva.utils.atomic import is_disk_full
 from biva.utils.deprecation import BivaDeprecationWarning
+from biva.utils.signals import sigterm_unwinds
 
 SUBCOMMANDS = [train_cmd, evaluate_cmd, sample_cmd, run_cmd, download_cmd, configs_cmd, ood_cmd,
                detect_cmd, report_cmd, predict_cmd, densities_cmd, text_cmd, ablation_cmd]
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown_options_error(sub.choices[args.command], extra)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for worker processes
     try:
-        resolve_run_dir(args)
-        return int(args.func(args) or 0)
+        with sigterm_unwinds():
+            resolve_run_dir(args)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         # Training stops at a step boundary with a checkpoint (TrainingInterrupted says so);
         # the exit status is the shell's 128 + signal number (130 SIGINT, 143 SIGTERM).

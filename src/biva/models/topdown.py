@@ -50,6 +50,7 @@ from biva.nn.residual import (
     BottleneckBlock,
     NVAEDecoderCell,
     NVAEEncoderCell,
+    SameConv2d,
     SpectralPenalty,
     conv,
     residual_scale,
@@ -289,8 +290,10 @@ class TopDownVAE(LatentHierarchy):
             num_classes=config.num_classes, fixed_std=config.likelihood_std)
         self.out_conv = WNConv2d(W, self.likelihood.param_channels(c_in), 1, init_scale=0.1)
         self.group_names = [f"z{i}" for i in range(1, L + 1)]
+        # The plain convolutions (the blocks' same-padded ones and the flows' context inputs);
+        # not the flows' masked ones or the weight-normed output.
         self.spectral = SpectralPenalty(
-            [m for m in self.modules() if type(m) is nn.Conv2d])
+            [m for m in self.modules() if type(m) in (nn.Conv2d, SameConv2d)])
         self._side = side
 
     def latent_shape(self, layer: int) -> tuple[int, ...]:

@@ -42,7 +42,7 @@ from biva.objectives.splits import evaluate_bounds
 from biva.ood.detector import OODDetector
 from biva.ood.metrics import ood_metrics
 from biva.ood.sets import load_like_run
-from biva.runs.loading import build_model, find_checkpoint
+from biva.runs.loading import build_model, find_checkpoint, shape_mismatches
 from biva.utils.atomic import (
     atomic_directory,
     atomic_write_json,
@@ -172,14 +172,25 @@ def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def _check_shapes(cfg: RunConfig, folder: Path) -> None:
     """Compare the weights' header with the model ``cfg`` describes, built on the meta device
     (no memory): a config edited to a huge model is refused before anything is allocated."""
-    header = _weight_shapes(folder / "model.safetensors")
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build_model(cfg, folder).state_dict().items()}
-    bad = sorted(k for k in set(want) | set(header) if want.get(k) != header.get(k))
+    bad = shape_mismatches(cfg, folder, _weight_shapes(folder / "model.safetensors"))
     if bad:
-        shown = "; ".join(f"{k}: config {want.get(k)}, weights {header.get(k)}" for k in bad[:3])
-        raise ValueError(f"{folder}: config.json and model.safetensors disagree on "
-                         f"{len(bad)} tensors ({shown}); they are not one model's")
+        raise ValueError(f"{folder}: config.json and model.safetensors disagree on {bad}; "
+                         "they are not one model's")
+
+
+def _checked(folder: Path) -> tuple[dict, RunConfig]:
+    """A pretrained folder's card and config, after every check that reads no weights: the
+    files there, the card valid, the digests right, the config's model the weights' shapes
+    (on the meta device). What :func:`load` and :func:`materialize` both need first."""
+    # Only what is absent: a FIFO or a link to a device is named by the regular-file checks.
+    missing = [f for f in REQUIRED if not ((folder / f).exists() or (folder / f).is_symlink())]
+    if missing:
+        raise FileNotFoundError(f"{folder}: pretrained folder without {', '.join(missing)}")
+    card = read_card(folder)
+    verify(folder, card)
+    cfg = read_run_config(folder / "config.json")
+    _check_shapes(cfg, folder)
+    return card, cfg
 
 
 def _float32_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -267,13 +278,7 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pretra
     verified, weights loaded into the model its config describes (float32, eval mode)."""
 
     folder = _folder(name_or_path)
-    missing = [f for f in REQUIRED if not (folder / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: pretrained folder without {', '.join(missing)}")
-    card = read_card(folder)
-    verify(folder, card)
-    cfg = read_run_config(folder / "config.json")
-    _check_shapes(cfg, folder)
+    card, cfg = _checked(folder)
     model = build_model(cfg, folder)
     model.load_state_dict(_float32_weights(folder))
     model = model.to(device).eval()
@@ -384,8 +389,7 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     in), under a lock; rewritten when the card's checksum changes. A directory it did not
     write (no ``pretrained.json`` stamp), such as a user's own run, is never touched."""
     folder = _folder(name_or_path)
-    card = read_card(folder)
-    verify(folder, card)
+    card, _ = _checked(folder)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / "pretrained" / card["name"]
     digest = card["sha256"]["model.safetensors"]
     with output_lock(run_dir.parent / f"{run_dir.name}.pretrained"):

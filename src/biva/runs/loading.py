@@ -68,6 +68,18 @@ def build_model(cfg: RunConfig, run_dir: str | Path) -> LatentHierarchy:
                            **split)
 
 
+def shape_mismatches(cfg: RunConfig, run_dir: str | Path,
+                     shapes: dict[str, tuple[int, ...]]) -> str:
+    """Which tensors of the model ``cfg`` describes differ in shape from ``shapes`` (a
+    checkpoint's or a weights file's): '' when none. The model is built on the meta device,
+    so a config edited to a huge model costs no memory before it is refused."""
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(cfg, run_dir).state_dict().items()}
+    bad = sorted(k for k in set(want) | set(shapes) if want.get(k) != shapes.get(k))
+    shown = "; ".join(f"{k}: config {want.get(k)}, weights {shapes.get(k)}" for k in bad[:3])
+    return f"{len(bad)} tensors ({shown})" if bad else ""
+
+
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
                  *, strict: bool = False) -> tuple[LatentHierarchy, RunConfig, dict]:
     """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
@@ -79,6 +91,11 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     path = find_checkpoint(run_dir, which, strict=strict)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
+    bad = shape_mismatches(cfg, run_dir, {k: tuple(v.shape) for k, v in weights.items()})
+    if bad:
+        raise ValueError(f"{run_dir / 'config.json'} and {path} disagree on {bad}: the config "
+                         "was edited after training; restore it (or start a new run with "
+                         "--init-from from a config of the same architecture)")
     model = build_model(cfg, run_dir).to(device)
     model.load_state_dict(weights)
     model.eval()

@@ -1,6 +1,7 @@
 """Utilities with no model in them: atomic writes and plain JSON, config files and overrides,
 safe checkpoints, file digests, run-directory locks, RNG state and seeds, metric logs (JSON
-lines), image grids, progress bars, devices and deprecation warnings."""
+lines), image grids, progress bars, devices, deprecation warnings, and SIGTERM as an exception
+in the commands (``signals``)."""
 
 from biva.utils.atomic import (
     atomic_directory,

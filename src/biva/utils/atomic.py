@@ -23,6 +23,8 @@ from enum import Enum
 from pathlib import Path, PurePath
 from typing import IO, Any
 
+from biva.utils.signals import deferred
+
 StrPath = str | os.PathLike[str]
 
 __all__ = [
@@ -107,24 +109,29 @@ def atomic_open(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open supports mode 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    fd, tmp = _open_exclusive(path)
+    text = mode == "w"
+    fd, tmp, f = -1, None, None
     try:
-        with contextlib.suppress(FileNotFoundError):
-            # Replacing a file should not silently change its permissions.
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        text = mode == "w"
-        with os.fdopen(fd, mode, encoding=encoding if text else None,
-                       newline="" if text else None) as f:
-            fd = -1  # now owned (and closed) by the file object
+        with deferred():   # a SIGTERM here would leave the descriptor owned twice or not at all
+            fd, tmp = _open_exclusive(path)
+            f = os.fdopen(fd, mode, encoding=encoding if text else None,
+                          newline="" if text else None)
+        with f:
+            with contextlib.suppress(FileNotFoundError):
+                # Replacing a file should not silently change its permissions.
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        if fd >= 0:
+        if f is not None:
+            f.close()
+        elif fd >= 0:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise_if_disk_full(err, path)  # name the file being replaced, not the temporary
         raise
     fsync_directory(path.parent)

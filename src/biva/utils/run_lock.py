@@ -42,26 +42,36 @@ def lock_run_dir(run_dir: str | os.PathLike[str]) -> None:
                                   "directory")
 
 
-def _take(key: Path, path: Path, remedy: str) -> None:
+def _take(key: Path, path: Path, remedy: str, wait_s: float = 0.0) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = _describe(path)
-        os.close(fd)
-        raise RunDirLocked(f"{key} is in use by another biva process ({holder}); "
-                           f"{remedy}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            holder = _describe(path)
+            os.close(fd)
+            raise RunDirLocked(f"{key} is in use by another biva process ({holder}); "
+                               f"{remedy}") from None
+    # Who holds it, for a second process's message; best effort: on a full disk the lock
+    # still holds, and the output's own write then fails naming the output.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
     _held[key] = fd
 
 
 @contextlib.contextmanager
-def output_lock(path: str | os.PathLike[str]):
+def output_lock(path: str | os.PathLike[str], wait_s: float = 0.0):
     """Hold the writer lock of an output (a folder or a file, via a hidden ``.<name>.lock``
-    beside it) for the block: a second process writing the same output is refused at once,
-    naming the holder, instead of interleaving or overwriting its files."""
+    beside it) for the block: a second process writing the same output is refused (after
+    waiting up to ``wait_s`` seconds for the first), naming the holder, instead of
+    interleaving or overwriting its files."""
     target = Path(path).resolve()
     if fcntl is None or target in _held:
         yield
@@ -70,7 +80,7 @@ def output_lock(path: str | os.PathLike[str]):
     # (biva.utils.atomic.staged_directory), and its lock must outlive the swap.
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f".{target.name}.lock")
-    _take(target, lock, "wait for it to finish, or choose another --out")
+    _take(target, lock, "wait for it to finish, or choose another --out", wait_s)
     try:
         yield
     finally:

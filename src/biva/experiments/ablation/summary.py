@@ -15,6 +15,7 @@ from biva.experiments.ablation.runner import AblationRun, load_result
 from biva.experiments.ablation.variants import ABLATION_VARIANTS
 from biva.utils.atomic import atomic_write_json, atomic_write_text
 from biva.utils.machine import same_machine
+from biva.utils.run_lock import output_lock
 
 
 # ----------------------------------------------------------------------------- summary
@@ -165,6 +166,9 @@ def table_markdown(summary: dict) -> str:
         act = "/".join(str(a) for a in f["active"])
         lines.append(f"| `{f['variant']}` | {f['group']} | {f['kl_mean']:.2f} | "
                      f"{act} / {f['dims']} |")
+    if summary.get("missing_runs"):
+        lines += ["", f"Incomplete: {len(summary['missing_runs'])} run(s) without a result "
+                  f"yet ({', '.join(summary['missing_runs'])}); run the same command again."]
     return "\n".join(lines) + "\n"
 
 
@@ -237,18 +241,23 @@ def plot_curves(results: Sequence[dict], summary: dict, out: Path) -> Path:
 def write_summary(out: str | Path, runs: Sequence[AblationRun],
                   variants: Sequence[str]) -> list[Path]:
     """Write table.json, table.md, kl_per_layer.json/.png and curves.png into ``out`` from
-    the finished runs; returns the paths written."""
+    the finished runs; returns the paths written. Several processes may work on one ablation:
+    the summaries are written one at a time (a lock beside the files), each from the results
+    there when it starts, so the five files always come from one summary and the last one
+    written holds the most runs. Runs without a result yet are listed in table.json
+    (``missing_runs``) and table.md."""
     out = Path(out)
-    results = [r for r in (load_result(run.result_path) for run in runs) if r is not None]
-    summary = summarize(results, variants)
-    written = [out / "table.json", out / "table.md", out / "kl_per_layer.json"]
-    atomic_write_json(written[0], summary)
-    atomic_write_text(written[1], table_markdown(summary))
-    atomic_write_json(written[2], {"dataset": summary["dataset"],
-                                   "groups": summary["kl_per_layer"]})
-    written.append(plot_kl_per_layer(summary, out / "kl_per_layer.png"))
-    written.append(plot_curves(results, summary, out / "curves.png"))
-    missing = [str(run.run_dir) for run in runs if not run.result_path.is_file()]
+    with output_lock(out / "table", wait_s=600):
+        results = [r for r in (load_result(run.result_path) for run in runs) if r is not None]
+        missing = [str(run.run_dir) for run in runs if not run.result_path.is_file()]
+        summary = {**summarize(results, variants), "missing_runs": missing}
+        written = [out / "table.json", out / "table.md", out / "kl_per_layer.json"]
+        atomic_write_json(written[0], summary)
+        atomic_write_text(written[1], table_markdown(summary))
+        atomic_write_json(written[2], {"dataset": summary["dataset"],
+                                       "groups": summary["kl_per_layer"]})
+        written.append(plot_kl_per_layer(summary, out / "kl_per_layer.png"))
+        written.append(plot_curves(results, summary, out / "curves.png"))
     if missing:
         print(f"summary of {len(results)} of {len(runs)} runs; not finished yet: "
               f"{', '.join(missing)}", file=sys.stderr)
