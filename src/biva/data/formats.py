@@ -270,6 +270,10 @@ def read_mat(path: PathLike, required: Sequence[str]) -> dict[str, np.ndarray]:
 def read_npz(path: PathLike) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` file (object arrays refused: they would need pickle)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # A FIFO would block the open forever (no writer), a device never end.
+        raise DatasetError(f"{path}: not a regular file (a folder, FIFO or device); expected an "
+                           ".npz archive of arrays")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
