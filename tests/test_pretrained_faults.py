@@ -5,7 +5,6 @@ lost (issue 41)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from card_edits import read_card as _card
+from card_edits import sign as _sign
 from safetensors.torch import load_file, save_file
 
 from biva import pretrained
@@ -32,21 +33,6 @@ def _copy(tmp_path: Path, name: str = "mine") -> Path:
     folder = tmp_path / name
     shutil.copytree(SHIPPED, folder)
     return folder
-
-
-def _card(folder: Path) -> dict:
-    return json.loads((folder / "card.json").read_text())
-
-
-def _sign(folder: Path, **changes) -> None:
-    """Re-sign the card after a file was changed (an attacker's or a careless edit)."""
-    card = {**_card(folder), **changes}
-    if isinstance(card.get("sha256"), dict):
-        for f in list(card["sha256"]):
-            path = folder / f
-            if path.is_file() and not path.is_symlink():
-                card["sha256"][f] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "card.json").write_text(json.dumps(card))
 
 
 def _one_line_error(capsys, argv: list[str], *needles: str) -> str:

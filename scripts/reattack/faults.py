@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 import biva.pretrained
+
+# The card edits the pretrained-surface tests make, shared with them (one copy).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from card_edits import edit_card as edit_card  # noqa: E402  (re-exported)
+from card_edits import sign as sign  # noqa: E402
 
 SHIPPED = Path(biva.pretrained.__file__).parent
 DATA = Path(os.environ.get("BIVA_DATA_DIR", Path(__file__).resolve().parents[3] / "shared"
@@ -26,23 +31,6 @@ def copy_model(name: str, dest: Path) -> Path:
     """A copy of the shipped model ``name`` at ``dest`` (a local pretrained folder)."""
     shutil.copytree(SHIPPED / name, dest)
     return dest
-
-
-def sign(folder: Path, **changes) -> None:
-    """Re-sign a card after its files were changed: each digest recomputed from the file."""
-    card = {**json.loads((folder / "card.json").read_text()), **changes}
-    if isinstance(card.get("sha256"), dict):
-        for f in list(card["sha256"]):
-            path = folder / f
-            if path.is_file() and not path.is_symlink():
-                card["sha256"][f] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (folder / "card.json").write_text(json.dumps(card))
-
-
-def edit_card(folder: Path, **changes) -> None:
-    """Change card fields without re-signing anything."""
-    card = {**json.loads((folder / "card.json").read_text()), **changes}
-    (folder / "card.json").write_text(json.dumps(card))
 
 
 def photos(dest: Path, n: int, size: int = 32) -> Path:
