@@ -68,6 +68,51 @@ def test_the_pretrained_copy_is_written_whole_once_and_reused(tmp_path):
     assert (run / "pretrained.json").read_bytes() == stamp
 
 
+def test_a_re_signed_config_edit_rewrites_the_copy(tmp_path):
+    # The copy was stamped with the weights' digest alone: a config edited (and the card
+    # re-signed) kept the old config.json in runs/pretrained/ without a word.
+    folder = _copy(tmp_path)
+    run = materialize(folder, tmp_path / "p")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["eval"]["batch_size"] = 7
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _sign(folder)
+    assert materialize(folder, tmp_path / "p") == run
+    assert json.loads((run / "config.json").read_text())["eval"]["batch_size"] == 7
+
+
+def _fresh_process(code: str, cwd: Path) -> str:
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300, cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_a_current_copy_and_an_unedited_run_load_without_the_meta_device(tmp_path):
+    # The meta-device shape check (its first use imports torch's compiler stack: seconds)
+    # ran on every --pretrained call and every run load; it is needed only where the config
+    # may differ from the weights: a copy being written, a run whose config.json was edited.
+    materialize("digits", tmp_path / "p")
+    out = _fresh_process("""
+        import sys
+        from biva.pretrained import materialize
+        from biva.runs.loading import load_trained
+        load_trained(materialize("digits", "p"))
+        print("meta used:", "torch._dynamo" in sys.modules)
+    """, tmp_path)
+    assert "meta used: False" in out, out
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    cfg["model"]["dropout_p"] = 0.25   # a model edit that keeps every shape
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    out = _fresh_process("""
+        import sys
+        from biva.runs.loading import load_trained
+        load_trained("p")
+        print("meta used:", "torch._dynamo" in sys.modules)
+    """, tmp_path)
+    assert "meta used: True" in out, out   # compared on the meta device, and loaded
+
+
 def test_two_processes_materializing_one_model_do_not_mix(tmp_path):
     code = textwrap.dedent(f"""
         from biva.pretrained import materialize

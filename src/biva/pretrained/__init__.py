@@ -50,6 +50,7 @@ from biva.utils.atomic import (
     staged_directory,
 )
 from biva.utils.checkpoint import load_checkpoint, save_checkpoint
+from biva.utils.config_io import to_dict
 from biva.utils.hashing import sha256_file
 from biva.utils.run_lock import output_lock
 
@@ -178,17 +179,22 @@ def _check_shapes(cfg: RunConfig, folder: Path) -> None:
                          "they are not one model's")
 
 
-def _checked(folder: Path) -> tuple[dict, RunConfig]:
-    """A pretrained folder's card and config, after every check that reads no weights: the
-    files there, the card valid, the digests right, the config's model the weights' shapes
-    (on the meta device). What :func:`load` and :func:`materialize` both need first."""
+def _verified(folder: Path) -> tuple[dict, RunConfig]:
+    """A pretrained folder's card and config, after the checks that build nothing: the files
+    there, the card valid, the digests right, the config readable."""
     # Only what is absent: a FIFO or a link to a device is named by the regular-file checks.
     missing = [f for f in REQUIRED if not ((folder / f).exists() or (folder / f).is_symlink())]
     if missing:
         raise FileNotFoundError(f"{folder}: pretrained folder without {', '.join(missing)}")
     card = read_card(folder)
     verify(folder, card)
-    cfg = read_run_config(folder / "config.json")
+    return card, read_run_config(folder / "config.json")
+
+
+def _checked(folder: Path) -> tuple[dict, RunConfig]:
+    """:func:`_verified`, then the config's model compared with the weights' shapes on the
+    meta device: what :func:`load` needs before it builds the model."""
+    card, cfg = _verified(folder)
     _check_shapes(cfg, folder)
     return card, cfg
 
@@ -373,6 +379,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _current(stamp: dict | None, digests: dict[str, str]) -> bool:
+    """Whether a copy's stamp was written from files with these digests (every file the card
+    signs, config.json included; stamps that predate ``digests`` are rewritten)."""
+    return stamp is not None and stamp.get("digests") == digests
+
+
 def _stamp(run_dir: Path) -> dict | None:
     """The ``pretrained.json`` materialize wrote in ``run_dir``, or None (missing, not ours)."""
     try:
@@ -389,13 +401,21 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     in), under a lock; rewritten when the card's checksum changes. A directory it did not
     write (no ``pretrained.json`` stamp), such as a user's own run, is never touched."""
     folder = _folder(name_or_path)
-    card, _ = _checked(folder)
+    card, cfg = _verified(folder)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / "pretrained" / card["name"]
-    digest = card["sha256"]["model.safetensors"]
+    digest, digests = card["sha256"]["model.safetensors"], dict(card["sha256"])
+    # The meta-device shape check (seconds: its first use imports torch's compiler stack) runs
+    # only when the copy is (re)written, and before the lock creates anything; a current copy
+    # was checked when it was written, and loading it compares its config with its checkpoint.
+    checked = _current(_stamp(run_dir), digests)
+    if not checked:
+        _check_shapes(cfg, folder)
     with output_lock(run_dir.parent / f"{run_dir.name}.pretrained"):
         stamp = _stamp(run_dir)
-        if stamp is not None and stamp["sha256"] == digest:
+        if _current(stamp, digests):
             return run_dir
+        if not checked:
+            _check_shapes(cfg, folder)
         if stamp is None and (run_dir.exists() or run_dir.is_symlink()):
             raise FileExistsError(
                 f"{run_dir} exists and was not written by --pretrained (no pretrained.json): it "
@@ -405,13 +425,15 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
         with atomic_directory(run_dir) as tmp:
             shutil.copyfile(folder / "config.json", tmp / "config.json")
             save_checkpoint(tmp / "checkpoints" / "best", tensors={"ema": weights},
-                            state={"step": card.get("step") or 0, "pretrained": card["name"]})
+                            state={"step": card.get("step") or 0, "pretrained": card["name"],
+                                   "config": to_dict(cfg)})
             if (folder / "detector.json").is_file():
                 # At the run's root, not in ood/: `biva ood` on this copy writes its own
                 # detector there and never replaces the shipped one.
                 shutil.copyfile(folder / "detector.json", tmp / "detector.json")
             atomic_write_json(tmp / "pretrained.json",
-                              {"name": card["name"], "sha256": digest, "from": str(folder)})
+                              {"name": card["name"], "sha256": digest, "digests": digests,
+                               "from": str(folder)})
     return run_dir
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from biva.config.run import RunConfig, read_run_config
+from biva.config.run import RunConfig, read_run_config, resolve_config
 from biva.models import LatentHierarchy, build_hierarchy
 from biva.utils.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from biva.utils.config_io import to_dict
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best", *, strict: bool = False) -> Path:
@@ -80,6 +82,25 @@ def shape_mismatches(cfg: RunConfig, run_dir: str | Path,
     return f"{len(bad)} tensors ({shown})" if bad else ""
 
 
+def _build_inputs(cfg: RunConfig) -> dict:
+    """Every field :func:`build_model` reads (the parameters' shapes follow from these)."""
+    return {"model": to_dict(cfg.model), "num_classes": cfg.data.num_classes,
+            "labels_per_class": cfg.data.labels_per_class,
+            "ssl_objective": cfg.train.ssl_objective}
+
+
+def same_build(cfg: RunConfig, saved: object) -> bool:
+    """Whether ``saved`` (the config dict a checkpoint was written with, or None) describes
+    the same model as ``cfg``: then the checkpoint's tensors are that model's, and the
+    meta-device comparison (seconds on its first use in a process) can be skipped."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        return _build_inputs(resolve_config(copy.deepcopy(saved), warn=False)) == _build_inputs(cfg)
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
 def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
                  *, strict: bool = False) -> tuple[LatentHierarchy, RunConfig, dict]:
     """The evaluation model (EMA weights) of a run, its config and the checkpoint's state.
@@ -91,7 +112,8 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str | torch.d
     path = find_checkpoint(run_dir, which, strict=strict)
     tensors, state = load_checkpoint(path, map_location=device)
     weights = tensors["ema"] if "ema" in tensors else tensors["model"]
-    bad = shape_mismatches(cfg, run_dir, {k: tuple(v.shape) for k, v in weights.items()})
+    bad = "" if same_build(cfg, state.get("config")) else shape_mismatches(
+        cfg, run_dir, {k: tuple(v.shape) for k, v in weights.items()})
     if bad:
         raise ValueError(f"{run_dir / 'config.json'} and {path} disagree on {bad}: the config "
                          "was edited after training; restore it (or start a new run with "
