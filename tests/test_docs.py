@@ -59,11 +59,13 @@ def shell_commands(text: str) -> list[str]:
 def config_fields() -> set[str]:
     import dataclasses
 
-    from biva.config import ModelConfig
+    from biva.config import HierarchyConfig, TopDownConfig
     from biva.config.run import DataConfig, EvalConfig, TrainConfig
 
-    return {f"{s}.{f.name}" for s, cls in (("model", ModelConfig), ("data", DataConfig),
-                                           ("train", TrainConfig), ("eval", EvalConfig))
+    # The model section: the fields of either family (the base's are in both).
+    return {f"{s}.{f.name}" for s, cls in (("model", HierarchyConfig), ("model", TopDownConfig),
+                                           ("data", DataConfig), ("train", TrainConfig),
+                                           ("eval", EvalConfig))
             for f in dataclasses.fields(cls)}
 
 

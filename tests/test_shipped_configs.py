@@ -30,7 +30,7 @@ from biva.objectives.training import training_loss
 from biva.training.semi_supervised import trainer_class
 from biva.utils.config_io import load_config_file
 
-SMALL = ["model.blocks=1", "train.batch_size=2", "train.steps=1", "train.finetune_steps=0",
+SMALL = ["train.batch_size=2", "train.steps=1", "train.finetune_steps=0",
          "train.init_batch=4", "train.eval_every=1", "train.eval_batches=1",
          "train.log_every=1", "train.progress=false",
          "train.threads=1", "eval.batch_size=2", "eval.n_samples=3", "train.checkpoint_every=1000"]
@@ -42,6 +42,25 @@ FAST_LATENT_KERNEL = 3
 REAL = ("digits", "binarized_mnist", "mnist", "fashion_mnist")
 ROWS = 24  # training rows kept: >= the labelled rows (1 per class) + a batch
 BIVA_FAMILY = [v for v in VARIANTS if v not in TOPDOWN_VARIANTS]
+
+
+def _small(variant: str) -> list[str]:
+    """SMALL, with one gated block a stage for the BIVA family (a top-down model has no
+    ``model.blocks``: its depth is its spec)."""
+    return SMALL if variant in TOPDOWN_VARIANTS else ["model.blocks=1", *SMALL]
+
+
+def _one_block(name: str, **kw):
+    """A preset with one block a stage (BIVA family) or as it is (top-down families)."""
+    variant = kw.get("variant", preset(name).variant)
+    return preset(name, **kw) if variant in TOPDOWN_VARIANTS else preset(name, blocks=1, **kw)
+
+
+def _conv_presets() -> list[str]:
+    """The BIVA-family presets with conv latents, and the top-down presets of natural32-cpu's
+    shape (conv latents too)."""
+    return sorted(n for n in PRESETS if (preset(n).latent_type == "conv" if not preset(n).topdown
+                                         else "natural32-cpu" in n))
 
 
 def _family_pairs(names, variant_of) -> list[tuple[str, str]]:
@@ -138,7 +157,7 @@ def _config_pairs() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("name", "variant"), _config_pairs())
 @pytest.mark.slow
 def test_shipped_config_trains_a_step_and_evaluates_l_k(name, variant, data_root, tmp_path):
-    overrides = [*SMALL, f"model.variant={variant}"]
+    overrides = [*_small(variant), f"model.variant={variant}"]
     cfg = load_run_config(name, overrides)
     if cfg.model.topdown and _plain_preset(name):
         # The paper-scale top-down presets run at their real width in the preset test;
@@ -164,7 +183,7 @@ def _topdown_equivalent_configs() -> list[str]:
 def test_topdown_equivalent_of_each_shipped_config_trains_a_step(name, family, data_root,
                                                                  tmp_path):
     """What ``biva ablation --variants vdvae,nvae`` trains from each unsupervised config."""
-    cfg = load_run_config(name, SMALL)
+    cfg = load_run_config(name, _small("biva"))
     cfg.model = ablation_model(cfg.model, family)
     cfg.train = ablation_train(cfg.train, family)
     cfg.validate()
@@ -173,7 +192,7 @@ def test_topdown_equivalent_of_each_shipped_config_trains_a_step(name, family, d
 
 
 def _train_step_and_bound(cfg, data_root, tmp_path) -> None:
-    if cfg.model.latent_type == "conv" and not cfg.model.topdown:
+    if not cfg.model.topdown and cfg.model.latent_type == "conv":
         cfg.model = replace(cfg.model, latent_kernel=FAST_LATENT_KERNEL)
     if cfg.data.labels_per_class > 0:
         cfg.data = replace(cfg.data, labels_per_class=1, labelled_batch_size=2)
@@ -203,17 +222,17 @@ def _train_step_and_bound(cfg, data_root, tmp_path) -> None:
                          _family_pairs(sorted(PRESETS), lambda n: preset(n).variant))
 @pytest.mark.slow
 def test_preset_builds_trains_and_evaluates_l_k(name, variant):
-    cfg = preset(name, variant=variant, blocks=1)
-    if cfg.latent_type == "conv":
-        cfg = preset(name, variant=variant, blocks=1, latent_kernel=FAST_LATENT_KERNEL)
+    cfg = _one_block(name, variant=variant)
+    if not cfg.topdown and cfg.latent_type == "conv":
+        cfg = _one_block(name, variant=variant, latent_kernel=FAST_LATENT_KERNEL)
     _step_and_bound(cfg)
 
 
 @pytest.mark.filterwarnings("error")  # e.g. torch's warning on even kernels with "same"
-@pytest.mark.parametrize("name", sorted(n for n in PRESETS if preset(n).latent_type == "conv"))
+@pytest.mark.parametrize("name", _conv_presets())
 @pytest.mark.slow
 def test_conv_preset_at_its_real_latent_kernel(name):
-    _step_and_bound(preset(name, blocks=1))
+    _step_and_bound(_one_block(name))
 
 
 def _step_and_bound(cfg) -> None:

@@ -276,7 +276,7 @@ def test_spectral_reg_joins_the_training_loss_and_is_refused_for_the_biva_family
     from biva.training.schedule import free_bits, kl_weight
 
     topdown = ("model.variant=nvae", "model.spec=4x1,2x1", "model.encoder_spec=4x1,2x1",
-               "model.latents=[2]", "model.kernels=[3]", "model.strides=[1]")
+               "model.latents=[2]")
     x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
     for reg in (0.0, 0.5):
         cfg = digits_config(*topdown, f"train.spectral_reg={reg}", "train.finetune_steps=0",

@@ -172,11 +172,19 @@ def _type_name(tp) -> str:
 
 def config_sections():
     """(section name, dataclass) of a run config, in file order."""
-    from biva.config import ModelConfig
+    from biva.config import HierarchyConfig, ModelConfig, TopDownConfig
     from biva.config.run import DataConfig, EvalConfig, TrainConfig
 
-    return [("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig),
-            ("eval", EvalConfig)]
+    return [("model", ModelConfig), ("model", HierarchyConfig), ("model", TopDownConfig),
+            ("data", DataConfig), ("train", TrainConfig), ("eval", EvalConfig)]
+
+
+def _own_fields(cls: type) -> list:
+    """The fields a config class adds to its base (a model family's to ModelConfig's; its
+    ``variant`` is the base's, narrowed)."""
+    base = {f.name for c in cls.__mro__[1:] if dataclasses.is_dataclass(c)
+            for f in dataclasses.fields(c)}
+    return [f for f in dataclasses.fields(cls) if f.name not in base]
 
 
 def config_field_names() -> set[str]:
@@ -195,7 +203,7 @@ class ConfigFieldsDirective(_MdDirective):
             doc = inspect.getdoc(cls) or ""
             lines += [f"## {section}: {cls.__name__}", "", _md(" ".join(doc.split())), ""]
             rows = []
-            for f in dataclasses.fields(cls):
+            for f in _own_fields(cls):
                 if f.name == "description":
                     continue
                 default = (f.default if f.default is not dataclasses.MISSING

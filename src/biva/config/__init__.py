@@ -1,7 +1,9 @@
 """Configuration: what a model and a run are, as validated dataclasses.
 
-- :mod:`~biva.config.model`: ``ModelConfig``, one dataclass for every family (the BIVA family,
-  the VDVAE- and NVAE-style hierarchies, the semi-supervised fields), and ``parse_spec``.
+- :mod:`~biva.config.model`: ``ModelConfig``, the fields every model has, and one dataclass a
+  family: ``HierarchyConfig`` (VAE, LVAE, LVAE+, BIVA) and ``TopDownConfig`` (the VDVAE- and
+  NVAE-style hierarchies); ``model_config`` and ``as_variant`` pick the family by
+  ``variant``; ``parse_spec``.
 - :mod:`~biva.config.presets`: named model configurations (``preset("binary")``) and the
   top-down equivalent of a BIVA hierarchy.
 - :mod:`~biva.config.run`: ``RunConfig`` (model + data + train + eval sections), read from a
@@ -13,7 +15,18 @@ Nothing here imports torch: a config can be read, checked and printed without bu
 """
 
 from biva.config.kinds import DataKind
-from biva.config.model import LIKELIHOODS, TOPDOWN_VARIANTS, VARIANTS, ModelConfig, parse_spec
+from biva.config.model import (
+    BIVA_FAMILY_VARIANTS,
+    LIKELIHOODS,
+    TOPDOWN_VARIANTS,
+    VARIANTS,
+    HierarchyConfig,
+    ModelConfig,
+    TopDownConfig,
+    as_variant,
+    model_config,
+    parse_spec,
+)
 from biva.config.presets import PRESETS, preset, topdown_equivalent
 from biva.config.run import (
     BUDGET_FIELDS,
@@ -30,8 +43,10 @@ from biva.config.run import (
 )
 from biva.utils.config_io import ConfigError
 
-__all__ = ["BUDGET_FIELDS", "RENAMED_FIELDS", "ConfigError", "DataConfig", "DataKind",
-           "EvalConfig", "LIKELIHOODS",
-           "ModelConfig", "PRESETS", "RunConfig", "TOPDOWN_VARIANTS", "TrainConfig", "VARIANTS",
-           "extend_budget", "load_run_config", "parse_spec", "preset", "read_run_config",
-           "resolve_config", "shipped_configs", "topdown_equivalent"]
+__all__ = ["BIVA_FAMILY_VARIANTS", "BUDGET_FIELDS", "RENAMED_FIELDS", "ConfigError",
+           "DataConfig",
+           "DataKind", "EvalConfig", "HierarchyConfig", "LIKELIHOODS", "ModelConfig", "PRESETS",
+           "RunConfig", "TOPDOWN_VARIANTS", "TopDownConfig", "TrainConfig", "VARIANTS",
+           "as_variant", "extend_budget", "load_run_config", "model_config", "parse_spec",
+           "preset", "read_run_config", "resolve_config", "shipped_configs",
+           "topdown_equivalent"]

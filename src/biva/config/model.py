@@ -1,18 +1,29 @@
-"""The model specification: one dataclass describes VAE, LVAE, LVAE+ and BIVA hierarchies."""
+"""The model specification, one dataclass per family behind one base.
+
+:class:`ModelConfig` holds what every model has (the images, the likelihood, the latents'
+sizes, dropout, the semi-supervised classifier's input); :class:`HierarchyConfig` adds the
+BIVA family's stages (VAE, LVAE, LVAE+, BIVA) and :class:`TopDownConfig` the VDVAE- and
+NVAE-style hierarchies' spec. ``model.variant`` picks the family: :func:`model_config` and
+every config reader build the right class from a mapping.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Literal
 
 from biva.utils.config_io import ConfigError
 
-VARIANTS = ("vae", "lvae", "lvae+", "biva", "vdvae", "nvae")
+#: The BIVA family (biva.models.hierarchy): stages of gated residual blocks, one per layer.
+BIVA_FAMILY_VARIANTS = ("vae", "lvae", "lvae+", "biva")
 #: The top-down residual families (biva.models.topdown): their hierarchy comes from ``spec``.
 TOPDOWN_VARIANTS = ("vdvae", "nvae")
+VARIANTS = BIVA_FAMILY_VARIANTS + TOPDOWN_VARIANTS
 LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian", "categorical")
-__all__ = ["ConfigError", "ModelConfig", "VARIANTS", "TOPDOWN_VARIANTS", "LIKELIHOODS",
-           "parse_spec"]
+__all__ = ["BIVA_FAMILY_VARIANTS", "ConfigError", "HierarchyConfig", "LIKELIHOODS",
+           "ModelConfig", "TOPDOWN_VARIANTS", "TopDownConfig", "VARIANTS", "as_variant",
+           "family_of", "model_config", "parse_spec"]
 
 
 def parse_spec(spec: str, field_name: str = "model.spec") -> list[tuple[int, int]]:
@@ -30,40 +41,34 @@ def parse_spec(spec: str, field_name: str = "model.spec") -> list[tuple[int, int
     return out
 
 
+
+_Fail = Callable[[str, str, object], None]
+
+
 @dataclass
 class ModelConfig:
-    """A hierarchy of ``L = len(latents)`` stochastic layers over inputs of ``input_shape``.
+    """What every model has: ``input_shape`` images scored by ``likelihood``, latents of
+    ``latents`` units (or channels), ``filters`` channels, dropout and the Gaussian floor.
 
-    Per-layer tuples (``filters``, ``kernels``, ``strides``) are listed bottom (layer 1) to top
-    (layer L); a 1-tuple applies to every layer. Stage i (the deterministic block stack below
-    latent i) has ``blocks`` gated residual blocks, ``filters[i]`` channels, a first kernel
-    ``kernels[i]`` and changes resolution by ``strides[i]``. Latents are dense vectors or
-    convolutional feature maps (``latent_type``); a conv latent's kernel is ``latent_kernel``,
-    0 meaning the size of its feature map (appendix C).
+    The base of the families and their union: ``ModelConfig(variant=..., ...)`` builds a
+    :class:`HierarchyConfig` or a :class:`TopDownConfig` by ``variant`` ("biva" when absent),
+    as :func:`model_config` does, and so does reading a mapping as a ``ModelConfig`` (a
+    config file, a run's config.json).
     """
 
     # which model: vae, lvae, lvae+, biva, or the top-down families vdvae and nvae
     # (see docs/guide/models.md)
-    variant: Literal["vae", "lvae", "lvae+", "biva", "vdvae", "nvae"] = "biva"
+    variant: str = "biva"
     # (channels, height, width) of the images; height == width
     input_shape: tuple[int, ...] = (1, 28, 28)
     # p(x|z): bernoulli (binary images), discretized_logistic (8-bit), gaussian, categorical
     likelihood: Literal["bernoulli", "discretized_logistic", "gaussian", "categorical"] = (
         "bernoulli")
     # units (dense) or channels (conv) of each stochastic layer, bottom (z_1) first; L = len
+    # (vdvae/nvae: channels of each latent, one value for all or L values)
     latents: tuple[int, ...] = (48, 40, 32, 24, 16, 8)
-    # dense vectors or convolutional feature maps
-    latent_type: Literal["dense", "conv"] = "dense"
-    # kernel of a conv latent's head and embedding; 0: the feature map's size (appendix C)
-    latent_kernel: int = 0
-    # channels of each stage (one value for all, or L values)
+    # channels of each stage (one value for all, or L values; vdvae/nvae: one width)
     filters: tuple[int, ...] = (64,)
-    # first kernel of each stage (odd; one value or L values)
-    kernels: tuple[int, ...] = (5, 3, 3, 3, 3, 3)
-    # resolution change of each stage (one value or L values); the image size must divide
-    strides: tuple[int, ...] = (2, 1, 1, 1, 1, 2)
-    # gated residual blocks a stage (M)
-    blocks: int = 3
     # dropout in the inference network
     dropout_q: float = 0.5
     # dropout in the generative network
@@ -78,27 +83,39 @@ class ModelConfig:
     num_classes: int = 256
     # gaussian likelihood: a fixed standard deviation (0: learned)
     likelihood_std: float = 0.0
-    # BIVA only: "separate" gives p(z^BU_i | z_>i) and p(z^TD_i | z_>i) their own mean and std
-    # (the literal factorization); "shared" uses one Gaussian for both (what the paper's
-    # parameter count suggests, docs/guide/models.md "Parameter counts").
-    biva_prior: Literal["separate", "shared"] = "separate"
     # Semi-supervised models: q(y | x, z^BU) reads each z^BU_i as drawn ("sample") or its
     # posterior mean ("mean": the classifier then sees no sampling noise).
     classifier_input: Literal["sample", "mean"] = "sample"
-    # vdvae/nvae: latent blocks per resolution, image side first, e.g. "16x3,8x2,4x1" (one
-    # stochastic layer a block; L = the total). Resolutions fall and each divides the last.
-    spec: str = ""
-    # vdvae/nvae: encoder blocks per resolution, same resolutions ("": as many as spec; nvae:
-    # a multiple of spec's, the cells of one encoder group per latent group)
-    encoder_spec: str = ""
-    # vdvae/nvae: a block's inner channels as a multiple of filters (0: the paper's, VDVAE's
-    # bottleneck 0.25 and NVAE's expansion 6)
-    inner_width: float = 0.0
-    # vdvae/nvae: inverse autoregressive flow steps appended to each latent group's posterior
-    # (masked convolutions over the group, alternating orders; NVAE's num_nf = 1 is 2 steps);
-    # log q is corrected by their log-determinant. 0: a Gaussian posterior
-    posterior_flows: int = 0
     description: str = field(default="", compare=False)
+
+    #: The variants this class describes (set by each family).
+    FAMILY: ClassVar[tuple[str, ...]] = ()
+
+    def __new__(cls, *args, **values):
+        # ModelConfig(...) is the union: it builds the family of ``variant`` (as model_config
+        # does), so that code and files written before the split keep working.
+        if cls is ModelConfig:
+            if args:
+                raise TypeError("ModelConfig takes keyword arguments (field=value)")
+            cls = family_of(values.get("variant", "biva"))
+            _check_fields(cls, values)
+        return super().__new__(cls)
+
+    @classmethod
+    def config_class(cls, data: Mapping, path: str = "model") -> tuple[type, dict]:
+        """The family class a mapping describes (by its ``variant``; "biva" when absent) and
+        its keys for that class: the other family's fields are dropped (biva before the
+        split wrote every field into config.json, and a file that switches a BIVA config's
+        variant keeps that config's stage fields)."""
+        variant = data.get("variant", "biva")
+        family = family_of(variant, f"{path}.variant" if path else "variant")
+        if cls is not ModelConfig and family is not cls:
+            raise ConfigError(f"{path}.variant: expected one of {cls.FAMILY} for a "
+                              f"{cls.__name__}, found {variant!r}")
+        others = {f.name for f in fields(HierarchyConfig)} ^ {f.name for f in
+                                                             fields(TopDownConfig)}
+        own = {f.name for f in fields(family)}
+        return family, {k: v for k, v in data.items() if k in own or k not in others}
 
     @property
     def topdown(self) -> bool:
@@ -108,19 +125,75 @@ class ModelConfig:
     @property
     def n_layers(self) -> int:
         """L, the number of stochastic layers."""
-        if self.topdown:
-            return sum(n for _, n in parse_spec(self.spec))
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        def fail(fld: str, expected: str, found) -> None:
+            raise ConfigError(f"model.{fld}: expected {expected}, found {found!r}")
+
+        if self.variant not in self.FAMILY:
+            fail("variant", f"one of {self.FAMILY} for a {type(self).__name__} (the others: "
+                 "build the config with model_config or as_variant)", self.variant)
+        if self.likelihood not in LIKELIHOODS:
+            fail("likelihood", f"one of {LIKELIHOODS}", self.likelihood)
+        if self.classifier_input not in ("sample", "mean"):
+            fail("classifier_input", "'sample' or 'mean'", self.classifier_input)
+        if len(self.input_shape) != 3 or any(int(d) < 1 for d in self.input_shape):
+            fail("input_shape", "(channels, height, width) of positive ints", self.input_shape)
+        _, h, w = self.input_shape
+        if h != w:
+            fail("input_shape", "square images (height == width)", self.input_shape)
+        for name in ("dropout_q", "dropout_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                fail(name, "a probability in [0, 1)", p)
+        if not self.min_std > 0:
+            fail("min_std", "a positive float", self.min_std)
+        if self.n_mix < 1:
+            fail("n_mix", "an int >= 1", self.n_mix)
+        if not 1 <= self.bits <= 16:
+            fail("bits", "an int in 1..16", self.bits)
+        self._validate_family(fail)
+
+    def _validate_family(self, fail: _Fail) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class HierarchyConfig(ModelConfig):
+    """The BIVA family (VAE, LVAE, LVAE+, BIVA): ``L = len(latents)`` stochastic layers, each
+    above a stage of ``blocks`` gated residual blocks.
+
+    Per-layer tuples (``filters``, ``kernels``, ``strides``) are listed bottom (layer 1) to top
+    (layer L); a 1-tuple applies to every layer. Stage i has ``filters[i]`` channels, a first
+    kernel ``kernels[i]`` and changes resolution by ``strides[i]``. Latents are dense vectors
+    or convolutional feature maps (``latent_type``); a conv latent's kernel is
+    ``latent_kernel``, 0 meaning the size of its feature map (appendix C).
+    """
+
+    variant: Literal["vae", "lvae", "lvae+", "biva"] = "biva"
+    # dense vectors or convolutional feature maps
+    latent_type: Literal["dense", "conv"] = "dense"
+    # kernel of a conv latent's head and embedding; 0: the feature map's size (appendix C)
+    latent_kernel: int = 0
+    # first kernel of each stage (odd; one value or L values)
+    kernels: tuple[int, ...] = (5, 3, 3, 3, 3, 3)
+    # resolution change of each stage (one value or L values); the image size must divide
+    strides: tuple[int, ...] = (2, 1, 1, 1, 1, 2)
+    # gated residual blocks a stage (M)
+    blocks: int = 3
+    # BIVA only: "separate" gives p(z^BU_i | z_>i) and p(z^TD_i | z_>i) their own mean and std
+    # (the literal factorization); "shared" uses one Gaussian for both (what the paper's
+    # parameter count suggests, docs/guide/models.md "Parameter counts").
+    biva_prior: Literal["separate", "shared"] = "separate"
+
+    FAMILY = BIVA_FAMILY_VARIANTS
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of stochastic layers."""
         return len(self.latents)
-
-    def layer_resolutions(self) -> list[int]:
-        """vdvae/nvae: the feature-map side of each stochastic layer, layer 1 first."""
-        return [r for r, n in parse_spec(self.spec) for _ in range(n)]
-
-    def encoder_blocks(self) -> list[tuple[int, int]]:
-        """vdvae/nvae: (resolution, encoder blocks), image side first."""
-        if not self.encoder_spec:
-            return parse_spec(self.spec)
-        return parse_spec(self.encoder_spec, "model.encoder_spec")
 
     def per_layer(self, name: str) -> tuple[int, ...]:
         """``filters``/``kernels``/``strides`` expanded to one value per layer (length L)."""
@@ -134,54 +207,29 @@ class ModelConfig:
             sizes.append(sizes[-1] // s)
         return sizes
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid field."""
-        def fail(fld: str, expected: str, found) -> None:
-            raise ConfigError(f"model.{fld}: expected {expected}, found {found!r}")
-
-        if self.variant not in VARIANTS:
-            fail("variant", f"one of {VARIANTS}", self.variant)
-        if self.likelihood not in LIKELIHOODS:
-            fail("likelihood", f"one of {LIKELIHOODS}", self.likelihood)
-        if self.classifier_input not in ("sample", "mean"):
-            fail("classifier_input", "'sample' or 'mean'", self.classifier_input)
+    def _validate_family(self, fail: _Fail) -> None:
+        """The layer tuples, kernels, strides and blocks."""
         if self.biva_prior not in ("separate", "shared"):
             fail("biva_prior", "'separate' or 'shared'", self.biva_prior)
         if self.latent_type not in ("dense", "conv"):
             fail("latent_type", "'dense' or 'conv'", self.latent_type)
-        if len(self.input_shape) != 3 or any(int(d) < 1 for d in self.input_shape):
-            fail("input_shape", "(channels, height, width) of positive ints", self.input_shape)
-        c, h, w = self.input_shape
-        if h != w:
-            fail("input_shape", "square images (height == width)", self.input_shape)
-        if self.topdown:
-            self._validate_topdown(fail)
-        else:
-            self._validate_hierarchy(fail)
-
-    def _validate_hierarchy(self, fail) -> None:
-        """The BIVA family's fields (the layer tuples, strides, blocks)."""
-        c, h, _ = self.input_shape
-        if self.posterior_flows != 0:
-            fail("posterior_flows", "0 for the BIVA family (flows are built for vdvae and nvae)",
-                 self.posterior_flows)
         n = len(self.latents)
         if n < 1:
             fail("latents", "at least one stochastic layer", self.latents)
         for i, z in enumerate(self.latents):
             if int(z) < 1:
                 fail(f"latents[{i}]", "a positive size", z)
-        for name, minimum in (("filters", 1), ("kernels", 1), ("strides", 1)):
+        for name in ("filters", "kernels", "strides"):
             values = getattr(self, name)
             if len(values) not in (1, n):
                 fail(name, f"1 or {n} values (one per layer)", values)
             for i, v in enumerate(values):
-                if int(v) < minimum:
-                    fail(f"{name}[{i}]", f"an int >= {minimum}", v)
+                if int(v) < 1:
+                    fail(f"{name}[{i}]", "an int >= 1", v)
         for i, k in enumerate(self.kernels):
             if k % 2 == 0:
                 fail(f"kernels[{i}]", "an odd kernel size", k)
-        size = h
+        h = size = self.input_shape[-1]
         for i, s in enumerate(self.per_layer("strides")):
             if size % s:
                 raise ConfigError(
@@ -190,25 +238,50 @@ class ModelConfig:
             size //= s
         if self.blocks < 1:
             fail("blocks", "an int >= 1", self.blocks)
-        self._validate_common(fail)
         if self.latent_kernel < 0:
             fail("latent_kernel", "0 (feature-map size) or a positive kernel", self.latent_kernel)
-        if self.likelihood == "bernoulli" and c < 1:
-            fail("input_shape", "at least one channel", self.input_shape)
 
-    def _validate_common(self, fail) -> None:
-        for name in ("dropout_q", "dropout_p"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                fail(name, "a probability in [0, 1)", p)
-        if not self.min_std > 0:
-            fail("min_std", "a positive float", self.min_std)
-        if self.n_mix < 1:
-            fail("n_mix", "an int >= 1", self.n_mix)
-        if not 1 <= self.bits <= 16:
-            fail("bits", "an int in 1..16", self.bits)
 
-    def _validate_topdown(self, fail) -> None:
+@dataclass
+class TopDownConfig(ModelConfig):
+    """The VDVAE- and NVAE-style hierarchies: one latent block per stochastic layer, laid out
+    by ``spec`` (blocks per resolution, image side first) over a residual stream of
+    ``filters[0]`` channels; the encoder's blocks by ``encoder_spec``."""
+
+    variant: Literal["vdvae", "nvae"] = "vdvae"
+    # latent blocks per resolution, image side first, e.g. "16x3,8x2,4x1" (one stochastic
+    # layer a block; L = the total). Resolutions fall and each divides the last.
+    spec: str = ""
+    # encoder blocks per resolution, same resolutions ("": as many as spec; nvae: a multiple
+    # of spec's, the cells of one encoder group per latent group)
+    encoder_spec: str = ""
+    # a block's inner channels as a multiple of filters (0: the paper's, VDVAE's bottleneck
+    # 0.25 and NVAE's expansion 6)
+    inner_width: float = 0.0
+    # inverse autoregressive flow steps appended to each latent group's posterior (masked
+    # convolutions over the group, alternating orders; NVAE's num_nf = 1 is 2 steps); log q
+    # is corrected by their log-determinant. 0: a Gaussian posterior
+    posterior_flows: int = 0
+
+    FAMILY = TOPDOWN_VARIANTS
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of stochastic layers (the blocks of ``spec``)."""
+        return sum(n for _, n in parse_spec(self.spec))
+
+    def layer_resolutions(self) -> list[int]:
+        """The feature-map side of each stochastic layer, layer 1 first."""
+        return [r for r, n in parse_spec(self.spec) for _ in range(n)]
+
+    def encoder_blocks(self) -> list[tuple[int, int]]:
+        """(resolution, encoder blocks), image side first."""
+        if not self.encoder_spec:
+            return parse_spec(self.spec)
+        return parse_spec(self.encoder_spec, "model.encoder_spec")
+
+    def _validate_family(self, fail: _Fail) -> None:
+        """``spec`` and ``encoder_spec``, the latents' channels, one width, the flows."""
         if not self.spec:
             fail("spec", f"blocks per resolution such as '16x3,8x2,4x1' for variant "
                  f"{self.variant!r}", self.spec)
@@ -244,4 +317,39 @@ class ModelConfig:
                 isinstance(self.posterior_flows, int) and self.posterior_flows >= 0):
             fail("posterior_flows", "an int >= 0 (IAF steps a latent group)",
                  self.posterior_flows)
-        self._validate_common(fail)
+
+
+def family_of(variant: str, where: str = "model.variant") -> type[ModelConfig]:
+    """The config class of ``variant``: :class:`HierarchyConfig` or :class:`TopDownConfig`."""
+    if variant in BIVA_FAMILY_VARIANTS:
+        return HierarchyConfig
+    if variant in TOPDOWN_VARIANTS:
+        return TopDownConfig
+    raise ConfigError(f"{where}: expected one of {VARIANTS}, found {variant!r}")
+
+
+def model_config(**values) -> ModelConfig:
+    """The family's config for ``values["variant"]`` ("biva" when absent) with ``values``;
+    a field of the other family is an error naming it."""
+    family = family_of(values.get("variant", "biva"))
+    _check_fields(family, values)
+    return family(**values)
+
+
+def _check_fields(family: type[ModelConfig], values: Mapping) -> None:
+    own = {f.name for f in fields(family)}
+    extra = sorted(set(values) - own)
+    if extra:
+        raise ConfigError(f"model.{extra[0]}: not a field of {family.__name__} (variants "
+                          f"{', '.join(family.FAMILY)}); its fields: {', '.join(sorted(own))}")
+
+
+def as_variant(model: ModelConfig, variant: str, **changes) -> ModelConfig:
+    """``model`` as ``variant``, with ``changes``: within a family a ``dataclasses.replace``;
+    across families the fields every model has are kept and the new family's come from
+    ``changes`` (or their defaults)."""
+    family = family_of(variant)
+    keep = {f.name for f in fields(ModelConfig) if f.init} | (
+        {f.name for f in fields(family)} if isinstance(model, family) else set())
+    values = {k: getattr(model, k) for k in keep}
+    return model_config(**{**values, "variant": variant, **changes})

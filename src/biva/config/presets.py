@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from biva.config.model import ConfigError, ModelConfig
+from biva.config.model import (
+    ConfigError,
+    HierarchyConfig,
+    ModelConfig,
+    TopDownConfig,
+    as_variant,
+)
 
 
 def _binary(**kw) -> ModelConfig:
     # Appendix C, binary images: L = 6, 64 filters, M = 3, 5x5 kernels in stage 1, stride 2 in
     # stages 1 and 6 (28 -> 14 -> 7), dense latents 48..8, dropout 0.5 in q and p.
-    base = ModelConfig(
+    base = HierarchyConfig(
         input_shape=(1, 28, 28), likelihood="bernoulli", latents=(48, 40, 32, 24, 16, 8),
         latent_type="dense", filters=(64,), kernels=(5, 3, 3, 3, 3, 3),
         strides=(2, 1, 1, 1, 1, 2), blocks=3, dropout_q=0.5, dropout_p=0.5)
@@ -26,7 +32,7 @@ def _natural32(n_layers: int = 15, **kw) -> ModelConfig:
     strides[0] = strides[-1] = 2
     strides[round(n_layers * 10 / 15)] = 2
     latents = tuple(max(2, 38 - 2 * i) for i in range(n_layers))
-    base = ModelConfig(
+    base = HierarchyConfig(
         input_shape=(3, 32, 32), likelihood="discretized_logistic", latents=latents,
         latent_type="conv", latent_kernel=0, filters=(96,), kernels=(5,) + (3,) * (n_layers - 1),
         strides=tuple(strides), blocks=3, dropout_q=0.2, dropout_p=0.0, n_mix=10)
@@ -38,7 +44,7 @@ def _natural64(**kw) -> ModelConfig:
     # (stride 2), 128 filters for 12-20 (stride 2 at 20): 64 -> 32 -> 16 -> 8 -> 4;
     # conv latents 20, 19, ..., 1.
     strides = [2, 2] + [1] * 8 + [2] + [1] * 8 + [2]
-    base = ModelConfig(
+    base = HierarchyConfig(
         input_shape=(3, 64, 64), likelihood="discretized_logistic",
         latents=tuple(range(20, 0, -1)), latent_type="conv", latent_kernel=0,
         filters=(64,) * 11 + (128,) * 9, kernels=(7, 5) + (3,) * 18, strides=tuple(strides),
@@ -54,7 +60,7 @@ def _natural_cpu(side: int, **kw) -> ModelConfig:
     # 4, 4.
     strides = (2, 1, 1, 2, 1, 2) if side == 32 else (4, 1, 2, 1, 2, 1)
     first = 5 if side == 32 else 7
-    base = ModelConfig(
+    base = HierarchyConfig(
         input_shape=(3, side, side), likelihood="discretized_logistic", latents=(16,) * 6,
         latent_type="conv", latent_kernel=3, filters=(32,), kernels=(first,) + (3,) * 5,
         strides=strides, blocks=1, dropout_q=0.2, dropout_p=0.0, n_mix=5)
@@ -63,7 +69,7 @@ def _natural_cpu(side: int, **kw) -> ModelConfig:
 
 def _digits(**kw) -> ModelConfig:
     # scikit-learn's 8x8 digits: a small BIVA that trains in minutes on 2 CPU cores.
-    base = ModelConfig(
+    base = HierarchyConfig(
         input_shape=(1, 8, 8), likelihood="bernoulli", latents=(16, 12, 8), latent_type="dense",
         filters=(32,), kernels=(3,), strides=(2, 1, 2), blocks=2, dropout_q=0.1, dropout_p=0.1)
     return replace(base, **kw)
@@ -81,10 +87,9 @@ def topdown_equivalent(model: ModelConfig, family: str) -> ModelConfig:
     ``model``: one latent block per layer at that layer's resolution, the widest stage's
     filters x :data:`EQUAL_COST_WIDTH` as the width; conv latents keep their channels, a
     dense latent of n units gets ceil(n / r^2) channels at side r (at least as many units).
-    A ``model`` that sets ``model.spec`` keeps its own spec, encoder_spec, latents and
-    filters."""
-    if model.spec:
-        cfg = replace(model, variant=family)
+    A top-down ``model`` keeps its own spec, encoder_spec, latents and filters."""
+    if model.topdown:
+        cfg = as_variant(model, family)
     else:
         sides = model.spatial_sizes()[1:]
         spec: list[list[int]] = []
@@ -97,9 +102,9 @@ def topdown_equivalent(model: ModelConfig, family: str) -> ModelConfig:
             latents = tuple(model.latents)
         else:
             latents = tuple(-(-n // (r * r)) for n, r in zip(model.latents, sides, strict=True))
-        cfg = replace(model, variant=family, spec=",".join(f"{r}x{n}" for r, n in spec),
-                      encoder_spec="", latents=latents,
-                      filters=(max(model.filters) * EQUAL_COST_WIDTH[family],))
+        cfg = as_variant(model, family, spec=",".join(f"{r}x{n}" for r, n in spec),
+                         encoder_spec="", latents=latents,
+                         filters=(max(model.filters) * EQUAL_COST_WIDTH[family],))
     cfg.validate()
     return cfg
 
@@ -109,7 +114,7 @@ def _vdvae_cifar10(**kw) -> ModelConfig:
     # bottleneck 0.25; decoder blocks 1x1, 4x3, 8x6, 16x11, 32x22 (its "m" blocks counted
     # with their resolution), encoder 32x12, 16x7, 8x7, 4x4, 1x3; 10 logistic components.
     # 39.05M parameters here against the paper's 39M.
-    base = ModelConfig(
+    base = TopDownConfig(
         variant="vdvae", input_shape=(3, 32, 32), likelihood="discretized_logistic",
         latents=(16,), filters=(384,), spec="32x22,16x11,8x6,4x3,1x1",
         encoder_spec="32x12,16x7,8x7,4x4,1x3", inner_width=0.25, n_mix=10,
@@ -123,7 +128,7 @@ def _nvae_cifar10(**kw) -> ModelConfig:
     # 10 logistic components. Not here: its pre/post-processing cells (a stem and average
     # pool instead) and second decoder cell a group (27.7M parameters); its IAF flows
     # (num_nf 1: a pair of autoregressive cells a group) in nvae-cifar10-flows.
-    base = ModelConfig(
+    base = TopDownConfig(
         variant="nvae", input_shape=(3, 32, 32), likelihood="discretized_logistic",
         latents=(20,), filters=(128,), spec="16x30", encoder_spec="16x60", inner_width=6.0,
         n_mix=10, dropout_q=0.0, dropout_p=0.0)
@@ -184,6 +189,6 @@ def preset(name: str, **overrides) -> ModelConfig:
     else:
         names = sorted([*PRESETS, "natural32-l29"])
         raise ConfigError(f"unknown preset {name!r}; expected one of {names}")
-    cfg = replace(cfg, **overrides)
+    cfg = as_variant(cfg, overrides.pop("variant", cfg.variant), **overrides)
     cfg.validate()
     return cfg

@@ -7,12 +7,12 @@ overrides. The resolved config (preset expanded) is what a run directory stores.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from biva.config.model import ConfigError, ModelConfig
+from biva.config.model import ConfigError, HierarchyConfig, ModelConfig
 from biva.config.presets import preset
 from biva.utils.config_io import apply_overrides, from_dict, load_config_file
 from biva.utils.deprecation import warn_renamed
@@ -218,7 +218,7 @@ class EvalConfig:
 class RunConfig:
     """Everything a run needs; saved resolved as ``config.json`` in the run directory."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=HierarchyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -332,14 +332,32 @@ def read_run_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: {e}", path=e.path) from None
 
 
+def _check_model_overrides(model: ModelConfig, overrides: list[str]) -> None:
+    """A ``--set model.X`` of a field the chosen family does not have is refused (a file's
+    fields of the other family are dropped quietly: older config.json files hold every field,
+    and a BIVA config switched to nvae keeps its stage fields)."""
+    own = {f.name for f in fields(model)}
+    for item in overrides:
+        section, _, name = item.partition("=")[0].strip().partition(".")
+        name = name.partition(".")[0]
+        if section == "model" and name and name not in own and name != "preset":
+            raise ConfigError(
+                f"model.{name}: not a field of the {model.variant} model ({type(model).__name__}"
+                f", variants {', '.join(model.FAMILY)}), so --set model.{name} would have no "
+                f"effect; its fields: {', '.join(sorted(own))}", path=f"model.{name}")
+
+
 def load_run_config(name_or_path: str | None = None, overrides: list[str] | None = None,
                     base: dict | None = None) -> RunConfig:
     """Load a shipped config by name or a YAML/JSON file, apply ``a.b=value`` overrides."""
     raw = base if base is not None else (_config_source(name_or_path) if name_or_path else {})
     raw = migrate_renamed_fields(raw, str(name_or_path or "config"))
-    raw = apply_overrides(raw, migrate_overrides(overrides or []))
+    overrides = migrate_overrides(overrides or [])
+    raw = apply_overrides(raw, overrides)
     try:
-        return resolve_config(raw)
+        cfg = resolve_config(raw)
+        _check_model_overrides(cfg.model, overrides)
+        return cfg
     except ConfigError as e:
         if not name_or_path or str(e).startswith(str(name_or_path)):
             raise

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from biva.config import ModelConfig
+from biva.config import HierarchyConfig, ModelConfig
 from biva.evaluation.style import save_png
 from biva.models.hierarchy import HierarchicalVAE
 from biva.models.mlp import as_mlp
@@ -191,7 +191,7 @@ class DensityConfig:
 
 def model_config(variant: str, cfg: DensityConfig) -> ModelConfig:
     """The hierarchy of the appendix: L dense 2-unit latents, residual MLP stages (1x1 maps)."""
-    return ModelConfig(
+    return HierarchyConfig(
         variant=variant, input_shape=(2, 1, 1), likelihood="gaussian", likelihood_std=cfg.x_std,
         latents=(cfg.latent_units,) * cfg.layers, latent_type="dense", filters=(cfg.hidden,),
         kernels=(1,), strides=(1,), blocks=cfg.blocks, dropout_q=0.0, dropout_p=0.0)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from biva.config import ModelConfig
+from biva.config import HierarchyConfig
 from biva.likelihoods import Likelihood, build_likelihood
 from biva.models.base import HierarchyOutput, LatentHierarchy, check_pass
 from biva.nn.blocks import GatedResBlock, Stage
@@ -107,7 +107,7 @@ class _Sizes:
     min_std: float
 
     @classmethod
-    def of(cls, config: ModelConfig) -> _Sizes:
+    def of(cls, config: HierarchyConfig) -> _Sizes:
         r = config.spatial_sizes()
         return cls(c_in=config.input_shape[0], r=r, F=(0,) + config.per_layer("filters"),
                    K=(0,) + config.per_layer("kernels"), n=(0,) + tuple(config.latents),
@@ -130,7 +130,7 @@ class HierarchicalVAE(LatentHierarchy):
     training (data-dependent weight-norm init); its result is part of ``state_dict``.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: HierarchyConfig):
         super().__init__()
         config.validate()
         self.config = config

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biva.config import ModelConfig
+from biva.config import HierarchyConfig
 from biva.models.base import HierarchyOutput
 from biva.models.hierarchy import BottomUp, HierarchicalVAE
 from biva.models.latents import Encoding
@@ -84,7 +84,7 @@ class ClassifierHierarchy(nn.Module):
     means ("mean").
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, stochastic_bu: bool):
+    def __init__(self, config: HierarchyConfig, num_classes: int, stochastic_bu: bool):
         super().__init__()
         L = config.n_layers
         r = config.spatial_sizes()
@@ -147,7 +147,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
     takes optional classes ``y``.
     """
 
-    def __init__(self, config: ModelConfig, num_classes: int, alpha: float = 1.0,
+    def __init__(self, config: HierarchyConfig, num_classes: int, alpha: float = 1.0,
                  objective: str = "balanced", n_labelled: int | None = None,
                  n_unlabelled: int | None = None):
         if num_classes < 2:

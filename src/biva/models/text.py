@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from biva.config import ModelConfig
+from biva.config import HierarchyConfig, ModelConfig
 from biva.data.text import BOS_ID, EOS_ID, PAD_ID
 from biva.models.hierarchy import HierarchicalVAE
 from biva.models.mlp import as_mlp
@@ -210,7 +210,7 @@ class RNNVAE(nn.Module):
 def text_hierarchy_config(features: int, latents: tuple[int, ...], blocks: int = 1,
                           variant: str = "biva") -> ModelConfig:
     """The hierarchy over a sentence encoding (F, 1, 1): dense latents, residual MLP stages."""
-    return ModelConfig(
+    return HierarchyConfig(
         variant=variant, input_shape=(features, 1, 1), likelihood="gaussian",
         likelihood_std=1.0, latents=tuple(latents), latent_type="dense", filters=(features,),
         kernels=(1,), strides=(1,), blocks=blocks, dropout_q=0.0, dropout_p=0.0)

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biva.config import ConfigError, ModelConfig, parse_spec
+from biva.config import ConfigError, TopDownConfig, parse_spec
 from biva.likelihoods import Likelihood, build_likelihood
 from biva.models.base import HierarchyOutput, LatentHierarchy, check_pass
 from biva.nn.flows import PosteriorFlow
@@ -249,7 +249,7 @@ class TopDownVAE(LatentHierarchy):
     ``prior_layers``, the likelihood-ratio score via ``prior_mode="mean"``.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: TopDownConfig):
         super().__init__()
         config.validate()
         if not config.topdown:

@@ -74,14 +74,15 @@ def check_step_fits(build: Callable[[], nn.Module], input_shape: tuple[int, ...]
     raise MemoryError(
         f"{fields}: one training step needs about {need / GIB:.1f} GiB ({n_params / 1e6:,.0f}M "
         f"parameters: {param_bytes / GIB:.1f} GiB with gradients, Adamax state and EMA{acts}) "
-        f"but {device} has {free / GIB:.1f} GiB free; shrink model.filters, model.blocks or "
-        f"model.latents, or train.batch_size (set BIVA_SKIP_MEMORY_CHECK=1 to try anyway)")
+        f"but {device} has {free / GIB:.1f} GiB free; shrink one of the model fields named "
+        f"first or train.batch_size (set BIVA_SKIP_MEMORY_CHECK=1 to try anyway)")
 
 
 def describe_fields(cfg) -> str:
     """The config fields that size a model, for :func:`check_step_fits` messages."""
     m = cfg.model
-    return (f"model.filters={list(m.filters)}, model.blocks={m.blocks}, "
+    depth = f"model.spec={m.spec!r}" if m.topdown else f"model.blocks={m.blocks}"
+    return (f"model.filters={list(m.filters)}, {depth}, "
             f"model.latents={list(m.latents)}, train.batch_size={cfg.train.batch_size}")
 
 

@@ -5,6 +5,9 @@ Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``None``, ``Any``,
 ``Enum`` subclasses, ``Literal[...]``, unions (``Optional[X]``, ``X | Y``), ``tuple[X, ...]``,
 fixed ``tuple[X, Y]``, ``list[X]``, ``dict[K, V]`` and nested dataclasses.
 
+A dataclass that stands for a union of subclasses defines a classmethod
+``config_class(data, path) -> (subclass, data)`` naming the one a mapping describes.
+
 Validation is strict so that typos fail loudly: ``bool`` is not accepted for ``int``, ``3.0`` is
 not accepted for ``int`` (``3`` is accepted for ``float``), and unknown keys are errors.
 
@@ -151,6 +154,11 @@ def _build_dataclass(cls: type[T], data: Any, path: str) -> T:
         return data
     if not isinstance(data, Mapping):
         raise _mismatch(path, cls, data)
+    choose = getattr(cls, "config_class", None)
+    if callable(choose):
+        # A base class that stands for a union of subclasses (e.g. one per model family)
+        # names the one ``data`` describes, and the keys that class reads.
+        cls, data = choose(data, path)
     hints = _type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]

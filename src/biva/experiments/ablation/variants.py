@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from biva.config import ConfigError, ModelConfig
+from biva.config import ConfigError, ModelConfig, as_variant
 from biva.config.presets import topdown_equivalent
 
 #: Variant name -> what it is. Names are lower case; the order is the table's.
@@ -76,12 +76,11 @@ def ablation_model(model: ModelConfig, variant: str) -> ModelConfig:
     if variant not in ABLATION_VARIANTS:
         raise ConfigError(f"variant {variant!r}: expected one of {list(ABLATION_VARIANTS)}")
     if variant == "lvae+2l-1":
-        return doubled_depth(replace(model, variant="lvae+"))
+        return doubled_depth(as_variant(model, "lvae+"))
     if variant == "nvae+flows":
         return replace(ablation_model(model, "nvae"), posterior_flows=ABLATION_FLOWS)
     if variant in ("vdvae", "nvae"):
-        return topdown_equivalent(replace(model, variant="biva") if model.topdown else model,
-                                  variant)
-    cfg = replace(model, variant=variant)
+        return topdown_equivalent(model, variant)
+    cfg = as_variant(model, variant)
     cfg.validate()
     return cfg
