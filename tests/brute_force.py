@@ -141,3 +141,22 @@ def check_sensitive(model, images: torch.Tensor, exact: torch.Tensor) -> None:
     with torch.no_grad():
         elbo = model(images, n_samples=4096).elbo
     assert ((exact - elbo) > 0.05).all()
+
+
+def check_sweep_unbiased(model, images: torch.Tensor, exact: torch.Tensor,
+                         se_exact: torch.Tensor) -> None:
+    """bound_sweep (one bottom-up pass shared across k) gives, for every k, an unbiased
+    estimate of the brute-force log p(x), and its LLR^{>2} is the difference of two of its
+    bounds on the same images and draws."""
+    from biva.ood.scores import bound_sweep
+
+    torch.manual_seed(9)
+    ks = list(range(model.n_layers))
+    sweep = bound_sweep(model, images, ks, scores=("lk",), n_samples=K, max_batch=4 * 4096)
+    for k in ks:
+        est = sweep.bounds[("sample", k)]
+        assert ((est - exact).abs() < 4 * se_exact + 0.25).all(), (k, est.tolist(), exact)
+    torch.testing.assert_close(sweep.value("llr", 2), sweep.bounds[("sample", 0)]
+                               - sweep.bounds[("sample", 2)])
+    assert (sweep.anomaly("llr", 2) == sweep.value("llr", 2)).all()
+    assert (sweep.anomaly("lk", 2) == -sweep.bounds[("sample", 2)]).all()

@@ -1,7 +1,8 @@
 """The VDVAE- and NVAE-style hierarchies (biva.models.topdown): the residual-normal posterior,
 the spec, the paper-scale parameter counts by hand, L^{>k}, spectral regularization, and the
 commands that take any run directory. Their importance weights are checked against brute
-force in test_bound_exact_topdown.py, the BIVA family's check (test_bound_exact.py)."""
+force in test_bound_exact_topdown.py, the BIVA family's check (test_bound_exact.py and
+test_bound_exact_ladders.py)."""
 
 from __future__ import annotations
 

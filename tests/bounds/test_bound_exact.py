@@ -19,37 +19,34 @@ weight moves that expectation:
 * a constant dropped from the log-density of the top prior or of the likelihood.
 
 The models, data and brute-force marginals: ``tests/brute_force.py``; the fixtures:
-``tests/bounds/conftest.py``.
+``tests/bounds/conftest.py``. This file holds BIVA's checks and the objective's; the same
+checks on the ladders and on the semi-supervised BIVA have files of their own.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from brute_force import (
-    DENSE_MODELS,
-    K,
-    brute_force_log_px,
-    check_sensitive,
-    check_unbiased,
-    iw_log_px,
-    tiny_config,
-    toy_data,
-)
+from brute_force import check_sensitive, check_sweep_unbiased, check_unbiased
 
-from biva.models.semi_supervised import SemiSupervisedBIVA
 from biva.objectives.training import training_loss
+
+#: BIVA with separate and shared conditional priors; the ladders (VAE, LVAE, LVAE+) are in
+#: test_bound_exact_ladders.py and the semi-supervised BIVA in
+#: test_bound_exact_semi_supervised.py, so that the three run on different pytest-xdist
+#: workers (files stay whole).
+BIVA_MODELS = ("biva", "biva_shared")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", DENSE_MODELS)
+@pytest.mark.parametrize("variant", BIVA_MODELS)
 def test_every_importance_weight_is_unbiased_for_the_brute_force_marginal(trained, images,
                                                                           exact_log_px, variant):
     check_unbiased(trained[variant], images, *exact_log_px(variant), variant)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", DENSE_MODELS)
+@pytest.mark.parametrize("variant", BIVA_MODELS)
 def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, exact_log_px,
                                                             variant):
     check_sensitive(trained[variant], images, exact_log_px(variant)[0])
@@ -106,93 +103,13 @@ def test_free_bits_apply_per_group_and_example(trained, images):
                                -(out.log_px - 0.5 * kl.clamp_min(lam).sum(1)).mean())
 
 
-def test_log_px_of_each_row_scores_its_own_image(trained, images):
-    """With n_samples > 1, row s*B + b of log p(x|z) belongs to image b (sample-major)."""
-    model = trained["lvae"]
-    torch.manual_seed(0)
-    out = model(images, n_samples=3)
-    x_rows = images.repeat(3, 1, 1, 1)
-    torch.testing.assert_close(out.log_px, model.likelihood.log_prob(out.x_params, x_rows))
-    # The same rows scored against example-major images differ: the check is not vacuous.
-    wrong = images.repeat_interleave(3, 0)
-    assert not torch.allclose(out.log_px, model.likelihood.log_prob(out.x_params, wrong))
-
-
-# ------------------------------------------------------------------- semi-supervised
-
-@pytest.fixture(scope="module", params=["balanced", "paper"])
-def semi_supervised(request):
-    """Trained on unlabelled toy images; "paper" adds y to q(z_L | x, y) (eq. 15)."""
-    torch.manual_seed(2)
-    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=request.param,
-                               n_labelled=1, n_unlabelled=511)
-    data = toy_data(512, seed=3)
-    model.initialize(data[:128])
-    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
-    for step in range(60):
-        x = data[(step * 32) % 512:(step * 32) % 512 + 32]
-        loss = model(x, free_bits=2.0).loss   # unlabelled: every class summed
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@pytest.mark.slow
-def test_semi_supervised_weight_is_unbiased_for_the_brute_force_marginal(semi_supervised,
-                                                                         images):
-    """logsumexp_y L(x, y) estimates p(x) = sum_y p(y) p(x | y); brute force with y ~ p(y)."""
-    exact, se_exact = brute_force_log_px(semi_supervised, images)
-    est, se = iw_log_px(semi_supervised, images, 0)
-    tol = 4 * torch.sqrt(se**2 + se_exact**2) + 0.01
-    assert ((est - exact).abs() < tol).all(), (est.tolist(), exact.tolist())
-
-
-def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, images):
-    """U = -sum_y q(y|x) (L(x, y) - log q(y|x)) trains q(y|x) on unlabelled data (eq. 19)."""
-    model = semi_supervised.train()
-    try:
-        torch.manual_seed(0)
-        out = model(images, labels=torch.full((4,), -1))
-        g_logits, = torch.autograd.grad(out.loss, out.logits, retain_graph=True)
-        # By hand: the same U with L(x, y) held fixed, differentiated w.r.t. the logits.
-        lq = torch.log_softmax(out.logits.float(), 1)
-        w_u = model.loss_weights[1]   # 1, or N_u / N under the "paper" objective
-        u = -w_u * (lq.exp() * (out.class_bounds.detach() - lq)).sum(1).mean()
-        want, = torch.autograd.grad(u, out.logits, retain_graph=True)
-        assert want.abs().max() > 1e-4
-        torch.testing.assert_close(g_logits, want, rtol=1e-4, atol=1e-6)
-        model.zero_grad()
-        out.loss.backward()
-        grads = [p.grad for p in model.classifier.parameters()]
-        assert all(g is not None for g in grads)
-        assert sum(float(g.abs().sum()) > 0 for g in grads) > 0.9 * len(grads)
-    finally:
-        model.eval()
-
-
 # ------------------------------------------------------------------- anomaly scores
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["biva", "lvae"])
-def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, exact_log_px,
-                                                        variant):
-    """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""
-    from biva.ood.scores import bound_sweep
-
-    model = trained[variant]
-    exact, se_exact = exact_log_px(variant)
-    torch.manual_seed(9)
-    ks = list(range(model.n_layers))
-    sweep = bound_sweep(model, images, ks, scores=("lk",), n_samples=K, max_batch=4 * 4096)
-    for k in ks:
-        est = sweep.bounds[("sample", k)]
-        assert ((est - exact).abs() < 4 * se_exact + 0.25).all(), (k, est.tolist(), exact)
-    # The ratio is the difference of the two bounds on the same images and draws.
-    torch.testing.assert_close(sweep.value("llr", 2), sweep.bounds[("sample", 0)]
-                               - sweep.bounds[("sample", 2)])
-    assert (sweep.anomaly("llr", 2) == sweep.value("llr", 2)).all()
-    assert (sweep.anomaly("lk", 2) == -sweep.bounds[("sample", 2)]).all()
+def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, exact_log_px):
+    """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate
+    (BIVA here; an LVAE in test_bound_exact_ladders.py)."""
+    check_sweep_unbiased(trained["biva"], images, *exact_log_px("biva"))
 
 
 def test_mean_variant_sets_the_lower_layers_to_the_prior_means(trained, images):

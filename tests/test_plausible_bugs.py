@@ -1,0 +1,28 @@
+"""``scripts/plausible_bugs.py N`` applies bug N of the testing guide's table: each patch's
+original text must occur exactly once in its file, or the script (and the table's claim that
+the bug was tried) has gone stale as the code moved."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bugs() -> dict[str, tuple[str, str, str]]:
+    spec = importlib.util.spec_from_file_location("plausible_bugs",
+                                                  REPO / "scripts" / "plausible_bugs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BUGS
+
+
+@pytest.mark.parametrize("bug", sorted(_bugs()))
+def test_each_plausible_bug_applies_at_exactly_one_place(bug):
+    path, old, new = _bugs()[bug]
+    text = (REPO / path).read_text()
+    assert text.count(old) == 1, f"bug {bug}: {old!r} occurs {text.count(old)} times in {path}"
+    assert old != new
