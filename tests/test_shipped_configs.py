@@ -1,32 +1,30 @@
-"""Every shipped config and every preset builds, trains a step and evaluates L_K, per variant.
+"""Every shipped config builds, trains a step and evaluates L_K, per variant (the presets:
+tests/test_presets.py).
 
 The real channel / stride / latent layout of each config is what runs: only the batch (2 rows),
 the number of blocks per stage (1) and the schedule are shrunk (and the width of the two
 paper-scale top-down configs, whose presets run at full width). A config that is a preset as
-it is runs its own variant; the preset test runs the others. Data: the real files where
-shared/ has them (a few rows), generated arrays of the dataset's shape and kind otherwise.
-Catches, e.g., a top-down skip declared with the wrong channel count (a crash on the first
-forward pass of any preset whose filters change between stages).
+it is runs its own variant; the preset test (test_presets.py) runs the others. Data: the real
+files where shared/ has them (a few rows), generated arrays of the dataset's shape and kind
+otherwise. Catches, e.g., a top-down skip declared with the wrong channel count (a crash on the
+first forward pass of any preset whose filters change between stages).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import replace
 from importlib import resources
 
 import pytest
 import torch
+from shipped import FAST_LATENT_KERNEL, family_pairs
 
 from biva import importance_weighted_bound
-from biva.config import TOPDOWN_VARIANTS, VARIANTS, load_run_config
-from biva.config.presets import PRESETS, preset
+from biva.config import TOPDOWN_VARIANTS, load_run_config
 from biva.config.run import shipped_configs
 from biva.data import DatasetSplits, ImageSplit, load_run_data, to_model_input
 from biva.experiments.ablation import ablation_model, ablation_train
-from biva.models import build_hierarchy
-from biva.objectives.training import training_loss
 from biva.training.semi_supervised import trainer_class
 from biva.utils.config_io import load_config_file
 
@@ -34,43 +32,14 @@ SMALL = ["train.batch_size=2", "train.steps=1", "train.finetune_steps=0",
          "train.init_batch=4", "train.eval_every=1", "train.eval_batches=1",
          "train.log_every=1", "train.progress=false",
          "train.threads=1", "eval.batch_size=2", "eval.n_samples=3", "train.checkpoint_every=1000"]
-# Conv latents whose kernel is the whole feature map (latent_kernel=0, appendix C) make the
-# 32x32 and 64x64 presets 60-100M parameters and seconds a row on a CPU; the suite runs them
-# with 3x3 latent kernels (channels, strides and latent sizes unchanged), and
-# test_conv_preset_at_its_real_latent_kernel runs the real kernels once per preset.
-FAST_LATENT_KERNEL = 3
 REAL = ("digits", "binarized_mnist", "mnist", "fashion_mnist")
 ROWS = 24  # training rows kept: >= the labelled rows (1 per class) + a batch
-BIVA_FAMILY = [v for v in VARIANTS if v not in TOPDOWN_VARIANTS]
 
 
 def _small(variant: str) -> list[str]:
     """SMALL, with one gated block a stage for the BIVA family (a top-down model has no
     ``model.blocks``: its depth is its spec)."""
     return SMALL if variant in TOPDOWN_VARIANTS else ["model.blocks=1", *SMALL]
-
-
-def _one_block(name: str, **kw):
-    """A preset with one block a stage (BIVA family) or as it is (top-down families)."""
-    variant = kw.get("variant", preset(name).variant)
-    return preset(name, **kw) if variant in TOPDOWN_VARIANTS else preset(name, blocks=1, **kw)
-
-
-def _conv_presets() -> list[str]:
-    """The BIVA-family presets with conv latents, and the top-down presets of natural32-cpu's
-    shape (conv latents too)."""
-    return sorted(n for n in PRESETS if (preset(n).latent_type == "conv" if not preset(n).topdown
-                                         else "natural32-cpu" in n))
-
-
-def _family_pairs(names, variant_of) -> list[tuple[str, str]]:
-    """(name, variant): the BIVA family's four variants for a BIVA-family config or preset,
-    a top-down one's own variant (its spec belongs to it)."""
-    out = []
-    for name in names:
-        own = variant_of(name)
-        out += [(name, own)] if own in TOPDOWN_VARIANTS else [(name, v) for v in BIVA_FAMILY]
-    return out
 
 
 def _take(split: ImageSplit, n: int) -> ImageSplit:
@@ -148,7 +117,7 @@ def _config_pairs() -> list[tuple[str, str]]:
     for name in shipped_configs():
         cfg = load_run_config(name, [])
         if cfg.data.labels_per_class > 0 or not _plain_preset(name):
-            out += _family_pairs([name], lambda n, v=cfg.model.variant: v)
+            out += family_pairs([name], lambda n, v=cfg.model.variant: v)
         else:
             out.append((name, cfg.model.variant))
     return out
@@ -218,45 +187,3 @@ def _train_step_and_bound(cfg, data_root, tmp_path) -> None:
     assert (lk <= 0).all()
 
 
-@pytest.mark.parametrize(("name", "variant"),
-                         _family_pairs(sorted(PRESETS), lambda n: preset(n).variant))
-@pytest.mark.slow
-def test_preset_builds_trains_and_evaluates_l_k(name, variant):
-    cfg = _one_block(name, variant=variant)
-    if not cfg.topdown and cfg.latent_type == "conv":
-        cfg = _one_block(name, variant=variant, latent_kernel=FAST_LATENT_KERNEL)
-    _step_and_bound(cfg)
-
-
-@pytest.mark.filterwarnings("error")  # e.g. torch's warning on even kernels with "same"
-@pytest.mark.parametrize("name", _conv_presets())
-@pytest.mark.slow
-def test_conv_preset_at_its_real_latent_kernel(name):
-    _step_and_bound(_one_block(name))
-
-
-def _step_and_bound(cfg) -> None:
-    """Init, one loss + backward (gradients reach > 90% of the parameters) and L_2: finite."""
-    torch.manual_seed(0)
-    model = build_hierarchy(cfg)
-    shape = (2, *cfg.input_shape)
-    if cfg.likelihood == "bernoulli":
-        x = torch.bernoulli(torch.full(shape, 0.3))
-    else:
-        x = to_model_input(torch.randint(0, 256, shape, dtype=torch.uint8), "8bit", cfg.bits)
-    model.initialize(x)
-    out = model(x)
-    out.loss = training_loss(out, free_bits=2.0)
-    out.loss.backward()
-    assert math.isfinite(out.loss.item())
-    assert out.kl.shape == (2, model.n_groups)
-    # VDVAE's prior blocks start with a zero last conv (every prior starts as the same
-    # Gaussian), and so do the posterior flows' steps (each starts as a fixed scaling), so at
-    # the first step no gradient reaches their inner convs: by design.
-    grads = [p.grad for name, p in model.named_parameters() if p.requires_grad
-             and not (cfg.variant == "vdvae" and ".prior_net.c" in name
-                      and ".prior_net.c4." not in name)
-             and not (".flow.steps." in name and ".out." not in name)]
-    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.9 * len(grads)
-    lk = importance_weighted_bound(model, x, 2)
-    assert lk.shape == (2,) and torch.isfinite(lk).all()
