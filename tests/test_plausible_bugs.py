@@ -12,12 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bugs() -> dict[str, tuple[str, str, str]]:
+def _script():
     spec = importlib.util.spec_from_file_location("plausible_bugs",
                                                   REPO / "scripts" / "plausible_bugs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.BUGS
+    return module
+
+
+def _bugs() -> dict[str, tuple[str, str, str]]:
+    return _script().BUGS
 
 
 @pytest.mark.parametrize("bug", sorted(_bugs()))
@@ -26,3 +30,12 @@ def test_each_plausible_bug_applies_at_exactly_one_place(bug):
     text = (REPO / path).read_text()
     assert text.count(old) == 1, f"bug {bug}: {old!r} occurs {text.count(old)} times in {path}"
     assert old != new
+
+
+def test_each_bug_names_a_test_that_exists():
+    # `plausible_bugs.py --check` runs these; a renamed or moved test would make it "miss".
+    script = _script()
+    assert set(script.CAUGHT_BY) == set(script.BUGS)
+    for test in script.CAUGHT_BY.values():
+        path, _, name = test.partition("::")
+        assert f"def {name.partition('[')[0]}(" in (REPO / path).read_text(), test
