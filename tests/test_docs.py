@@ -342,6 +342,7 @@ def _browser_check(exe: str, page: Path, tmp: Path) -> dict:
     return found
 
 
+@pytest.mark.slow   # the whole site is built first (about 85 s of one core)
 def test_the_site_loads_in_a_real_browser_with_its_styles_and_no_script_error(site, tmp_path):
     """Headless Chromium opens the front page and a guide page; a missing stylesheet or a
     JavaScript error fails, and a page whose stylesheet was removed is caught (the probe cannot
