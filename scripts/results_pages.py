@@ -195,11 +195,34 @@ def getting_started_detector() -> str:
             f"{_pct(pdet['test_in_flagged'])} of the photos' own test images).")
 
 
+def _minutes(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s"
+
+
+def testing_ci_time() -> str:
+    """The testing guide's sentence on how long the tiers take (ci_time.json: newest first)."""
+    d = _json("ci_time.json")
+    runs = d["runs"]
+    ci = [r for r in runs if r["tier"] == "ci"]
+    fast = next(r for r in runs if r["tier"] == "fast")
+    now, *before = ci
+    m = d["machine"]
+    earlier = "; ".join(f"`{r['commit']}`: {r['tests']} tests, {r['total_s']:.0f} s"
+                        for r in before)
+    return (f"CI's tier on this machine ({m['cpu']}, {m['cores']} cores; {d['load']}), a clean "
+            f"clone of `{now['commit']}` ({now['date']}): {now['tests']} tests in "
+            f"{_minutes(now['pytest_s'])}, {now['total_s']:.0f} s with the set-up (before: "
+            f"{earlier}). The fast tier on `{fast['commit']}`: {fast['tests']} tests in "
+            f"{_minutes(fast['pytest_s'])}, {fast['total_s']:.0f} s with the set-up.")
+
+
 FRAGMENTS: dict[str, tuple[str, Callable[[], str]]] = {
     "readme-ablation": ("README.md", readme_ablation),
     "readme-results": ("README.md", readme_results),
     "readme-detectors": ("README.md", readme_detectors),
     "getting-started-detector": ("docs/getting-started.md", getting_started_detector),
+    "testing-ci-time": ("docs/guide/testing.md", testing_ci_time),
 }
 
 

@@ -33,9 +33,25 @@ def test_a_number_edited_in_the_page_fails_the_check(pages, tmp_path):
     readme = (ROOT / "README.md").read_text()
     assert "reaches 0.958 [0.949, 0.965]" in readme
     (tmp_path / "README.md").write_text(readme.replace("reaches 0.958", "reaches 0.959"))
-    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide").mkdir(parents=True)
     shutil.copy(ROOT / "docs" / "getting-started.md", tmp_path / "docs")
+    shutil.copy(ROOT / "docs" / "guide" / "testing.md", tmp_path / "docs" / "guide")
     assert pages.stale(tmp_path) == ["README.md: fragment readme-detectors"]
+
+
+def test_the_test_tiers_time_comes_from_its_json(pages, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "docs" / "results", results,
+                    ignore=shutil.ignore_patterns("*.png", "*.safetensors"))
+    timing = json.loads((results / "ci_time.json").read_text())
+    total = timing["runs"][0]["total_s"]
+    page = (ROOT / "docs" / "guide" / "testing.md").read_text()
+    assert f"{total:.0f} s with the set-up" in page
+    timing["runs"][0]["total_s"] += 1
+    (results / "ci_time.json").write_text(json.dumps(timing))
+    monkeypatch.setattr(pages, "RESULTS", results)
+    assert f"{total + 1:.0f} s with the set-up" in pages.testing_ci_time()
+    assert pages.stale() == ["docs/guide/testing.md: fragment testing-ci-time"]
 
 
 def test_a_number_changed_in_the_json_fails_the_check(pages, tmp_path, monkeypatch):
