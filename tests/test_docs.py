@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import re
 import shlex
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from script_module import load_script
 
 from biva.data.formats import read_idx
 
@@ -400,9 +400,7 @@ def test_every_library_module_has_its_reference_page_listed_by_layer(tmp_path):
     assert modules == pages
     index = (root / "docs" / "reference" / "api.md").read_text()
     assert {m for m in modules if f"api/{m}\n" in index} == modules
-    spec = importlib.util.spec_from_file_location("api_pages", root / "scripts" / "api_pages.py")
-    api_pages = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(api_pages)
+    api_pages = load_script(root / "scripts" / "api_pages.py")
     shutil.copy(root / "docs" / "reference" / "api.md", tmp_path / "api.md")
     api_pages.split(tmp_path / "api.md", tmp_path / "api")
     assert (tmp_path / "api.md").read_text() == index

@@ -10,13 +10,13 @@ group fails here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from script_module import load_script
 
 FIXTURES = Path(__file__).parent / "fixtures" / "families"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -24,10 +24,7 @@ EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 
 def evaluate(run: Path) -> dict:
     """The generator's own evaluation (one definition of what is pinned)."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.evaluate(run)
+    return load_script(FIXTURES / "make_fixtures.py").evaluate(run)
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED["families"]))

@@ -4,20 +4,16 @@ the bug was tried) has gone stale as the code moved."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("plausible_bugs",
-                                                  REPO / "scripts" / "plausible_bugs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "plausible_bugs.py")
 
 
 def _bugs() -> dict[str, tuple[str, str, str]]:

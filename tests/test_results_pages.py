@@ -3,23 +3,19 @@ disagrees with its JSON, by an edit of either, fails here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def pages():
-    spec = importlib.util.spec_from_file_location("results_pages",
-                                                  ROOT / "scripts" / "results_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "results_pages.py")
 
 
 def test_every_generated_fragment_equals_what_its_json_renders(pages):
