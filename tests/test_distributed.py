@@ -37,7 +37,9 @@ from biva.training.distributed import destroy_distributed, init_distributed
 from biva.utils.checkpoint import list_checkpoints, load_checkpoint
 from biva.utils.jsonl import read_jsonl
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+# Slow: the two-rank fixture starts a real process group and trains twice (20 s of set-up).
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
+              pytest.mark.slow]
 
 GLOBAL_BATCH = 32        # 16 rows per rank
 WORLD = 2

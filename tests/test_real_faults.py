@@ -22,6 +22,9 @@ from biva.cli.main import main
 from biva.utils.checkpoint import list_checkpoints, load_checkpoint
 from biva.utils.jsonl import read_jsonl
 
+# Slow: each test is real processes, a mounted file system or signals (about 4 s each).
+pytestmark = pytest.mark.slow
+
 TINY = ["--config", "digits", "--set", "model.filters=[8]", "--set", "model.blocks=1",
         "--set", "train.batch_size=32", "--set", "train.log_every=2",
         "--set", "train.eval_every=4", "--set", "train.checkpoint_every=4",
