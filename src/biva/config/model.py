@@ -331,9 +331,7 @@ def family_of(variant: str, where: str = "model.variant") -> type[ModelConfig]:
 def model_config(**values) -> ModelConfig:
     """The family's config for ``values["variant"]`` ("biva" when absent) with ``values``;
     a field of the other family is an error naming it."""
-    family = family_of(values.get("variant", "biva"))
-    _check_fields(family, values)
-    return family(**values)
+    return ModelConfig(**values)   # ModelConfig.__new__ picks and checks the family
 
 
 def _check_fields(family: type[ModelConfig], values: Mapping) -> None:

@@ -410,11 +410,12 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
     checked = _current(_stamp(run_dir), digests)
     if not checked:
         _check_shapes(cfg, folder)
+        checked = True
     with output_lock(run_dir.parent / f"{run_dir.name}.pretrained"):
         stamp = _stamp(run_dir)
         if _current(stamp, digests):
             return run_dir
-        if not checked:
+        if not checked:   # current before the lock, replaced by another process since
             _check_shapes(cfg, folder)
         if stamp is None and (run_dir.exists() or run_dir.is_symlink()):
             raise FileExistsError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -96,7 +95,8 @@ def same_build(cfg: RunConfig, saved: object) -> bool:
     if not isinstance(saved, dict):
         return False
     try:
-        return _build_inputs(resolve_config(copy.deepcopy(saved), warn=False)) == _build_inputs(cfg)
+        # resolve_config copies what it changes: the checkpoint's state is left as it is.
+        return _build_inputs(resolve_config(saved, warn=False)) == _build_inputs(cfg)
     except (ValueError, TypeError, KeyError):
         return False
 
