@@ -25,13 +25,11 @@ from biva.objectives.training import training_loss  # noqa: E402
 def module_groups(model) -> dict[str, torch.nn.Module]:
     """Named groups of the hierarchy whose forward time is reported (stages, heads, ...)."""
     groups = {}
-    for name in ("bu_stages", "td_stages", "merges"):
-        for i, m in enumerate(getattr(model, name)):
-            groups[f"{name}.{i}"] = m
-    for name in ("bu_heads", "bu_embed", "td_embed", "prior_heads", "td_heads"):
-        for i, m in enumerate(getattr(model, name)):
-            groups[f"{name}.{i}"] = m
-    groups["top_head"], groups["out_conv"] = model.top_head, model.out_conv
+    for path in ("bu_layers", "td_layers"):
+        for i, layer in enumerate(getattr(model, path)):
+            for part, m in layer.named_children():
+                groups[f"{path}.{i}.{part}"] = m
+    groups["out_conv"] = model.out_conv
     groups["likelihood"] = model.likelihood
     return groups
 

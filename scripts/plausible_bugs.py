@@ -21,10 +21,10 @@ S = "src/biva/models/semi_supervised.py"
 G = "src/biva/nn/gaussian.py"
 SAMPLE = 'zs = [p.sample() if prior_mode == "sample" else p.mu for p in priors]'
 BUGS = {
- "1": (H, "                for term in terms:\n",
-       "                for term in terms[len(terms) - 1:]:\n"),
+ "1": (H, "for name, (z, q), p_log in zip(layer.names, parts, p_logs, strict=True):",
+       "for name, (z, q), p_log in list(zip(layer.names, parts, p_logs, strict=True))[-1:]:"),
  "2": (H, SAMPLE, "zs = [p.mu for p in priors]"),
- "3": (H, SAMPLE, "zs = [bu.z_bu[i - 1], priors[1].sample()] if len(priors) == 2 else [p.sample() for p in priors]"),
+ "3": (H, SAMPLE, "zs = [bu.at(layer.index)[1], priors[1].sample()] if len(priors) == 2 else [p.sample() for p in priors]"),
  "4a": (O, "return -(out.log_px - kl_weight * kl.sum(1)).mean()",
         "return -(out.log_px - kl_weight * (out.kl.sum(1).clamp_min(free_bits) if free_bits > 0 else out.kl.sum(1))).mean()"),
  "4b": (O, "return -(out.log_px - kl_weight * kl.sum(1)).mean()",

@@ -128,16 +128,19 @@ def test_runs_are_planned_seed_by_seed(tmp_path):
 def test_shared_biva_prior_is_one_gaussian_for_both_parts():
     sep, shared = HierarchicalVAE(small()), HierarchicalVAE(small(biva_prior="shared"))
     # The shared model's prior heads emit one (mu, sigma) per layer instead of two.
-    n_sep = sum(p.numel() for p in sep.prior_heads.parameters())
-    n_shared = sum(p.numel() for p in shared.prior_heads.parameters())
-    assert n_shared < n_sep
+    def n_prior(model):
+        return sum(p.numel() for layer in model.td_layers[1:]
+                   for p in layer.prior_head.parameters())
+
+    assert n_prior(shared) < n_prior(sep)
     d = torch.randn(2, 8, 4, 4)
-    p_bu, p_td = shared.priors(1, d)
+    p_bu, p_td = shared.td_layers[1].prior(d)
     assert torch.equal(p_bu.mu, p_td.mu) and torch.equal(p_bu.sigma, p_td.sigma)
-    q_bu, q_td = sep.priors(1, d)
+    q_bu, q_td = sep.td_layers[1].prior(d)
     assert not torch.equal(q_bu.mu, q_td.mu)
     # LVAE+ has one group a layer whatever the option says.
-    assert len(HierarchicalVAE(small(variant="lvae+", biva_prior="shared")).priors(1, d)) == 1
+    lvae_plus = HierarchicalVAE(small(variant="lvae+", biva_prior="shared"))
+    assert len(lvae_plus.td_layers[1].prior(d)) == 1
     with pytest.raises(ValueError, match="model.biva_prior"):
         small(biva_prior="tied").validate()
 

@@ -29,6 +29,13 @@ def rgb_batch(b=4):
     return torch.randint(0, 256, (b, 3, 8, 8)).float() / 127.5 - 1
 
 
+def parts(model, path: str, name: str) -> list:
+    """One part of every layer on a path ("bu": layers 1..L, "td": layers 1..L-1), where the
+    layer has it (e.g. ``parts(m, "bu", "head")``: q(z^BU_i) and q(z_L) heads)."""
+    layers = model.bu_layers if path == "bu" else model.td_layers[1:]
+    return [getattr(layer, name) for layer in layers if getattr(layer, name) is not None]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", ["dense", "conv", "mixed"])
 def test_shapes_and_gradients_reach_every_parameter(variant, kind):
@@ -46,11 +53,12 @@ def test_shapes_and_gradients_reach_every_parameter(variant, kind):
         def kernels(modules):
             return [m.proj.v.shape[-1] for m in modules]
 
-        assert kernels(model.td_embed) == r[1:]
-        assert kernels([model.top_head]) == r[-1:]
-        assert kernels(model.prior_heads) == r[1:-1]
-        assert kernels(model.td_heads) == (r[1:-1] if variant != "vae" else [])
-        assert kernels(model.bu_heads) == kernels(model.bu_embed) == (
+        assert kernels([layer.embed for layer in model.td_layers]) == r[1:]
+        assert kernels([model.bu_layers[-1].head]) == r[-1:]
+        assert kernels(parts(model, "td", "prior_head")) == r[1:-1]
+        assert kernels(parts(model, "td", "posterior_head")) == (
+            r[1:-1] if variant != "vae" else [])
+        assert kernels(parts(model, "bu", "head")[:-1]) == kernels(parts(model, "bu", "embed")) == (
             r[1:-1] if variant in ("vae", "biva") else [])
     model.initialize(x)
     out = model(x)
@@ -87,27 +95,32 @@ def test_variants_differ_exactly_where_the_paper_says():
     L = 6
     assert m["biva"].n_groups == 2 * L - 1 and m["lvae+"].n_groups == L
     # BU latents only in BIVA (and the VAE, whose whole q is bottom-up).
-    assert len(m["biva"].bu_heads) == L - 1 and len(m["lvae"].bu_heads) == 0
-    assert len(m["lvae+"].bu_heads) == 0 and len(m["vae"].bu_heads) == L - 1
+    def bu_latents(model):   # the heads below the top one: q(z^BU_i | d~_{i,M})
+        return len(parts(model, "bu", "head")) - 1
+
+    assert bu_latents(m["biva"]) == L - 1 and bu_latents(m["lvae"]) == 0
+    assert bu_latents(m["lvae+"]) == 0 and bu_latents(m["vae"]) == L - 1
+    assert len(parts(m["biva"], "bu", "embed")) == L - 1 and parts(m["lvae"], "bu", "embed") == []
     # The deterministic top-down skip path: blocks with an auxiliary input in the TD stages.
     def td_skips(model):
-        return sum(b.aux is not None for s in model.td_stages for b in s.blocks)
+        return sum(b.aux is not None for layer in model.td_layers for b in layer.stage.blocks)
     assert td_skips(m["lvae"]) == 0 and td_skips(m["vae"]) == 0
     assert td_skips(m["lvae+"]) == td_skips(m["biva"]) == (L - 1) * 2   # stages 0..L-2, M=2
     # Top-down inference (shared TD parameters + merge) in all but the VAE.
-    assert len(m["vae"].merges) == 0 and len(m["lvae"].merges) == L - 1
+    assert len(parts(m["vae"], "td", "merge")) == 0
+    assert len(parts(m["lvae"], "td", "merge")) == L - 1
     # The VAE's BU stages see only z_{i-1}: no skips from the stage below; the others take
     # the blocks of stage i - 1 as skips in stages 2..L (eq. 5/8).
-    assert all(b.aux is None for s in m["vae"].bu_stages for b in s.blocks)
+    assert all(b.aux is None for s in parts(m["vae"], "bu", "stage") for b in s.blocks)
     for v in ("lvae", "lvae+", "biva"):
-        bu_skips = [b.aux is not None for s in m[v].bu_stages for b in s.blocks]
+        bu_skips = [b.aux is not None for s in parts(m[v], "bu", "stage") for b in s.blocks]
         assert bu_skips == [False] * 2 + [True] * (L - 1) * 2, v
     # LVAE+ is LVAE plus the TD path; BIVA is LVAE+ plus the BU latents.
     n = {v: sum(p.numel() for p in model.parameters()) for v, model in m.items()}
     assert n["lvae"] < n["lvae+"] < n["biva"]
     # Dropout where the config puts it: q's merge blocks use dropout_q.
     cfg = preset("binary-cpu", variant="biva", dropout_q=0.3, dropout_p=0.1)
-    merges = HierarchicalVAE(cfg).merges
+    merges = parts(HierarchicalVAE(cfg), "td", "merge")
     assert [b.dropout.p for b in merges] == [0.3] * (L - 1)
 
 

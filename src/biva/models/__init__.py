@@ -5,7 +5,14 @@ models from a :class:`~biva.config.ModelConfig`."""
 
 from biva.config import ConfigError, ModelConfig
 from biva.models.base import HierarchyOutput, LatentHierarchy
-from biva.models.hierarchy import HIERARCHY_VARIANTS, BottomUp, HierarchicalVAE, Variant
+from biva.models.hierarchy import (
+    HIERARCHY_VARIANTS,
+    BottomUp,
+    BottomUpLayer,
+    HierarchicalVAE,
+    TopDownLayer,
+    Variant,
+)
 from biva.models.latents import Decoding, Encoding, GroupPosterior
 from biva.models.linear_gaussian import LinearGaussianHierarchy
 from biva.models.semi_supervised import SemiSupervisedBIVA
@@ -39,6 +46,8 @@ __all__ = [
     "TopDownVAE",
     "HIERARCHY_VARIANTS",
     "BottomUp",
+    "BottomUpLayer",
+    "TopDownLayer",
     "Decoding",
     "Encoding",
     "GroupPosterior",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,8 @@ from biva.models.latents import Decoding, Encoding, GroupPosterior
 from biva.nn.gaussian import DiagonalGaussian, repeat_batch
 from biva.nn.weightnorm import data_dependent_init
 from biva.utils.rng import seeded_eval
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -83,6 +86,21 @@ class LatentHierarchy(nn.Module):
     def latent_shape(self, layer: int) -> tuple[int, ...]:
         """Shape of one example's latent at ``layer`` (1..L)."""
         raise NotImplementedError
+
+    def upgrade_state_dict(self, state: Mapping[str, T]) -> dict[str, T]:
+        """``state`` (a state dict, or any dict keyed like one) with the keys of checkpoints
+        written by older code renamed to the current ones (a model whose names never changed
+        returns them as they are)."""
+        return dict(state)
+
+    def older_key_names(self) -> dict[str, str]:
+        """{current state_dict key: its name in checkpoints of older code} for renamed keys."""
+        return {}
+
+    def legacy_parameter_names(self) -> list[str]:
+        """The current parameter names in the order older code registered them: the order of
+        an optimizer state it saved without parameter names."""
+        return [n for n, _ in self.named_parameters()]
 
     def _output(self, x: Tensor, x_params: Tensor, kl: dict[str, Tensor],
                 latents: dict[str, Tensor], posteriors: dict[str, DiagonalGaussian],

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,8 @@ from biva.nn.gaussian import (
     standard_normal_log_prob,
 )
 from biva.nn.weightnorm import WNConv2d
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,13 @@ class BottomUp(NamedTuple):
     q_bu: list[DiagonalGaussian]
     z_bu: list[Tensor]
     q_top: DiagonalGaussian
+
+    def at(self, i: int) -> tuple[Tensor, Tensor | None, DiagonalGaussian | None]:
+        """Layer i's (1..L-1) d~_{i,M} and, on a stochastic BU path, z^BU_i and q(z^BU_i | x)
+        (None, None without one)."""
+        if not self.z_bu:
+            return self.features[i - 1], None, None
+        return self.features[i - 1], self.z_bu[i - 1], self.q_bu[i - 1]
 
 
 @dataclass(frozen=True)
@@ -122,12 +131,88 @@ class _Sizes:
                           self.min_std)
 
 
+class BottomUpLayer(nn.Module):
+    """Layer i of the inference path: BU stage i (r_{i-1} -> r_i, eqs. 7-8) and the posterior
+    read off its last features d~_{i,M}: q(z^BU_i | d~_{i,M}) (eq. 9) with the embedding
+    through which z^BU_i enters stage i + 1 (a stochastic BU path, i < L), or q(z_L | x) at the
+    top. ``head`` and ``embed`` are None where the variant has no such latent."""
+
+    def __init__(self, stage: Stage, head: LatentHead | None = None,
+                 embed: LatentEmbedding | None = None):
+        super().__init__()
+        self.stage, self.head, self.embed = stage, head, embed
+
+    def forward(self, h: Tensor, skips: list[Tensor] | None) -> list[Tensor]:
+        """The stage's block outputs d~_{i,1..M} (N, F_i, r_i, r_i) from its input features h
+        and the block outputs of the stage below (``skips``, with ``bu_skip``)."""
+        return self.stage(h, skips)
+
+    def posterior(self, d: Tensor) -> DiagonalGaussian:
+        """q(z^BU_i | d~_{i,M}) (q(z_L | x) at the top) from d = d~_{i,M}."""
+        return self.head(d)[0]
+
+
+class TopDownLayer(nn.Module):
+    """Layer i (1..L-1) of the generative path with its prior step and posterior step.
+
+    TD stage i maps z_{i+1} (its parts) and the block outputs of TD stage i + 1 to d_{i,1..M}
+    (eqs. 4-5; :meth:`forward`); the prior step reads p(z_i | z_>i) off d_{i,M} (eq. 6; BIVA:
+    p(z^BU_i | .) and p(z^TD_i | .)); the posterior step draws z_i from q: BIVA's z^BU_i from
+    the BU pass and z^TD_i from q(z^TD_i | <d~_{i,M}; d_{i,M}>) (eq. 10, the ``merge`` block and
+    ``posterior_head``), an LVAE's z_i from that merged posterior, the VAE's from the BU pass.
+    Layer 0 is TD stage 0 alone: the features p(x|z) is read from.
+    """
+
+    def __init__(self, index: int, variant: Variant, stage: Stage, embed: LatentEmbedding,
+                 prior_head: LatentHead | None = None, merge: GatedResBlock | None = None,
+                 posterior_head: LatentHead | None = None, shared_prior: bool = False):
+        super().__init__()
+        self.index, self.variant, self.shared_prior = index, variant, shared_prior
+        self.stage, self.embed = stage, embed
+        self.prior_head, self.merge, self.posterior_head = prior_head, merge, posterior_head
+        self.names = ([] if index == 0 else [f"z{index}_bu", f"z{index}_td"]
+                      if variant.split_latent else [f"z{index}"])
+
+    def forward(self, zs: list[Tensor], skips: list[Tensor] | None,
+                context: Tensor | None = None) -> list[Tensor]:
+        """The block outputs d_{i,1..M} (N, F_i, r_i, r_i; F_1 channels for layer 0) from
+        z_{i+1}'s parts ``zs`` and TD stage i + 1's block outputs (``skips``, used with
+        ``td_skip``). ``context`` (optional) is added to the stage's input features; it must
+        broadcast to (N, F_{i+1}, r_{i+1}, r_{i+1}) (a class embedding, see
+        :mod:`biva.models.semi_supervised`)."""
+        h = self.embed(zs)
+        if context is not None:
+            h = h + context
+        return self.stage(h, skips if self.variant.td_skip else None)
+
+    def prior(self, d: Tensor) -> list[DiagonalGaussian]:
+        """p(z_i | z_>i) from d = d_{i,M}, one Gaussian per part of z_i (BIVA: [p(z^BU_i|.),
+        p(z^TD_i|.)], one Gaussian twice when ``model.biva_prior`` is shared)."""
+        dists = self.prior_head(d)
+        return dists * 2 if self.shared_prior else dists
+
+    def posterior(self, d: Tensor, bu: tuple[Tensor, Tensor | None, DiagonalGaussian | None],
+                  mode: str) -> list[tuple[Tensor, DiagonalGaussian]]:
+        """(z, q) for each part of z_i given d = d_{i,M} and the BU pass at this layer
+        (``BottomUp.at(i)``); z is a draw of q, or its mean with ``mode="mean"``."""
+        features, z_bu, q_bu = bu
+        parts = [(z_bu, q_bu)] if self.variant.stochastic_bu else []
+        if self.variant.td_inference:
+            q_td = self.posterior_head(self.merge(features, d))[0]
+            td = (q_td.take(mode), q_td)
+            parts = [*parts, td] if self.variant.split_latent else [td]
+        return parts
+
+
 class HierarchicalVAE(LatentHierarchy):
     """BIVA and its ablations (LVAE, LVAE+, VAE), selected by ``config.variant``.
 
     ``model(x)`` with x: (B, C, H, W) in model-input space (see ``biva.data.to_model_input``)
     returns a :class:`HierarchyOutput`. Call :meth:`initialize` once on a data batch before
     training (data-dependent weight-norm init); its result is part of ``state_dict``.
+
+    ``bu_layers[i - 1]`` is layer i's :class:`BottomUpLayer` (i = 1..L); ``td_layers[i]`` is
+    layer i's :class:`TopDownLayer` (i = 0..L-1; z_L's prior is N(0, I)).
     """
 
     def __init__(self, config: HierarchyConfig):
@@ -138,78 +223,23 @@ class HierarchicalVAE(LatentHierarchy):
         self.n_layers = config.n_layers
         self.register_buffer("initialized", torch.tensor(False))
         sizes = _Sizes.of(config)
-        # Built in this order: parameters are initialized from the global RNG in it.
-        self._build_bottom_up(sizes)
-        self._build_top_down(sizes)
+        self.bu_layers = _bottom_up_layers(self.variant, sizes)
+        self.td_layers = _top_down_layers(self.variant, sizes, config.biva_prior == "shared")
         self.likelihood: Likelihood = build_likelihood(
             config.likelihood, n_mix=config.n_mix, bits=config.bits,
             num_classes=config.num_classes, fixed_std=config.likelihood_std)
         self.out_conv = WNConv2d(sizes.F[1], self.likelihood.param_channels(sizes.c_in), 1,
                                  init_scale=0.1)
-        self.group_names = self._group_names()
+        self.group_names = [n for layer in self.td_layers for n in layer.names]
+        self.group_names.append(f"z{self.n_layers}")
         # Under bf16 autocast the latent heads still emit float32 (mu, sigma), so latent draws
         # and the log-densities of the bound are never rounded to bf16.
-        for head in (*self.bu_heads, self.top_head, *self.prior_heads, *self.td_heads):
-            head.proj.float_output = True
-
-    def _build_bottom_up(self, sz: _Sizes) -> None:
-        """BU stages 1..L, q(z^BU_i | d~_{i,M}) heads and z^BU embeddings (i < L), q(z_L | x)."""
-        v, L, F, r = self.variant, self.n_layers, sz.F, sz.r
-        self.bu_stages = nn.ModuleList()
-        for i in range(1, L + 1):
-            if i == 1:
-                in_ch = sz.c_in
-            else:
-                in_ch = F[i - 1] * (int(v.stochastic_bu) + int(v.bu_skip))
-            skip_ch = F[i - 1] if (v.bu_skip and i > 1) else 0
-            self.bu_stages.append(Stage(in_ch, F[i], r[i - 1], r[i], sz.M, sz.K[i],
-                                        sz.dropout_q, skip_ch=skip_ch, skip_size=r[i - 1]))
-        self.bu_heads = nn.ModuleList()        # q(z^BU_i | d~_{i,M}), i < L
-        self.bu_embed = nn.ModuleList()        # z^BU_i -> features entering BU stage i + 1
-        if v.stochastic_bu:
-            for i in range(1, L):
-                self.bu_heads.append(sz.head(i, 1))
-                self.bu_embed.append(LatentEmbedding(sz.n[i], F[i], r[i], sz.conv, sz.lk[i]))
-        self.top_head = sz.head(L, 1)
-
-    def _build_top_down(self, sz: _Sizes) -> None:
-        """TD stages 0..L-1 and their z embeddings (shared by p and the TD inference path),
-        the conditional priors p(z_i | z_>i), and the TD posteriors' merge blocks and heads."""
-        v, L, F, r = self.variant, self.n_layers, sz.F, sz.r
-        parts = 2 if v.split_latent else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
-        self.td_stages = nn.ModuleList()       # td_stages[i]: r[i+1] -> r[i], i = 0..L-1
-        self.td_embed = nn.ModuleList()        # td_embed[i]: z_{i+1} -> features, i = 0..L-1
-        self.prior_heads = nn.ModuleList()     # prior_heads[i-1]: p(z_i | z_>i), i = 1..L-1
-        for i in range(0, L):
-            out_ch = F[i] if i > 0 else F[1]
-            # The skips of TD stage i are the block outputs of TD stage i + 1: F[i + 1]
-            # channels at side r[i + 1] (stage L - 1, the top one, has none).
-            skip = v.td_skip and i < L - 1
-            self.td_stages.append(Stage(F[i + 1], out_ch, r[i + 1], r[i], sz.M, sz.K[i + 1],
-                                        sz.dropout_p, skip_ch=F[i + 1] if skip else 0,
-                                        skip_size=r[i + 1]))
-            z_units = sz.n[i + 1] * (parts if i + 1 < L else 1)
-            self.td_embed.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], sz.conv,
-                                                 sz.lk[i + 1]))
-        # model.biva_prior = "shared": one Gaussian serves as p(z^BU_i|.) and p(z^TD_i|.).
-        self.shared_prior = parts == 2 and self.config.biva_prior == "shared"
-        for i in range(1, L):
-            self.prior_heads.append(sz.head(i, 1 if self.shared_prior else parts))
-        self.merges = nn.ModuleList()          # q(z^TD_i | <d~_{i,M}; d_{i,M}>), i = 1..L-1
-        self.td_heads = nn.ModuleList()
-        if v.td_inference:
-            for i in range(1, L):
-                self.merges.append(GatedResBlock(F[i], F[i], r[i], r[i], 3, aux_ch=F[i],
-                                                 dropout=sz.dropout_q))
-                self.td_heads.append(sz.head(i, 1))
+        for head in self.modules():
+            if isinstance(head, LatentHead):
+                head.proj.float_output = True
+        self.register_load_state_dict_pre_hook(_upgrade_on_load)
 
     # ----------------------------------------------------------------------------- structure
-    def _group_names(self) -> list[str]:
-        names = []
-        for i in range(1, self.n_layers):
-            names += self._layer_names(i)
-        return names + [f"z{self.n_layers}"]
-
     def latent_shape(self, layer: int) -> tuple[int, ...]:
         """Shape of one example's latent at ``layer`` (1..L): (n,) dense, (n, r, r) conv."""
         units = self.config.latents[layer - 1]
@@ -217,6 +247,29 @@ class HierarchicalVAE(LatentHierarchy):
             return (units,)
         side = self.config.spatial_sizes()[layer]
         return (units, side, side)
+
+    def upgrade_state_dict(self, state: Mapping[str, T]) -> dict[str, T]:
+        """``state`` (a state dict, or any dict keyed like one) with the keys of checkpoints
+        written before the per-layer modules renamed to the current ones."""
+        return upgrade_legacy_keys(state, self.n_layers)
+
+    def older_key_names(self) -> dict[str, str]:
+        """{current key: key in checkpoints written before the per-layer modules} for the
+        state_dict keys that were renamed."""
+        return {k: older[2] for k in self.state_dict()
+                if (older := _older_key(k, self.n_layers)) is not None}
+
+    def legacy_parameter_names(self) -> list[str]:
+        """The current parameter names in the order the code before the per-layer modules
+        registered them: the order of an optimizer state saved by that code."""
+        position = {n: k for k, (n, _) in enumerate(self.named_parameters())}
+        ranks = {n: _rank(_older_key(n, self.n_layers)) for n in position}
+        # Parameters outside the old lists keep their place before (a subclass's own
+        # parameters: named_parameters lists them first) or after (likelihood, out_conv) them.
+        first = min(position[n] for n, r in ranks.items() if r is not None)
+        outside = {n: (-1 if position[n] < first else len(_LEGACY_LISTS), 0)
+                   for n, r in ranks.items() if r is None}
+        return sorted(position, key=lambda n: (*(ranks[n] or outside[n]), position[n]))
 
     # ----------------------------------------------------------------------------- inference
     def _bottom_up(self, x: Tensor, n_samples: int, posterior_mode: str = "sample") -> BottomUp:
@@ -231,27 +284,25 @@ class HierarchicalVAE(LatentHierarchy):
         q_bu: list[DiagonalGaussian] = []
         z_bu: list[Tensor] = []
         expanded = n_samples == 1
-        for i, stage in enumerate(self.bu_stages):
-            if i == 0:
-                h, skips = x, None
-            else:
-                pieces = []
-                if self.variant.stochastic_bu:
-                    if not expanded:
-                        outs = [[repeat_batch(t, n_samples) for t in o] for o in outs]
-                        expanded = True
-                    pieces.append(self.bu_embed[i - 1]([z_bu[i - 1]]))
-                if self.variant.bu_skip:
-                    pieces.append(outs[i - 1][-1])
-                h = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
-                skips = outs[i - 1] if self.variant.bu_skip else None
-            outs.append(stage(h, skips))
-            if self.variant.stochastic_bu and i < self.n_layers - 1:
-                q = self.bu_heads[i](outs[i][-1])[0]
-                q = q if expanded else q.expand(n_samples)
-                q_bu.append(q)
-                z_bu.append(q.take(posterior_mode))
-        q_top = self.top_head(outs[-1][-1])[0]
+        h, skips = x, None
+        *below, top = self.bu_layers
+        for layer in below:
+            outs.append(layer(h, skips))
+            pieces = []
+            if layer.head is not None:   # z^BU_i, entering the stage above embedded
+                q = layer.posterior(outs[-1][-1])
+                q_bu.append(q if expanded else q.expand(n_samples))
+                z_bu.append(q_bu[-1].take(posterior_mode))
+                if not expanded:
+                    outs = [[repeat_batch(t, n_samples) for t in o] for o in outs]
+                    expanded = True
+                pieces.append(layer.embed([z_bu[-1]]))
+            if self.variant.bu_skip:
+                pieces.append(outs[-1][-1])
+            h = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+            skips = outs[-1] if self.variant.bu_skip else None
+        outs.append(top(h, skips))
+        q_top = top.posterior(outs[-1][-1])
         if not expanded:
             q_top = q_top.expand(n_samples)
         last = [o[-1] if expanded else repeat_batch(o[-1], n_samples) for o in outs]
@@ -266,42 +317,17 @@ class HierarchicalVAE(LatentHierarchy):
         """
         return self._bottom_up(x, 1).q_top
 
-    def _td_stage(self, i: int, zs: list[Tensor], skips: list[Tensor] | None,
-                  td_context: Sequence[Tensor | None] | None) -> list[Tensor]:
-        """TD stage i (r[i+1] -> r[i]) on z_{i+1}'s parts ``zs`` and the block outputs of
-        stage i + 1 (``skips``, used with ``td_skip``); returns its block outputs, the last
-        being d_{i,M}. ``td_context[i]`` (optional, one entry per TD stage i = 0..L-1) is added
-        to the stage's input features; it must broadcast to (N, F[i+1], r[i+1], r[i+1]) (e.g. a
-        class embedding, see :mod:`biva.models.semi_supervised`)."""
-        h = self.td_embed[i](zs)
-        if td_context is not None and td_context[i] is not None:
-            h = h + td_context[i]
-        return self.td_stages[i](h, skips if self.variant.td_skip else None)
+    def _stages_down(self, td_context: Sequence[Tensor | None] | None
+                     ) -> list[tuple[TopDownLayer, Tensor | None]]:
+        """(layer, its class context) for layers L-1 .. 1, top first."""
+        contexts = td_context if td_context is not None else [None] * self.n_layers
+        return list(zip(self.td_layers, contexts, strict=True))[:0:-1]
 
-    def _posterior_step(self, i: int, d: Tensor, bu: BottomUp, priors: list[DiagonalGaussian],
-                        posterior_mode: str) -> tuple[list[Tensor], list[tuple]]:
-        """Layer i drawn from q given the TD features d_{i,M}: BIVA's z^BU_i (from the BU pass)
-        and z^TD_i; an LVAE's z_i from the merged posterior; the VAE's z_i from the BU pass.
-        Returns z_i's parts and, for each, (name, z, q, log p(z | z_>i))."""
-        if self.variant.td_inference:
-            q_td = self.td_heads[i - 1](self.merges[i - 1](bu.features[i - 1], d))[0]
-            z_td = q_td.take(posterior_mode)
-        if self.variant.split_latent:
-            parts = [(bu.z_bu[i - 1], bu.q_bu[i - 1]), (z_td, q_td)]
-        elif self.variant.td_inference:
-            parts = [(z_td, q_td)]
-        else:
-            parts = [(bu.z_bu[i - 1], bu.q_bu[i - 1])]
-        terms = [(name, z, q, p.log_prob(z))
-                 for name, (z, q), p in zip(self._layer_names(i), parts, priors, strict=True)]
-        return [z for z, _ in parts], terms
-
-    def priors(self, i: int, d: Tensor) -> list[DiagonalGaussian]:
-        """The conditional priors of layer i (1..L-1) from the TD features d_{i,M}: BIVA
-        [p(z^BU_i|z_>i), p(z^TD_i|z_>i)] (one Gaussian twice when ``biva_prior`` is shared),
-        else [p(z_i|z_>i)]."""
-        dists = self.prior_heads[i - 1](d)
-        return dists * 2 if self.shared_prior else dists
+    def _to_x_params(self, zs: list[Tensor], skips: list[Tensor] | None,
+                     td_context: Sequence[Tensor | None] | None) -> Tensor:
+        """TD stage 0 on z_1 (and TD stage 1's block outputs): the parameters of p(x|z)."""
+        context = td_context[0] if td_context is not None else None
+        return self.out_conv(self.td_layers[0](zs, skips, context)[-1])
 
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
                 td_context: Sequence[Tensor | None] | None = None,
@@ -317,8 +343,9 @@ class HierarchicalVAE(LatentHierarchy):
         ``E[log p(x|z) + log p(z_>k) - log q(z_>k | x, a)] <= log p(x)`` (Jensen twice), and the
         same holds for the VAE's q(z_<=k | x). k = 0 is the ELBO. ``loss`` is the negative bound
         (training's free bits and KL weight: :mod:`biva.objectives.training`).
-        Optional: ``td_context`` (see :meth:`_td_stage`, N rows) and ``bottom_up``, a result of
-        ``_bottom_up`` at N rows to reuse (one y-independent BU pass for several TD passes).
+        Optional: ``td_context`` (one entry per TD layer 0..L-1, N rows, see
+        :meth:`TopDownLayer.forward`) and ``bottom_up``, a result of ``_bottom_up`` at N rows
+        to reuse (one y-independent BU pass for several TD passes).
         ``top_log_prior(z_L) -> (N,)`` replaces the N(0, I) log-density of z_L (e.g. a 2-D
         potential, see :mod:`biva.experiments.densities`); None keeps the standard normal.
         ``prior_mode="mean"`` sets z_<=k to the conditional prior means instead of drawing them
@@ -341,21 +368,22 @@ class HierarchicalVAE(LatentHierarchy):
         record(f"z{self.n_layers}", z_top, bu.q_top, standard_normal_log_prob(z_top)
                if top_log_prior is None else top_log_prior(z_top))
         zs, skips = [z_top], None
-        for i in range(self.n_layers - 1, 0, -1):
-            skips = self._td_stage(i, zs, skips, td_context)
-            priors = self.priors(i, skips[-1])
-            if i <= prior_layers:
+        for layer, context in self._stages_down(td_context):
+            skips = layer(zs, skips, context)
+            priors = layer.prior(skips[-1])
+            if layer.index <= prior_layers:
                 zs = [p.sample() if prior_mode == "sample" else p.mu for p in priors]
-                latents.update(zip(self._layer_names(i), zs, strict=True))
-            else:
-                zs, terms = self._posterior_step(i, skips[-1], bu, priors, posterior_mode)
-                for term in terms:
-                    record(*term)
-        x_params = self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
+                latents.update(zip(layer.names, zs, strict=True))
+                continue
+            parts = layer.posterior(skips[-1], bu.at(layer.index), posterior_mode)
+            # Every log p before any log q: the order autograd accumulates z's gradients in
+            # (pinned by tests/test_family_fixtures.py).
+            p_logs = [p.log_prob(z) for (z, _), p in zip(parts, priors, strict=True)]
+            for name, (z, q), p_log in zip(layer.names, parts, p_logs, strict=True):
+                record(name, z, q, p_log)
+            zs = [z for z, _ in parts]
+        x_params = self._to_x_params(zs, skips, td_context)
         return self._output(x, x_params, kl, latents, posteriors, n_samples)
-
-    def _layer_names(self, i: int) -> list[str]:
-        return [f"z{i}_bu", f"z{i}_td"] if self.variant.split_latent else [f"z{i}"]
 
     def _generate(self, given: Mapping[str, Tensor], n: int, temps: list[float],
                   generator: torch.Generator | None,
@@ -373,13 +401,136 @@ class HierarchicalVAE(LatentHierarchy):
             z_top = unit.sample(temps[-1], torch.randn(shape, generator=generator,
                                                        device=device, dtype=dtype))
         zs, skips = [z_top], None
-        for i in range(self.n_layers - 1, 0, -1):
-            skips = self._td_stage(i, zs, skips, td_context)
-            names = self._layer_names(i)
-            if names[0] in given:
-                zs = [given[g] for g in names]
+        for layer, context in self._stages_down(td_context):
+            skips = layer(zs, skips, context)
+            if layer.names[0] in given:
+                zs = [given[g] for g in layer.names]
             else:
-                zs = [p.sample(temps[i - 1], torch.randn(p.mu.shape, generator=generator,
-                                                         device=device, dtype=dtype))
-                      for p in self.priors(i, skips[-1])]
-        return self.out_conv(self._td_stage(0, zs, skips, td_context)[-1])
+                zs = [p.sample(temps[layer.index - 1],
+                               torch.randn(p.mu.shape, generator=generator, device=device,
+                                           dtype=dtype))
+                      for p in layer.prior(skips[-1])]
+        return self._to_x_params(zs, skips, td_context)
+
+
+# --------------------------------------------------------------------------------- building
+def _bottom_up_layers(v: Variant, sz: _Sizes) -> nn.ModuleList:
+    """BU layers 1..L: stage i; q(z^BU_i | d~_{i,M}) and the embedding of z^BU_i (i < L, with
+    ``stochastic_bu``); q(z_L | x) on the top one. Parameters are drawn from the global RNG
+    stages first, then the heads: the order of the code before the per-layer modules, so a
+    seed gives the same initial weights."""
+    L, F, r = len(sz.n) - 1, sz.F, sz.r
+    stages = []
+    for i in range(1, L + 1):
+        in_ch = sz.c_in if i == 1 else F[i - 1] * (int(v.stochastic_bu) + int(v.bu_skip))
+        skip_ch = F[i - 1] if (v.bu_skip and i > 1) else 0
+        stages.append(Stage(in_ch, F[i], r[i - 1], r[i], sz.M, sz.K[i], sz.dropout_q,
+                            skip_ch=skip_ch, skip_size=r[i - 1]))
+    layers = nn.ModuleList()
+    for i in range(1, L):
+        if v.stochastic_bu:
+            head = sz.head(i, 1)
+            layers.append(BottomUpLayer(stages[i - 1], head, LatentEmbedding(
+                sz.n[i], F[i], r[i], sz.conv, sz.lk[i])))
+        else:
+            layers.append(BottomUpLayer(stages[i - 1]))
+    layers.append(BottomUpLayer(stages[L - 1], sz.head(L, 1)))
+    return layers
+
+
+def _top_down_layers(v: Variant, sz: _Sizes, shared: bool) -> nn.ModuleList:
+    """TD layers 0..L-1: stage i (r[i+1] -> r[i]) and the embedding of z_{i+1} (shared by p
+    and the TD inference path); for i >= 1 the prior p(z_i | z_>i) and, with ``td_inference``,
+    the merge block and head of q(z^TD_i | <d~_{i,M}; d_{i,M}>). ``shared``: one prior
+    Gaussian for BIVA's z^BU_i and z^TD_i (``model.biva_prior``). Built in the order of the
+    code before the per-layer modules (see :func:`_bottom_up_layers`)."""
+    L, F, r = len(sz.n) - 1, sz.F, sz.r
+    parts = 2 if v.split_latent else 1  # z_i = <z^BU_i; z^TD_i> in BIVA
+    shared = parts == 2 and shared
+    stages, embeds = [], []
+    for i in range(0, L):
+        # The skips of TD stage i are the block outputs of TD stage i + 1: F[i + 1]
+        # channels at side r[i + 1] (stage L - 1, the top one, has none).
+        skip = v.td_skip and i < L - 1
+        stages.append(Stage(F[i + 1], F[i] if i > 0 else F[1], r[i + 1], r[i], sz.M,
+                            sz.K[i + 1], sz.dropout_p, skip_ch=F[i + 1] if skip else 0,
+                            skip_size=r[i + 1]))
+        z_units = sz.n[i + 1] * (parts if i + 1 < L else 1)
+        embeds.append(LatentEmbedding(z_units, F[i + 1], r[i + 1], sz.conv, sz.lk[i + 1]))
+    priors = [sz.head(i, 1 if shared else parts) for i in range(1, L)]
+    merges, heads = [None] * L, [None] * L
+    if v.td_inference:
+        for i in range(1, L):
+            merges[i] = GatedResBlock(F[i], F[i], r[i], r[i], 3, aux_ch=F[i],
+                                      dropout=sz.dropout_q)
+            heads[i] = sz.head(i, 1)
+    return nn.ModuleList(
+        [TopDownLayer(0, v, stages[0], embeds[0])] +
+        [TopDownLayer(i, v, stages[i], embeds[i], priors[i - 1], merges[i], heads[i], shared)
+         for i in range(1, L)])
+
+
+# --------------------------------------------------------------------------- older checkpoints
+# Checkpoints written before the per-layer modules hold the parameters in lists by kind. Each
+# entry: (old list, new list, the part's name in a layer, layer index shift), in the order the
+# old code registered them.
+_LEGACY_LISTS = (
+    ("bu_stages", "bu_layers", "stage", 0), ("bu_heads", "bu_layers", "head", 0),
+    ("bu_embed", "bu_layers", "embed", 0), ("top_head", "bu_layers", "head", None),
+    ("td_stages", "td_layers", "stage", 0), ("td_embed", "td_layers", "embed", 0),
+    ("prior_heads", "td_layers", "prior_head", 1), ("merges", "td_layers", "merge", 1),
+    ("td_heads", "td_layers", "posterior_head", 1),
+)
+
+
+def _legacy_key(key: str, n_layers: int) -> str | None:
+    """The current name of a parameter or buffer key of an older checkpoint (None: unchanged)."""
+    for old, new, part, shift in _LEGACY_LISTS:
+        if key.startswith(old + "."):
+            rest = key[len(old) + 1:]
+            if shift is None:                     # top_head: the top BU layer's head
+                return f"{new}.{n_layers - 1}.{part}.{rest}"
+            index, _, tail = rest.partition(".")
+            return f"{new}.{int(index) + shift}.{part}.{tail}"
+    return None
+
+
+def _rank(older: tuple[int, int, str] | None) -> tuple[int, int] | None:
+    return None if older is None else older[:2]
+
+
+def _older_key(name: str, n_layers: int) -> tuple[int, int, str] | None:
+    """(rank of its list in the older registration order, index in that list, the older key)
+    of a current parameter or buffer key; None for keys outside the old lists."""
+    layers, _, rest = name.partition(".")
+    index, _, rest = rest.partition(".")
+    part, _, tail = rest.partition(".")
+    for rank, (old, new, p, shift) in enumerate(_LEGACY_LISTS):
+        if layers != new or part != p:
+            continue
+        top = shift is None
+        if new == "bu_layers" and part == "head" and (int(index) == n_layers - 1) != top:
+            continue
+        if top:
+            return rank, 0, f"{old}.{tail}"
+        j = int(index) - shift
+        return rank, j, f"{old}.{j}.{tail}"
+    return None
+
+
+def upgrade_legacy_keys(state: Mapping[str, T], n_layers: int, prefix: str = "") -> dict[str, T]:
+    """``state`` with the keys under ``prefix`` that an older checkpoint of an L = ``n_layers``
+    hierarchy used renamed to the current ones (other keys as they are)."""
+    out = {}
+    for key, value in state.items():
+        new = _legacy_key(key[len(prefix):], n_layers) if key.startswith(prefix) else None
+        out[prefix + new if new is not None else key] = value
+    return out
+
+
+def _upgrade_on_load(module: HierarchicalVAE, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: an older checkpoint's keys renamed in place."""
+    upgraded = upgrade_legacy_keys(state_dict, module.n_layers, prefix)
+    if list(upgraded) != list(state_dict):
+        state_dict.clear()
+        state_dict.update(upgraded)

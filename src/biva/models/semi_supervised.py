@@ -3,9 +3,10 @@
 Generative model (eq. 16): ``p(x, y, z) = p(x | z, y) p(z_L) p(y) prod_i p(z_i | z_>i, y)`` with
 p(y) uniform. y enters every TD stage (so every conditional prior, p(x | z, y) and the TD
 inference path) as a learned per-class feature map added to the stage's input features after
-``td_embed`` (the ``td_context`` hook of :class:`HierarchicalVAE`). For dense latents the map is
+the embedding of z (the ``td_context`` hook of :class:`HierarchicalVAE`). For dense latents the
+map is
 a full (F, r, r) table per class, which equals embedding ``<z_{i+1}; onehot(y)>`` with the
-linear ``td_embed``; for conv latents it is a per-channel (F, 1, 1) offset, like concatenating
+linear embedding; for conv latents it is a per-channel (F, 1, 1) offset, like concatenating
 constant one-hot maps to z before the conv. The BU path (z^BU, q(z_L | x)) does not see y.
 
 Inference adds the classifier ``q(y | x, z^BU_{<L})`` (eqs. 12-14): its own deterministic
@@ -114,15 +115,15 @@ class ClassifierHierarchy(nn.Module):
     def forward(self, x: Tensor, bottom_up: BottomUp) -> Tensor:
         """Logits of q(y | x, z^BU) (N, num_classes) from x and the hierarchy's bottom-up
         pass (``HierarchicalVAE._bottom_up`` at N rows)."""
-        last, q_bu, z_bu, _ = BottomUp(*bottom_up)
+        bu = BottomUp(*bottom_up)
         h = x
         for i, stage in enumerate(self.stages):
             skips = None
             if self.has_aux[i]:
                 if self.use_z:   # BIVA, VAE: z^BU_i (its draw or its mean)
-                    a = self.embeds[i]([q_bu[i].mu if self.from_means else z_bu[i]])
+                    a = self.embeds[i]([bu.q_bu[i].mu if self.from_means else bu.z_bu[i]])
                 else:            # the LVAEs have no z^BU: the deterministic d~_{i,M}
-                    a = last[i]
+                    a = bu.features[i]
                 skips = [a] * len(stage.blocks)
             h = stage(h, skips)[-1]
         return self.out(elu_flatten(h))
@@ -281,7 +282,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         if self.top_y_embed is not None:
             # q(z_L | x, y): the BU features are y-free and shared; only the head sees y.
             features = bu_rows.features[-1] + self.top_y_embed.index_select(0, cls)
-            bu_rows = bu_rows._replace(q_top=self.top_head(features)[0])
+            bu_rows = bu_rows._replace(q_top=self.bu_layers[-1].posterior(features))
         return super().forward(xs if same else xs.index_select(0, rows),
                                prior_layers=prior_layers, td_context=self.class_context(cls),
                                bottom_up=bu_rows)
@@ -359,7 +360,7 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             if self.top_y_embed is not None:
                 emb = (self.top_y_embed.index_select(0, y) if y.dim() == 1 else
                        torch.einsum("nc,cfhw->nfhw", y, self.top_y_embed))
-                bu = (*bu[:3], self.top_head(bu[0][-1] + emb)[0])
+                bu = bu._replace(q_top=self.bu_layers[-1].posterior(bu.features[-1] + emb))
             HierarchicalVAE.forward(self, x, td_context=self.class_context(y), bottom_up=bu)
 
         data_dependent_init(self, run)

@@ -256,7 +256,7 @@ class TopDownVAE(LatentHierarchy):
             raise ConfigError(f"model.variant: TopDownVAE builds 'vdvae' or 'nvae', found "
                               f"{config.variant!r} (use HierarchicalVAE)")
         self.config, self.family = config, config.variant
-        parts = FAMILIES[self.family]
+        parts = self.parts = FAMILIES[self.family]   # the family's blocks, picked once
         c_in, side = config.input_shape[0], config.input_shape[-1]
         W = config.filters[0]
         mid = max(1, round(W * (config.inner_width or parts.inner_width)))
@@ -313,9 +313,8 @@ class TopDownVAE(LatentHierarchy):
         if self.in_block is not None:
             h = F.avg_pool2d(self.in_block(h), h.shape[-1] // self.resolutions[0])
         acts: list[Tensor] = []
-        encode_stage = FAMILIES[self.family].encode_stage
         for j, stage in enumerate(self.encoder):
-            h, features = encode_stage(stage, h, self.blocks_per_res[j][1])
+            h, features = self.parts.encode_stage(stage, h, self.blocks_per_res[j][1])
             repeated: dict[int, Tensor] = {}   # a feature map shared by blocks: repeated once
             acts += [repeated.setdefault(id(a), repeat_batch(a, n_samples)) for a in features]
             if j + 1 < len(self.encoder):

@@ -267,13 +267,16 @@ class OODDetector:
 _KIND_LIKELIHOOD = {"binary": "bernoulli", "8bit": "discretized_logistic"}
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: nn.Module, *, older_names: bool = False) -> str:
     """SHA-256 of a model's weights (every state_dict entry's name, dtype, shape and bytes):
-    which model a detector was fitted with."""
+    which model a detector was fitted with. ``older_names``: under the names older code gave
+    the entries (``model.older_key_names()``), as in detectors that code fitted."""
     import hashlib
 
+    rename = model.older_key_names() if older_names else {}
     digest = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(((rename.get(k, k), t) for k, t in model.state_dict().items()),
+                          key=lambda item: item[0]):
         t = t.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         # reshape(-1): a 0-d tensor of a wider dtype (batch norm's step count, int64) cannot
@@ -333,7 +336,8 @@ def _validated(d, path: Path, model: nn.Module) -> dict:
         warnings.warn(f"{path}: written by an older biva without model_sha256: it cannot be "
                       "checked against the model; refit it (biva ood) to record one",
                       stacklevel=3)
-    elif d["model_sha256"] != model_fingerprint(model):
+    elif d["model_sha256"] not in (model_fingerprint(model),
+                                   model_fingerprint(model, older_names=True)):
         raise ValueError(f"{path}: model_sha256: fitted on other weights ({d['model_sha256']}) "
                          f"than the model given ({model_fingerprint(model)}); refit the "
                          "detector for this model (biva ood RUN_DIR)")

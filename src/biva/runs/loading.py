@@ -75,7 +75,9 @@ def shape_mismatches(cfg: RunConfig, run_dir: str | Path,
     checkpoint's or a weights file's): '' when none. The model is built on the meta device,
     so a config edited to a huge model costs no memory before it is refused."""
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build_model(cfg, run_dir).state_dict().items()}
+        model = build_model(cfg, run_dir)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = model.upgrade_state_dict(shapes)   # an older checkpoint's names
     bad = sorted(k for k in set(want) | set(shapes) if want.get(k) != shapes.get(k))
     shown = "; ".join(f"{k}: config {want.get(k)}, weights {shapes.get(k)}" for k in bad[:3])
     return f"{len(bad)} tensors ({shown})" if bad else ""

@@ -137,6 +137,11 @@ def check_training_state(tensors: dict, state: dict, path: Path) -> None:
     for key in ("optimizer", "rng"):
         if key not in state:
             raise CheckpointError(f"{where}: state.{key} is missing")
+    names = state.get("parameters")   # absent in checkpoints written before 2026-12-07
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{where}: state.parameters: expected a list of parameter names, "
+                              f"found {type(names).__name__}")
 
 
 class RunDirectory:

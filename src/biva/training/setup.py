@@ -80,6 +80,7 @@ def load_init_weights(model: torch.nn.Module, path: Path, device: torch.device) 
     weights = tensors.get("model")
     if weights is None:
         raise ValueError(f"train.init_from={path}: holds no model weights")
+    weights = model.upgrade_state_dict(weights)   # a checkpoint of older code: its names
     mine = model.state_dict()
     missing = sorted(set(mine) - set(weights))
     bad = [k for k in mine if k in weights and weights[k].shape != mine[k].shape]

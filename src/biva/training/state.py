@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch import nn
+
 from biva.training.ema import EMA
 from biva.training.stopping import CpuClock
 from biva.utils.checkpoint import flatten_state_dict, unflatten_state_dict
@@ -49,6 +51,29 @@ class Selection:
         return {"metric": self.metric, "best": best, "higher_is_better": self.higher_is_better}
 
 
+def parameter_names(model: nn.Module) -> list[str]:
+    """The model's parameter names in the order its optimizer holds them."""
+    return [n for n, _ in model.named_parameters()]
+
+
+def in_parameter_order(optimizer_state: dict, saved: list[str], current: list[str]) -> dict:
+    """An optimizer ``state_dict`` saved with its parameters in the order ``saved`` (names),
+    its one group re-listed in the order ``current``: torch matches saved and current
+    parameters by position, so a model whose parameters moved (same names, another order)
+    would otherwise give each parameter another one's moments."""
+    if sorted(saved) != sorted(current):
+        missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        raise ValueError(f"the checkpoint's optimizer state is for other parameters (missing "
+                         f"{missing[:3]}, unknown {extra[:3]}); resume with the code and "
+                         "config that wrote it, or start from its weights with --init-from")
+    groups = optimizer_state["param_groups"]
+    if saved == current or len(groups) != 1:
+        return optimizer_state
+    ids = dict(zip(saved, groups[0]["params"], strict=True))
+    return {**optimizer_state, "param_groups": [{**groups[0],
+                                                 "params": [ids[n] for n in current]}]}
+
+
 def capture_training_state(trainer) -> tuple[dict, dict]:
     """(tensors, state) of a step checkpoint of ``trainer`` (a :class:`Trainer`)."""
     opt_tensors, opt_skeleton = flatten_state_dict(trainer.optimizer.state_dict())
@@ -56,7 +81,8 @@ def capture_training_state(trainer) -> tuple[dict, dict]:
     state = {"step": trainer.step, **trainer.guard.state_dict(),
              "ema_updates": trainer.ema.updates, "cpu_s": trainer.clock.seconds,
              "selection": trainer.selection.as_state(trainer.best),
-             "optimizer": opt_skeleton, "rng": rng_meta, "config": to_dict(trainer.cfg)}
+             "optimizer": opt_skeleton, "parameters": parameter_names(trainer.model),
+             "rng": rng_meta, "config": to_dict(trainer.cfg)}
     tensors = {"model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
                "optimizer": opt_tensors, "rng": rng_tensors}
     return tensors, state
@@ -70,8 +96,10 @@ def restore_training_state(trainer, tensors: dict, state: dict) -> None:
     trainer.ema = EMA(trainer.model, tc.ema_decay, warmup=tc.ema_warmup)
     trainer.ema.load_state_dict(tensors["ema"])
     trainer.ema.updates = state.get("ema_updates", state["step"] - state["skipped"])
-    trainer.optimizer.load_state_dict(
-        unflatten_state_dict(tensors["optimizer"], state["optimizer"]))
+    saved = state.get("parameters") or trainer.model.legacy_parameter_names()
+    trainer.optimizer.load_state_dict(in_parameter_order(
+        unflatten_state_dict(tensors["optimizer"], state["optimizer"]), saved,
+        parameter_names(trainer.model)))
     restore_rng_state(tensors.get("rng", {}), state["rng"])
     trainer.step = state["step"]
     trainer.guard.load_state_dict(state)
