@@ -217,12 +217,137 @@ def testing_ci_time() -> str:
             f"{_minutes(fast['pytest_s'])}, {fast['total_s']:.0f} s with the set-up.")
 
 
+# ----------------------------------------------------------------------------- Results page
+PRETRAINED = ROOT / "src" / "biva" / "pretrained"
+SCORE_NAMES = {"L_1": "L_1", "L_10": "L_10", "L_100": "L_100", "bpd_1": "L_1",
+               "auroc:mnist": "its detector's AUROC against MNIST", "error": "test error"}
+
+
+def _card_row(name: str, data: str) -> tuple[str, str, str, str, str]:
+    """A shipped model's row: its card's scores (as the suite re-measures them) and budget."""
+    card = json.loads((PRETRAINED / name / "card.json").read_text())
+    t = card["training"]
+    scores = []
+    for sc in card["scores"]:
+        value, err = sc["value"], sc["mc_error"]
+        if sc["metric"] == "error":
+            shown = f"{_pct(value)} ± {100 * err:.1f}"
+        elif sc.get("unit") == "bits/dim":
+            shown = f"{value:.3f} ± {err:.3f} bits/dim"
+        elif sc["metric"].startswith("auroc"):
+            shown = f"{value:.3f} ± {err:.3f}"
+        else:
+            shown = f"{value:.3f} ± {err:.3f} nats"
+        scores.append(f"{SCORE_NAMES[sc['metric']]} {shown} ({sc['split']}, first "
+                      f"{sc['n_examples']:,})")
+    return (f"pretrained `{name}`", data,
+            f"{'; '.join(scores)}; ± is the spread over sampling seeds on those images, not "
+            f"the uncertainty of the figure; {t['cpu_minutes']:.1f} CPU-min, {t['steps']:,} "
+            f"steps, the run's best-validation checkpoint (step {card['step']:,}), {t['date']}",
+            "-", "{doc}`guide/pretrained`")
+
+
+def _text_row() -> tuple[str, str, str, str, str]:
+    """The text experiment's table (``biva text``'s own output file)."""
+    lines = (RESULTS / "text_fortunes_table.txt").read_text().splitlines()
+    nll = {}
+    for line in lines[1:]:
+        m = re.match(r"(.+?)\s{2,}([\d.]+M)\s+(<?=)\s+([\d.]+)", line)
+        if m:
+            nll[m.group(1).strip()] = (m.group(3), float(m.group(4)))
+    bound, biva = nll["BIVA + LSTM, free bits, finetuned"]
+    _, lstm = nll["LSTM"]
+    return ("text", "a 15,000-sentence corpus (1,000 test sentences)",
+            f"BIVA + LSTM {bound} {biva:.2f} nats/sentence against an LSTM's {lstm:.2f} "
+            "(`docs/results/text_fortunes_table.txt`)", "appendix E (PTB)",
+            "{doc}`guide/densities-and-text`")
+
+
+def _densities_row() -> tuple[str, str, str, str, str]:
+    d = _json("densities_10seeds_2000it_results.json")
+    med = "; ".join(f"{VARIANT_NAMES[m]} " + ", ".join(
+        f"{u} {d['summary'][m][u]['median']:.2f}" for u in sorted(d["summary"][m]))
+        for m in d["summary"])
+    return ("complex 2-D densities", "the potentials U1-U4",
+            f"KL(q(z_L) \\|\\| p(z_L)) on a grid, median over {len(d['seeds'])} seeds, "
+            f"{d['config']['iterations']:,} iterations a run: {med}",
+            "appendix D (figures only)", "{doc}`guide/densities-and-text`")
+
+
+def _families_row() -> tuple[str, str, str, str, str]:
+    fam = _rows(_json("topdown_photos32/table.json"))
+    mnist = _json("families_static_mnist/table.json")
+    m = _rows(mnist)
+    photos = ", ".join(
+        f"{VARIANT_NAMES[v]} {_pm(fam[v]['test_L_1_bpd_mean'], fam[v]['test_L_1_bpd_std'])}"
+        for v in ("vdvae", "nvae", "biva"))
+    static = ", ".join(f"{VARIANT_NAMES[v]} {_pm(-r['test_L_1_mean'], r['test_L_1_std'], 2)}"
+                       for v, r in m.items())
+    return ("VDVAE- and NVAE-style models",
+            f"`photos32` ({int(fam['biva']['steps']):,} steps a run), static MNIST "
+            f"({int(m['biva']['steps']):,} steps, the first {mnist['n_test']} test images)",
+            f"photos, test L_1 over {len(fam['vdvae']['seeds'])} seeds: {photos} bits/dim; "
+            f"static MNIST, test -L_1 over {len(m['biva']['seeds'])} seeds: {static} nats; no "
+            "ordering claimed at 2 seeds", "VDVAE CIFAR-10 2.87, NVAE 2.91 bits/dim",
+            "{doc}`guide/topdown`")
+
+
+def _own_photos_llr_row() -> tuple[str, str, str, str, str]:
+    d = _json("photos32/ood/metrics.json")
+    sel = d["selected_on_validation"]["llr_mean"]["mnist"]
+    return ("anomaly detection, own photos, a k chosen with MNIST validation images",
+            f"`photos32` vs MNIST as colour ({sel['n_in']} test images a set)",
+            f"AUROC {sel['auroc']:.3f} {_ci(sel['auroc_ci'])} (LLR^{{>{sel['k']}}}, prior "
+            f"means, K = {d['n_samples']}; the model of the first row, step {d['step']:,})", "-",
+            "{doc}`guide/own-images`")
+
+
+def results_table() -> str:
+    """docs/results.md's table: every headline figure with its model, budget, data and number
+    of test examples, from the committed results and the shipped cards."""
+    readme = {r.split(" | ")[0][2:]: r for r in readme_results().splitlines()[2:]}
+
+    def from_readme(prefix: str, data: str, where: str) -> tuple[str, str, str, str, str]:
+        row = next(r for task, r in readme.items() if task.startswith(prefix))
+        task, biva, paper = row[2:-2].split(" | ")
+        return task, data, biva, paper, where
+
+    photos = _json("photos32/eval_test_k100.json")
+    rows = [
+        ("likelihood, own photos (`natural32_cpu`, BIVA)", "`photos32` (5,000 32x32 photos)",
+         f"test L_1 {photos['L_1_bpd']:.3f}, L_{photos['k']} {photos['L_100_bpd']:.3f} bits/dim on "
+         f"{photos['n_examples']} test photos, best-validation step {photos['step']:,}",
+         "CIFAR-10 (50,000 images): L_1 <= 3.12, L_1000 <= 3.08 bits/dim",
+         "{doc}`guide/own-images`"),
+        from_readme("the ablation on photos", "`photos32`", "{doc}`guide/models`"),
+        from_readme("every BIVA layer", "`photos32`", "{doc}`guide/models`"),
+        _families_row(),
+        from_readme("anomalies: Fashion-MNIST", "Fashion-MNIST (in) vs MNIST",
+                    "{doc}`guide/anomaly-detection`"),
+        _own_photos_llr_row(),
+        from_readme("anomalies with no anomaly examples", "`photos32` vs MNIST as colour",
+                    "{doc}`guide/anomaly-detection`"),
+        from_readme("MNIST with 100 labels", "MNIST, 100 labels",
+                    "{doc}`guide/semi-supervised`"),
+        _card_row("photos32", "`photos32`"),
+        _card_row("fashion-mnist-ood", "Fashion-MNIST"),
+        _card_row("binarized-mnist", "statically binarized MNIST"),
+        _card_row("mnist-100-labels", "MNIST, 100 labels"),
+        _card_row("digits", "scikit-learn digits"),
+        _densities_row(),
+        _text_row(),
+    ]
+    out = ["| task | data | biva, CPU | paper | where |", "|---|---|---|---|---|"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 FRAGMENTS: dict[str, tuple[str, Callable[[], str]]] = {
     "readme-ablation": ("README.md", readme_ablation),
     "readme-results": ("README.md", readme_results),
     "readme-detectors": ("README.md", readme_detectors),
     "getting-started-detector": ("docs/getting-started.md", getting_started_detector),
     "testing-ci-time": ("docs/guide/testing.md", testing_ci_time),
+    "results-table": ("docs/results.md", results_table),
 }
 
 

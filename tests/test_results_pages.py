@@ -1,5 +1,6 @@
-"""The README's measured figures are rendered from the committed JSON (issue 40): a page that
-disagrees with its JSON, by an edit of either, fails here."""
+"""The measured figures of the README and docs/results.md are rendered from the committed JSON
+and the shipped cards (issue 40): a page that disagrees with its JSON, by an edit of either,
+fails here."""
 
 from __future__ import annotations
 
@@ -30,9 +31,24 @@ def test_a_number_edited_in_the_page_fails_the_check(pages, tmp_path):
     assert "reaches 0.958 [0.949, 0.965]" in readme
     (tmp_path / "README.md").write_text(readme.replace("reaches 0.958", "reaches 0.959"))
     (tmp_path / "docs" / "guide").mkdir(parents=True)
-    shutil.copy(ROOT / "docs" / "getting-started.md", tmp_path / "docs")
-    shutil.copy(ROOT / "docs" / "guide" / "testing.md", tmp_path / "docs" / "guide")
+    for page in ("getting-started.md", "results.md", "guide/testing.md"):
+        shutil.copy(ROOT / "docs" / page, tmp_path / "docs" / page)
     assert pages.stale(tmp_path) == ["README.md: fragment readme-detectors"]
+
+
+def test_a_card_figure_changed_fails_the_results_page(pages, tmp_path, monkeypatch):
+    """docs/results.md reads each shipped model's card: a re-measured card re-renders it."""
+    shipped = tmp_path / "pretrained"
+    shutil.copytree(ROOT / "src" / "biva" / "pretrained", shipped,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.py"))
+    card_path = shipped / "mnist-100-labels" / "card.json"
+    card = json.loads(card_path.read_text())
+    error = next(s for s in card["scores"] if s["metric"] == "error")
+    assert f"test error {100 * error['value']:.1f}%" in (ROOT / "docs" / "results.md").read_text()
+    error["value"] += 0.01
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(pages, "PRETRAINED", shipped)
+    assert pages.stale() == ["docs/results.md: fragment results-table"]
 
 
 def test_the_test_tiers_time_comes_from_its_json(pages, tmp_path, monkeypatch):
@@ -60,7 +76,8 @@ def test_a_number_changed_in_the_json_fails_the_check(pages, tmp_path, monkeypat
     path.write_text(json.dumps(table))
     monkeypatch.setattr(pages, "RESULTS", results)
     assert pages.stale() == ["README.md: fragment readme-ablation",
-                             "README.md: fragment readme-results"]
+                             "README.md: fragment readme-results",
+                             "docs/results.md: fragment results-table"]
 
 
 def test_markers_missing_from_a_page_are_named(pages, tmp_path):
