@@ -30,6 +30,7 @@ from biva.objectives.classification import (
     generative_summary,
     predict_proba,
 )
+from biva.objectives.training import semi_supervised_loss
 from biva.runs.predict import predict
 from biva.training.semi_supervised import SemiSupervisedTrainer, trainer_class
 from biva.utils.checkpoint import load_checkpoint
@@ -188,9 +189,9 @@ def test_classifier_learns_digits_when_every_label_is_known(digits):
     gen = torch.Generator().manual_seed(0)
     for _ in range(150):
         idx = torch.randint(len(train), (64,), generator=gen)
-        out = model.loss(x_all[idx], train.labels[idx], free_bits=0.5)
+        out = model.loss(x_all[idx], train.labels[idx])
         opt.zero_grad()
-        out.loss.backward()
+        semi_supervised_loss(model, out, free_bits=0.5).backward()
         opt.step()
         ces.append(float(out.ce.detach().mean()))
     assert np.mean(ces[-10:]) < 0.6 * np.mean(ces[:10])
@@ -396,7 +397,7 @@ def test_loss_helper_is_eq_20_on_the_concatenated_batch(digits):
     torch.manual_seed(0)
     a = model.loss(x[:4], y, x[4:])
     torch.manual_seed(0)
-    b = model(x, labels=torch.cat([y, torch.full((6,), -1)]), free_bits=0.0, kl_weight=1.0)
+    b = model(x, labels=torch.cat([y, torch.full((6,), -1)]))
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.bound, b.bound)
     assert a.labels.tolist() == [0, 1, 2, 3] + [-1] * 6
@@ -438,8 +439,14 @@ def test_objective_options_and_outputs_by_hand(monkeypatch, digits):
     f = -bound_train[labelled, y[:2]] + alpha * -log_q[labelled, y[:2]]
     u = (q_u * (bound_train[2:] - log_q[2:])).sum(1)
     want = f.mean() - u.mean()
-    got = model(x, labels=y, free_bits=lam, kl_weight=w, alpha=alpha).loss
+    got = semi_supervised_loss(model, out, free_bits=lam, kl_weight=w, alpha=alpha)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    # At no free bits, weight 1 and the model's alpha, the objective is the pass's own loss.
+    torch.testing.assert_close(semi_supervised_loss(model, out), out.loss, rtol=1e-6,
+                               atol=1e-4)
+    assert out.class_log_px.shape == (4, 10) and out.class_kl.shape == kl_c.shape
+    torch.testing.assert_close(out.class_log_px, log_px_c, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.class_kl, kl_c, rtol=1e-5, atol=1e-4)
     # prior_layers reaches the hierarchy: z1's groups come from the prior (no KL).
     low = model(x, labels=y, prior_layers=1)
     names = model.group_names
@@ -578,23 +585,22 @@ def test_build_model_passes_its_settings_on():
         build_model(cfg, None, alpha=2.0)
 
 
-def test_loss_helper_passes_free_bits_kl_weight_and_alpha_on(digits):
+def test_the_objective_applies_free_bits_kl_weight_and_alpha(digits):
     model, x = initialized_model(digits, 10)
     y = torch.tensor([0, 1, 2, 3])
     labels = torch.cat([y, torch.full((6,), -1)])
     settings = {"free_bits": 3.0, "kl_weight": 0.3, "alpha": 40.0}
     torch.manual_seed(0)
-    a = model.loss(x[:4], y, x[4:], **settings)
+    out = model.loss(x[:4], y, x[4:])
+    a = semi_supervised_loss(model, out, **settings)
     torch.manual_seed(0)
-    torch.testing.assert_close(a.loss, model(x, labels=labels, **settings).loss)
-    torch.manual_seed(0)
-    narrow = model(x, labels=labels.to(torch.int32), **settings)   # any integer dtype
+    narrow = model(x, labels=labels.to(torch.int32))   # any integer dtype
     assert narrow.labels.dtype == torch.long
-    torch.testing.assert_close(narrow.loss, a.loss)
+    torch.testing.assert_close(semi_supervised_loss(model, narrow, **settings), a)
     for key in settings:   # each setting changes the loss, so dropping one would show
-        torch.manual_seed(0)
-        other = model.loss(x[:4], y, x[4:], **{k: v for k, v in settings.items() if k != key})
-        assert not torch.allclose(other.loss, a.loss), key
+        other = semi_supervised_loss(model, out, **{k: v for k, v in settings.items()
+                                                    if k != key})
+        assert not torch.allclose(other, a), key
 
 
 def test_sampled_classes_come_from_the_generator():

@@ -8,6 +8,7 @@ import torch
 from brute_force import brute_force_log_px, iw_log_px, tiny_config, toy_data
 
 from biva.models.semi_supervised import SemiSupervisedBIVA
+from biva.objectives.training import semi_supervised_loss
 
 
 @pytest.fixture(scope="module", params=["balanced", "paper"])
@@ -21,7 +22,8 @@ def semi_supervised(request):
     opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
     for step in range(60):
         x = data[(step * 32) % 512:(step * 32) % 512 + 32]
-        loss = model(x, free_bits=2.0).loss   # unlabelled: every class summed
+        # unlabelled: every class summed
+        loss = semi_supervised_loss(model, model(x), free_bits=2.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -52,6 +54,10 @@ def test_classifier_gets_gradient_from_the_unlabelled_term(semi_supervised, imag
         want, = torch.autograd.grad(u, out.logits, retain_graph=True)
         assert want.abs().max() > 1e-4
         torch.testing.assert_close(g_logits, want, rtol=1e-4, atol=1e-6)
+        # Training's objective (here without free bits) trains q(y|x) the same way.
+        g_train, = torch.autograd.grad(semi_supervised_loss(model, out), out.logits,
+                                       retain_graph=True)
+        torch.testing.assert_close(g_train, want, rtol=1e-4, atol=1e-6)
         model.zero_grad()
         out.loss.backward()
         grads = [p.grad for p in model.classifier.parameters()]

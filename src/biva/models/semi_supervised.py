@@ -67,6 +67,8 @@ class SemiSupervisedOutput(HierarchyOutput):
     an unlabelled row are those of its most probable class. ``bound``: L(x, y) or -U (eq. 19),
     (N,). ``logits``: (N, C) of q(y | x, z^BU). ``class_bounds``: (N_u, C) L(x, y) of the
     unlabelled rows in order. ``ce``: (N,) -log q(y | x, z^BU) (0 for unlabelled rows).
+    ``class_log_px`` (N_u, C) and ``class_kl`` (N_u, C, G): log p(x | z, y) and the KL per
+    group of the unlabelled rows for each class (what training's free bits apply to).
     ``latents``/``posteriors`` hold the TD rows: labelled rows, then unlabelled class-major.
     """
 
@@ -75,6 +77,8 @@ class SemiSupervisedOutput(HierarchyOutput):
     labels: Tensor | None = None
     class_bounds: Tensor | None = None
     ce: Tensor | None = None
+    class_log_px: Tensor | None = None
+    class_kl: Tensor | None = None
 
 
 class ClassifierHierarchy(nn.Module):
@@ -206,15 +210,15 @@ class SemiSupervisedBIVA(HierarchicalVAE):
 
     # ----------------------------------------------------------------------------- the bound
     def forward(self, x: Tensor, *, n_samples: int = 1, prior_layers: int = 0,
-                free_bits: float = 0.0, kl_weight: float = 1.0, labels: Tensor | None = None,
-                alpha: float | None = None) -> SemiSupervisedOutput:
+                labels: Tensor | None = None) -> SemiSupervisedOutput:
         """x (B, C, H, W), labels (B,) int (-1: unlabelled; None: all) -> N = n_samples * B rows.
 
         ``loss`` = w_l * mean over labelled rows of F (eq. 18) + w_u * mean over unlabelled
-        rows of U (eq. 19), the KL terms with free bits and ``kl_weight`` as in the
-        unsupervised model; (w_l, w_u) = ``loss_weights`` (1, 1, or N_l/N, N_u/N for the
-        "paper" objective). The "supervised" objective's loss is the labelled rows' mean
-        cross-entropy alone.
+        rows of U (eq. 19), (w_l, w_u) = ``loss_weights`` (1, 1, or N_l/N, N_u/N for the
+        "paper" objective); the "supervised" objective's loss is the labelled rows' mean
+        cross-entropy alone. Training's free bits and KL weight:
+        :func:`biva.objectives.training.semi_supervised_loss`, from ``class_log_px`` and
+        ``class_kl``.
         """
         C = self.num_classes
         bu = self._bottom_up(x, n_samples)
@@ -227,35 +231,38 @@ class SemiSupervisedBIVA(HierarchicalVAE):
         ui = torch.nonzero(lab < 0).flatten()
         n_l, n_u = li.numel(), ui.numel()
         td = self._class_td_pass(xs, bu, lab, li, ui, prior_layers)
-        log_py = -math.log(C)
-        bound_eval = td.log_weight + log_py
-        kl_train = td.kl.clamp_min(free_bits) if free_bits > 0 else td.kl
-        bound_train = td.log_px + log_py - kl_weight * kl_train.sum(1)
-
-        loss = bound_eval.new_zeros(())
+        bound = td.log_weight - math.log(C)
         ce = log_q.new_zeros(N)
-        w_l, w_u = self.loss_weights
+        parts = {"log_weight": bound[:n_l], "bound": bound[:n_l], "log_px": td.log_px[:n_l],
+                 "kl": td.kl[:n_l], "x_params": td.x_params[:n_l]}
+        unl = {"class_bounds": bound.new_zeros((0, C)), "class_log_px": bound.new_zeros((0, C)),
+               "class_kl": td.kl.new_zeros((0, C, td.kl.shape[1]))}
         if n_l:
-            ce_l = -log_q[li, lab[li]]
-            ce = ce.index_copy(0, li, ce_l)
-            weight = self.alpha if alpha is None else alpha
-            loss = loss + w_l * (-bound_train[:n_l] + weight * ce_l).mean()
-        parts = {"log_weight": bound_eval[:n_l], "bound": bound_eval[:n_l],
-                 "log_px": td.log_px[:n_l], "kl": td.kl[:n_l], "x_params": td.x_params[:n_l]}
-        class_bounds = bound_eval.new_zeros((0, C))
+            ce = ce.index_copy(0, li, -log_q[li, lab[li]])
         if n_u:
-            u_loss, unl, class_bounds = self._unlabelled_terms(td, log_q[ui], bound_eval,
-                                                               bound_train, n_l)
-            loss = loss - w_u * u_loss
+            unl = self._unlabelled_terms(td, log_q[ui], bound, n_l)
             parts = {k: self._merge(N, li, v, ui, unl[k]) for k, v in parts.items()}
-        if self.objective == "supervised":
-            # The baseline: the same classifier on the labels alone; the bounds stay reported.
-            loss = ce[li].mean() if n_l else logits.sum() * 0.0
+        loss = self._loss(parts["bound"], ce, li, ui, logits)
         return SemiSupervisedOutput(
             loss=loss, log_weight=parts["log_weight"], log_px=parts["log_px"], kl=parts["kl"],
             group_names=list(self.group_names), x_params=parts["x_params"],
             latents=td.latents, posteriors=td.posteriors, n_samples=n_samples,
-            bound=parts["bound"], logits=logits, labels=lab, class_bounds=class_bounds, ce=ce)
+            bound=parts["bound"], logits=logits, labels=lab, ce=ce,
+            class_bounds=unl["class_bounds"], class_log_px=unl["class_log_px"],
+            class_kl=unl["class_kl"])
+
+    def _loss(self, bound: Tensor, ce: Tensor, li: Tensor, ui: Tensor, logits: Tensor
+              ) -> Tensor:
+        """Eq. 20 from the rows' bounds (L(x, y) labelled, -U unlabelled) and cross-entropies."""
+        if self.objective == "supervised":
+            return ce[li].mean() if li.numel() else logits.sum() * 0.0
+        loss = bound.new_zeros(())
+        w_l, w_u = self.loss_weights
+        if li.numel():
+            loss = loss + w_l * (-bound[li] + self.alpha * ce[li]).mean()
+        if ui.numel():
+            loss = loss - w_u * bound[ui].mean()
+        return loss
 
     @staticmethod
     def _row_labels(labels: Tensor | None, x: Tensor, n_samples: int) -> Tensor:
@@ -287,24 +294,23 @@ class SemiSupervisedBIVA(HierarchicalVAE):
                                prior_layers=prior_layers, td_context=self.class_context(cls),
                                bottom_up=bu_rows)
 
-    def _unlabelled_terms(self, td: HierarchyOutput, lq: Tensor, bound_eval: Tensor,
-                          bound_train: Tensor, n_l: int) -> tuple[Tensor, dict, Tensor]:
+    def _unlabelled_terms(self, td: HierarchyOutput, lq: Tensor, bound: Tensor, n_l: int
+                          ) -> dict[str, Tensor]:
         """The unlabelled rows' part (rows n_l on of the TD pass, class-major) given log
-        q(y|x) ``lq`` (N_u, C): the mean of U (eq. 19, training bound), their per-row results
-        (log_weight, bound, log_px, kl, x_params) and L(x, y) (N_u, C)."""
+        q(y|x) ``lq`` (N_u, C): their per-row results (log_weight, bound = -U (eq. 19), log_px,
+        kl, x_params) and per class L(x, y) ``class_bounds`` (N_u, C), log p(x|z, y)
+        ``class_log_px`` (N_u, C) and the KL per group ``class_kl`` (N_u, C, G)."""
         C, n_u = self.num_classes, lq.shape[0]
         q = lq.exp()
-        Lc = bound_eval[n_l:].view(C, n_u).t()            # (N_u, C): L(x, y)
-        Lc_train = bound_train[n_l:].view(C, n_u).t()
-        u_loss = (q * (Lc_train - lq)).sum(1).mean()
-        kl_u = td.kl[n_l:].view(C, n_u, -1)
+        Lc = bound[n_l:].view(C, n_u).t()                 # (N_u, C): L(x, y)
+        log_px = td.log_px[n_l:].view(C, n_u).t()
+        kl_cu = td.kl[n_l:].view(C, n_u, -1)
         best = lq.argmax(1)
         xp_u = td.x_params[n_l:].view(C, n_u, *td.x_params.shape[1:])
-        unl = {"log_weight": torch.logsumexp(Lc, 1), "bound": (q * (Lc - lq)).sum(1),
-               "log_px": (q * td.log_px[n_l:].view(C, n_u).t()).sum(1),
-               "kl": torch.einsum("uc,cug->ug", q, kl_u),
-               "x_params": xp_u[best, torch.arange(n_u, device=lq.device)]}
-        return u_loss, unl, Lc
+        return {"log_weight": torch.logsumexp(Lc, 1), "bound": (q * (Lc - lq)).sum(1),
+                "log_px": (q * log_px).sum(1), "kl": torch.einsum("uc,cug->ug", q, kl_cu),
+                "x_params": xp_u[best, torch.arange(n_u, device=lq.device)],
+                "class_bounds": Lc, "class_log_px": log_px, "class_kl": kl_cu.transpose(0, 1)}
 
     @staticmethod
     def _merge(n: int, li: Tensor, a: Tensor, ui: Tensor, b: Tensor) -> Tensor:
@@ -334,16 +340,16 @@ class SemiSupervisedBIVA(HierarchicalVAE):
             stats["entropy_q_y"] = -(log_q[ui].exp() * log_q[ui]).sum(1).mean()
         return {k: v.detach().float().cpu() for k, v in stats.items()}
 
-    def loss(self, x_l: Tensor, y_l: Tensor, x_u: Tensor | None = None, *,
-             free_bits: float = 0.0, kl_weight: float = 1.0,
-             alpha: float | None = None) -> SemiSupervisedOutput:
-        """Eq. 20 on a labelled batch (x_l, y_l (B_l,)) and an optional unlabelled batch x_u."""
+    def loss(self, x_l: Tensor, y_l: Tensor, x_u: Tensor | None = None
+             ) -> SemiSupervisedOutput:
+        """Eq. 20 on a labelled batch (x_l, y_l (B_l,)) and an optional unlabelled batch x_u:
+        the output of one pass on their concatenation."""
         labels = y_l.to(torch.long)
         x = x_l
         if x_u is not None and x_u.shape[0]:
             x = torch.cat([x_l, x_u])
             labels = torch.cat([labels, labels.new_full((x_u.shape[0],), UNLABELLED)])
-        return self(x, labels=labels, free_bits=free_bits, kl_weight=kl_weight, alpha=alpha)
+        return self(x, labels=labels)
 
     # ----------------------------------------------------------------------------- init
     @torch.no_grad()

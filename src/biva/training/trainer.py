@@ -30,7 +30,7 @@ from biva.models import LatentHierarchy, build_hierarchy
 from biva.nn.blocks import use_channels_last, use_grad_checkpointing
 from biva.objectives import bits_per_dim
 from biva.objectives.splits import validation_statistics
-from biva.objectives.training import training_loss
+from biva.objectives.training import semi_supervised_loss, training_loss
 from biva.training.distributed import (
     broadcast_module_,
     seed_rank_step,
@@ -261,7 +261,9 @@ class Trainer(TrainingLoop):
             kl_w = torch.tensor(kl_w, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
             if y is not None:
-                return model(x, labels=y.to(self.device), free_bits=lam, kl_weight=kl_w)
+                out = model(x, labels=y.to(self.device))
+                out.loss = semi_supervised_loss(self.model, out, free_bits=lam, kl_weight=kl_w)
+                return out
             out = model(x)
             out.loss = training_loss(out, free_bits=lam, kl_weight=kl_w)
             if tc.spectral_reg:
