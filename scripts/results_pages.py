@@ -101,14 +101,17 @@ def _ssl_line() -> str:
     equal = {d["variant"]: d for d in _json("ssl_draws_equal_steps/draws.json")}
     b, v = draws["biva"], draws["vae"]
     eb, ev = equal["biva"], equal["vae"]
-    n_eq = len(eb["seeds"])
+    def draws(d: dict) -> str:
+        done = len(d["seeds"])
+        return (f"{', '.join(_pct(e, 2) for e in d['test_errors'])}"
+                + ("" if done == 3 else f" ({done} of 3 draws so far)"))
+
     return (f"test error on all {b['test_examples'][0]:,} test images, {len(b['seeds'])} label "
             f"draws at {b['cpu_minutes'][0]:.0f} CPU-min each: BIVA (z^BU-mean classifier) "
             f"{_pct(b['mean'], 2)} ± {100 * b['std']:.2f}, VAE variant {_pct(v['mean'], 2)} ± "
             f"{100 * v['std']:.2f} (CPU-minutes bought different step counts); at equal steps "
-            f"({eb['steps'][0]:,} a run, {n_eq} of 3 draws so far): BIVA "
-            f"{', '.join(_pct(e, 2) for e in eb['test_errors'])}, VAE variant "
-            f"{', '.join(_pct(e, 2) for e in ev['test_errors'])}. Target 4.0% not met "
+            f"({eb['steps'][0]:,} a run), draw by draw: BIVA {draws(eb)}, VAE variant "
+            f"{draws(ev)}. Target 4.0% not met "
             "(`docs/results/ssl_draws/`, `docs/results/ssl_draws_equal_steps/`)")
 
 
