@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from biva import HierarchicalVAE, ModelConfig
 from biva.models import build_hierarchy
-from biva.objectives.training import training_loss
+from biva.models.semi_supervised import SemiSupervisedBIVA
+from biva.objectives.training import semi_supervised_loss, training_loss
 
 VARIANTS = ("vae", "lvae", "lvae+", "biva")
 # BIVA with one prior Gaussian for z^BU_i and z^TD_i (model.biva_prior = "shared"), and the
@@ -66,21 +69,69 @@ def train(model: HierarchicalVAE, steps: int = 100, seed: int = 0, lr: float = 1
     return model.eval()
 
 
+WEIGHTS = Path(__file__).parent / "fixtures" / "brute_force"
+REMAKE = "python tests/fixtures/brute_force/make_models.py"
+
+
+def train_variant(variant: str) -> HierarchicalVAE:
+    """The tiny model of ``variant`` trained by its recipe (seconds to a minute on one core)."""
+    torch.manual_seed(1)
+    # The top-down models start with their priors' and projections' outputs scaled down
+    # (VDVAE's init): 400 steps make every group carry information.
+    steps = 400 if variant in TOPDOWN else 100
+    # Under free bits a group's KL below 2 nats costs nothing, and the flows then make q
+    # narrower than the posterior (heavy-tailed weights, no sharp test): the flows model
+    # ends with 200 steps on the plain ELBO, which widen q again.
+    finetune = 200 if variant == "nvae_flows" else 0
+    return train(build_hierarchy(tiny_config(variant)), steps=steps, lr=1e-3,
+                 finetune=finetune)
+
+
+def train_semi_supervised(objective: str) -> SemiSupervisedBIVA:
+    """The tiny semi-supervised BIVA (3 classes) trained on unlabelled toy images; "paper"
+    adds y to q(z_L | x, y) (eq. 15)."""
+    torch.manual_seed(2)
+    model = semi_supervised_untrained(objective)
+    data = toy_data(512, seed=3)
+    model.initialize(data[:128])
+    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
+    for step in range(60):
+        x = data[(step * 32) % 512:(step * 32) % 512 + 32]
+        # unlabelled: every class summed
+        loss = semi_supervised_loss(model, model(x), free_bits=2.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def semi_supervised_untrained(objective: str) -> SemiSupervisedBIVA:
+    """The untrained model of :func:`train_semi_supervised` (to load weights into)."""
+    return SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=objective,
+                              n_labelled=1, n_unlabelled=511)
+
+
+def load_trained(name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the committed weights ``fixtures/brute_force/<name>.safetensors`` that
+    its recipe trained (the bound checks hold for any weights; trained ones give them power,
+    and training them on every run cost minutes of CI)."""
+    path = WEIGHTS / f"{name}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained weights; write them with {REMAKE}")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:   # the model's parameters changed since they were written
+        raise RuntimeError(f"{path} does not fit the current {name} model; write the weights "
+                           f"again with {REMAKE} ({str(e)[:200]})") from None
+    return model.eval()
+
+
 class TrainedOnDemand(dict):
-    """variant -> its trained tiny model, trained at first use (seconds; a module trains only
-    the variants it checks). Each is seeded on its own, so the order of use changes nothing."""
+    """variant -> its trained tiny model (the committed weights of :func:`train_variant`),
+    loaded at first use."""
 
     def __missing__(self, variant: str) -> HierarchicalVAE:
-        torch.manual_seed(1)
-        # The top-down models start with their priors' and projections' outputs scaled down
-        # (VDVAE's init): 400 steps make every group carry information.
-        steps = 400 if variant in TOPDOWN else 100
-        # Under free bits a group's KL below 2 nats costs nothing, and the flows then make q
-        # narrower than the posterior (heavy-tailed weights, no sharp test): the flows model
-        # ends with 200 steps on the plain ELBO, which widen q again.
-        finetune = 200 if variant == "nvae_flows" else 0
-        self[variant] = train(build_hierarchy(tiny_config(variant)), steps=steps, lr=1e-3,
-                              finetune=finetune)
+        self[variant] = load_trained(variant, build_hierarchy(tiny_config(variant)))
         return self[variant]
 
 

@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from brute_force import brute_force_log_px, iw_log_px, tiny_config, toy_data
+from brute_force import (
+    brute_force_log_px,
+    iw_log_px,
+    load_trained,
+    semi_supervised_untrained,
+)
 
-from biva.models.semi_supervised import SemiSupervisedBIVA
 from biva.objectives.training import semi_supervised_loss
 
 
 @pytest.fixture(scope="module", params=["balanced", "paper"])
 def semi_supervised(request):
-    """Trained on unlabelled toy images; "paper" adds y to q(z_L | x, y) (eq. 15)."""
-    torch.manual_seed(2)
-    model = SemiSupervisedBIVA(tiny_config("biva"), 3, alpha=1.0, objective=request.param,
-                               n_labelled=1, n_unlabelled=511)
-    data = toy_data(512, seed=3)
-    model.initialize(data[:128])
-    opt = torch.optim.Adamax(model.parameters(), lr=3e-3)
-    for step in range(60):
-        x = data[(step * 32) % 512:(step * 32) % 512 + 32]
-        # unlabelled: every class summed
-        loss = semi_supervised_loss(model, model(x), free_bits=2.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    """Trained on unlabelled toy images (:func:`brute_force.train_semi_supervised`, committed
+    weights); "paper" adds y to q(z_L | x, y) (eq. 15)."""
+    return load_trained(f"semi_supervised_{request.param}",
+                        semi_supervised_untrained(request.param))
 
 
 @pytest.mark.slow
