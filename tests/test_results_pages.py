@@ -31,7 +31,7 @@ def test_a_number_edited_in_the_page_fails_the_check(pages, tmp_path):
     assert "reaches 0.958 [0.949, 0.965]" in readme
     (tmp_path / "README.md").write_text(readme.replace("reaches 0.958", "reaches 0.959"))
     (tmp_path / "docs" / "guide").mkdir(parents=True)
-    for page in ("getting-started.md", "results.md", "guide/testing.md"):
+    for page in ("getting-started.md", "results.md", "guide/testing.md", "guide/pretrained.md"):
         shutil.copy(ROOT / "docs" / page, tmp_path / "docs" / page)
     assert pages.stale(tmp_path) == ["README.md: fragment readme-detectors"]
 
@@ -40,15 +40,17 @@ def test_a_card_figure_changed_fails_the_results_page(pages, tmp_path, monkeypat
     """docs/results.md reads each shipped model's card: a re-measured card re-renders it."""
     shipped = tmp_path / "pretrained"
     shutil.copytree(ROOT / "src" / "biva" / "pretrained", shipped,
-                    ignore=shutil.ignore_patterns("*.safetensors", "*.py"))
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     card_path = shipped / "mnist-100-labels" / "card.json"
     card = json.loads(card_path.read_text())
-    error = next(s for s in card["scores"] if s["metric"] == "error")
+    shown = card.get("headline") or card["scores"]    # the page shows the headline figures
+    error = next(s for s in shown if s["metric"] == "error")
     assert f"test error {100 * error['value']:.1f}%" in (ROOT / "docs" / "results.md").read_text()
     error["value"] += 0.01
     card_path.write_text(json.dumps(card))
     monkeypatch.setattr(pages, "PRETRAINED", shipped)
-    assert pages.stale() == ["docs/results.md: fragment results-table"]
+    assert pages.stale() == ["docs/results.md: fragment results-table",
+                             "docs/guide/pretrained.md: fragment pretrained-table"]
 
 
 def test_the_test_tiers_time_comes_from_its_json(pages, tmp_path, monkeypatch):

@@ -33,15 +33,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from biva.config.run import RunConfig, read_run_config
-from biva.data import evaluation_split, fit_to_shape, load_run_data
 from biva.data import image_files as image_files  # re-exported: part of the pretrained API
 from biva.data import read_folder as read_folder
 from biva.evaluation.classification import predict_raw
-from biva.objectives.classification import evaluate_classification
-from biva.objectives.splits import evaluate_bounds
 from biva.ood.detector import OODDetector
-from biva.ood.metrics import ood_metrics
-from biva.ood.sets import load_like_run
+from biva.pretrained.measure import measure as measure  # part of the API
+from biva.pretrained.measure import measure_interval as measure_interval
 from biva.runs.loading import build_model, find_checkpoint, shape_mismatches
 from biva.utils.atomic import (
     atomic_directory,
@@ -368,6 +365,17 @@ def card_markdown(card: dict[str, Any]) -> str:
                      "), fitted "
                      f"on {det['fitted_on']}, no anomaly examples; keeps "
                      f"{100 * det['in_tpr']:.0f}% of them")
+    if card.get("headline"):
+        lines += ["", "Headline figures, with a 95% interval over the images and the Monte "
+                  "Carlo draws:", "", "| figure | unit | split | images | value | 95% interval |",
+                  "|---|---|---|---|---|---|"]
+        for h in card["headline"]:
+            lo, hi = h["interval_95"]
+            lines.append(f"| {h['metric']} | {h.get('unit', 'nats')} | {h['split']} | "
+                         f"{h['n_examples']} ({h['subset']}) | {h['value']:.4f} | "
+                         f"[{lo:.4f}, {hi:.4f}] |")
+        lines += ["", "What the test suite re-measures (a fixed slice; it must agree within "
+                  "its tolerance, from the Monte Carlo error over sampling seeds):"]
     lines += ["", "| score | unit | split | examples | seed | expected | Monte Carlo error |",
               "|---|---|---|---|---|---|---|"]
     for s in card.get("scores", []):
@@ -436,66 +444,3 @@ def materialize(name_or_path: str | Path, run_dir: str | Path | None = None) -> 
                               {"name": card["name"], "sha256": digest, "digests": digests,
                                "from": str(folder)})
     return run_dir
-
-
-def measure(p: Pretrained, metric: str, *, split: str = "test", n_examples: int = 200,
-            seed: int = 0, data_root: str | Path | None = None) -> float:
-    """One score of a card, re-measured on the first ``n_examples`` of the seeded evaluation
-    ``split`` of the model's own dataset (read from ``data_root`` or the config's):
-
-    * ``L_1``, ``L_K``: the bound in nats per example (K importance samples, sample ``seed``);
-    * ``bpd_1``, ``bpd_K``: the same in bits per dimension, -L / (D ln 2);
-    * ``auroc:NAME``: the shipped detector's AUROC against the first ``n_examples`` of
-      dataset NAME's test split (read like the model's data; 8-bit images brought to its
-      shape), its draws at ``seed``;
-    * ``error``: a classifier's error, the fraction of the ``n_examples`` whose most probable
-      class under q(y|x) (one z^BU draw at ``seed``) is not the label.
-    """
-    from dataclasses import replace
-
-
-    cfg = p.config
-    if data_root is not None:
-        cfg = replace(cfg, data=replace(cfg.data, root=str(data_root)))
-    data = load_run_data(cfg)
-    examples = evaluation_split(data, split, seed=cfg.train.seed)
-    if metric.startswith("auroc:"):
-        return _measure_auroc(p, metric[len("auroc:"):], data, examples, cfg, n_examples, seed)
-    if metric == "error":
-
-        if not p.is_classifier:
-            raise ValueError(f"{p.name}: metric 'error' needs a classifier (a semi-supervised "
-                             "model)")
-        res = evaluate_classification(p.model, examples, data.kind, cfg.model.bits,
-                                      batch_size=cfg.eval.batch_size, n_examples=n_examples,
-                                      seed=seed, with_bounds=False)
-        return float(res["error"])
-    kind, _, k = metric.partition("_")
-    if kind not in ("L", "bpd") or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"metric {metric!r}: expected L_K or bpd_K (K >= 1, e.g. L_1, "
-                         "bpd_100), auroc:DATASET or error")
-    res = evaluate_bounds(p.model, examples, data.kind, cfg.model.bits, n_samples=int(k),
-                          batch_size=cfg.eval.batch_size, max_batch=cfg.eval.max_batch,
-                          n_examples=n_examples, device=next(p.model.parameters()).device,
-                          seed=seed)
-    return float(res[f"L_{k}_bpd" if kind == "bpd" else f"L_{k}"])
-
-
-def _measure_auroc(p: Pretrained, name: str, data, examples, cfg: RunConfig, n: int,
-                   seed: int) -> float:
-    """The shipped detector's test AUROC, ``examples`` (in) against dataset ``name``."""
-    import copy
-
-
-    if p.detector is None:
-        raise ValueError(f"{p.name}: auroc:{name} needs a shipped detector (detector.json)")
-    other = load_like_run(name, None, data, root=cfg.data.root, seed=cfg.train.seed)
-    ood = evaluation_split(other, "test", seed=cfg.train.seed)
-    shape = tuple(cfg.model.input_shape)
-    if other.kind == "8bit" and tuple(ood.images.shape[1:]) != shape:
-        ood = fit_to_shape(ood, shape)
-    det = copy.copy(p.detector)
-    det.seed = seed
-    a_in = det.anomaly_score(examples.images[:n])
-    a_out = det.anomaly_score(ood.images[:n])
-    return float(ood_metrics(-a_in, -a_out)["auroc"])
