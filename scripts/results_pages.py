@@ -155,7 +155,8 @@ def readme_results() -> str:
          f"LLR^{{>{llr['k']}}} (k chosen on MNIST *validation* images): AUROC {llr['auroc']:.3f} "
          f"{_ci(llr['auroc_ci'])}; the detector with no anomaly examples: {det['auroc']:.3f} "
          f"{_ci(det['auroc_ci'])}", "Havtorn et al. (LLR^{>k}): 0.98"),
-        ("anomalies with no anomaly examples, photos vs MNIST, shipped `photos32` "
+        ("anomalies with no anomaly examples, photos vs MNIST, the `photos32` model shipped "
+         "until 2026-12-08 "
          f"(warm-up recipe, {pdet_steps:,} steps, {pdet['fitted_on']}, "
          f"{pdet_n:,} test images a set)",
          f"AUROC {pdet['test']['mnist']['auroc']:.3f} {_ci(pdet['test']['mnist']['auroc_ci'])}; "
@@ -178,7 +179,8 @@ def readme_detectors() -> str:
     return (f"The detector is the density of each image's [L_K, LLR^{{>1}}, LLR^{{>2}}] (the "
             "likelihood and the two lowest likelihood ratios), fitted on validation images "
             "alone, so it needs no examples of the anomalies (which three statistics it uses was "
-            "picked earlier on MNIST test AUROCs: see below): on the photos model it flags "
+            "picked earlier on MNIST test AUROCs: see below): on the 2,000-step photos model "
+            "shipped until 2026-12-08 it flags "
             f"{_pct(pdet['test']['mnist']['flagged'], 0)}"
             f" of MNIST digits (AUROC {pdet['test']['mnist']['auroc']:.3f}) and "
             f"{_pct(pdet['test_in_flagged'])} of the photos' own test images; on Fashion-MNIST "
@@ -195,7 +197,8 @@ def getting_started_detector() -> str:
     pdet = _json("ood_photos_dos_k12/metrics.json")["detector"]
     return ("The detector needs no examples of the anomalies: it flags images whose likelihood "
             "and likelihood ratios are improbable for the run's own validation images, in either "
-            f"direction (the default detector of the shipped `photos32` model flags "
+            f"direction (the default detector of the 2,000-step `photos32` model shipped until "
+            f"2026-12-08 flags "
             f"{_pct(pdet['test']['mnist']['flagged'], 0)} of MNIST digits and "
             f"{_pct(pdet['test_in_flagged'])} of the photos' own test images).")
 
