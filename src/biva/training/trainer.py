@@ -260,13 +260,10 @@ class Trainer(TrainingLoop):
         if tc.compile:  # a tensor, not a constant baked into the graph: no recompile per step
             kl_w = torch.tensor(kl_w, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            if y is not None:
-                out = model(x, labels=y.to(self.device))
-                out.loss = semi_supervised_loss(self.model, out, free_bits=lam, kl_weight=kl_w)
-                return out
-            out = model(x)
-            out.loss = training_loss(out, free_bits=lam, kl_weight=kl_w)
-            if tc.spectral_reg:
+            out = model(x) if y is None else model(x, labels=y.to(self.device))
+            out.loss = (training_loss(out, free_bits=lam, kl_weight=kl_w) if y is None else
+                        semi_supervised_loss(self.model, out, free_bits=lam, kl_weight=kl_w))
+            if tc.spectral_reg and y is None:
                 out.loss = out.loss + tc.spectral_reg * self.model.spectral_penalty()
         return out
 
