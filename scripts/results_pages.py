@@ -240,10 +240,13 @@ def _figure(metric: str, unit: str, value: float, spread: str) -> str:
     return f"{value:.3f} {spread} {'bits/dim' if unit == 'bits/dim' else 'nats'}"
 
 
-def _card_row(name: str, data: str) -> tuple[str, str, str, str, str]:
-    """A shipped model's row: its card's headline figures with their 95% intervals (or, on
-    cards without them, the scores the suite re-measures) and its budget."""
-    card = json.loads((PRETRAINED / name / "card.json").read_text())
+def _card(name: str) -> dict:
+    return json.loads((PRETRAINED / name / "card.json").read_text())
+
+
+def _card_figures(card: dict) -> str:
+    """A card's headline figures with their 95% intervals (or, on cards without them, the
+    scores the suite re-measures) and its budget."""
     t = card["training"]
     if card.get("headline"):
         def ci(h):
@@ -263,10 +266,14 @@ def _card_row(name: str, data: str) -> tuple[str, str, str, str, str]:
                  f"({s['split']}, first {s['n_examples']:,})" for s in card["scores"]]
         figures = (f"{'; '.join(shown)}; ± is the spread over sampling seeds on those images, "
                    "not the uncertainty of the figure")
-    return (f"pretrained `{name}`", data,
-            f"{figures}; {t['cpu_minutes']:.1f} CPU-min, {t['steps']:,} steps, the run's "
-            f"best-validation checkpoint (step {card['step']:,}), {t['date']}",
-            "-", "{doc}`guide/pretrained`")
+    return (f"{figures}; {t['cpu_minutes']:.1f} CPU-min, {t['steps']:,} steps, the run's "
+            f"best-validation checkpoint (step {card['step']:,}), {t['date']}")
+
+
+def _card_row(name: str, data: str) -> tuple[str, str, str, str, str]:
+    """A shipped model's row of the Results table."""
+    return (f"pretrained `{name}`", data, _card_figures(_card(name)), "-",
+            "{doc}`guide/pretrained`")
 
 
 def _spread(score: dict) -> str:
@@ -288,7 +295,7 @@ def pretrained_table() -> str:
                     f"{card.get('dtype', 'float32')} ({', '.join(parts)}) | "
                     f"`{t['command']}`: {t['steps']:,} steps, {t['cpu_minutes']:.1f} "
                     f"CPU-minutes ({t['date']}, commit {t['commit']}) | "
-                    f"{_card_row(card['name'], '')[2]} |")
+                    f"{_card_figures(card)} |")
     return "\n".join(rows)
 
 
@@ -297,7 +304,7 @@ def chosen_on_what() -> str:
     model's choice recomputed from the draws' validation errors."""
     runs = _json("ssl_draws/summary.json")
     best = min(runs, key=lambda r: r["best_valid_error"])
-    card = json.loads((PRETRAINED / "mnist-100-labels" / "card.json").read_text())
+    card = _card("mnist-100-labels")
     shipped = next(r for r in runs if f"/{r['recipe']} " in card["training"]["command"])
     same = "the same run" if best is shipped else f"not the shipped `{shipped['recipe']}`"
     return ("**What was chosen on what.** Each run's checkpoint is its best on validation data "

@@ -111,7 +111,7 @@ def semi_supervised_untrained(objective: str) -> SemiSupervisedBIVA:
                               n_labelled=1, n_unlabelled=511)
 
 
-def load_trained(name: str, model: torch.nn.Module) -> torch.nn.Module:
+def with_trained_weights(name: str, model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with the committed weights ``fixtures/brute_force/<name>.safetensors`` that
     its recipe trained (the bound checks hold for any weights; trained ones give them power,
     and training them on every run cost minutes of CI)."""
@@ -131,7 +131,7 @@ class TrainedOnDemand(dict):
     loaded at first use."""
 
     def __missing__(self, variant: str) -> HierarchicalVAE:
-        self[variant] = load_trained(variant, build_hierarchy(tiny_config(variant)))
+        self[variant] = with_trained_weights(variant, build_hierarchy(tiny_config(variant)))
         return self[variant]
 
 

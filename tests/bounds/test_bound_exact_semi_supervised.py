@@ -8,8 +8,8 @@ import torch
 from brute_force import (
     brute_force_log_px,
     iw_log_px,
-    load_trained,
     semi_supervised_untrained,
+    with_trained_weights,
 )
 
 from biva.objectives.training import semi_supervised_loss
@@ -19,7 +19,7 @@ from biva.objectives.training import semi_supervised_loss
 def semi_supervised(request):
     """Trained on unlabelled toy images (:func:`brute_force.train_semi_supervised`, committed
     weights); "paper" adds y to q(z_L | x, y) (eq. 15)."""
-    return load_trained(f"semi_supervised_{request.param}",
+    return with_trained_weights(f"semi_supervised_{request.param}",
                         semi_supervised_untrained(request.param))
 
 

@@ -251,7 +251,7 @@ class HierarchicalVAE(LatentHierarchy):
     def upgrade_state_dict(self, state: Mapping[str, T]) -> dict[str, T]:
         """``state`` (a state dict, or any dict keyed like one) with the keys of checkpoints
         written before the per-layer modules renamed to the current ones."""
-        return upgrade_legacy_keys(state, self.n_layers)
+        return _renamed(state, {old: new for new, old in self.older_key_names().items()})
 
     def older_key_names(self) -> dict[str, str]:
         """{current key: key in checkpoints written before the per-layer modules} for the
@@ -263,13 +263,17 @@ class HierarchicalVAE(LatentHierarchy):
         """The current parameter names in the order the code before the per-layer modules
         registered them: the order of an optimizer state saved by that code."""
         position = {n: k for k, (n, _) in enumerate(self.named_parameters())}
-        ranks = {n: _rank(_older_key(n, self.n_layers)) for n in position}
+        older = {n: _older_key(n, self.n_layers) for n in position}
         # Parameters outside the old lists keep their place before (a subclass's own
         # parameters: named_parameters lists them first) or after (likelihood, out_conv) them.
-        first = min(position[n] for n, r in ranks.items() if r is not None)
-        outside = {n: (-1 if position[n] < first else len(_LEGACY_LISTS), 0)
-                   for n, r in ranks.items() if r is None}
-        return sorted(position, key=lambda n: (*(ranks[n] or outside[n]), position[n]))
+        first = min(position[n] for n, o in older.items() if o is not None)
+
+        def rank(n: str) -> tuple[int, int]:
+            if older[n] is not None:
+                return older[n][:2]
+            return (-1 if position[n] < first else len(_LEGACY_LISTS), 0)
+
+        return sorted(position, key=lambda n: (*rank(n), position[n]))
 
     # ----------------------------------------------------------------------------- inference
     def _bottom_up(self, x: Tensor, n_samples: int, posterior_mode: str = "sample") -> BottomUp:
@@ -483,22 +487,6 @@ _LEGACY_LISTS = (
 )
 
 
-def _legacy_key(key: str, n_layers: int) -> str | None:
-    """The current name of a parameter or buffer key of an older checkpoint (None: unchanged)."""
-    for old, new, part, shift in _LEGACY_LISTS:
-        if key.startswith(old + "."):
-            rest = key[len(old) + 1:]
-            if shift is None:                     # top_head: the top BU layer's head
-                return f"{new}.{n_layers - 1}.{part}.{rest}"
-            index, _, tail = rest.partition(".")
-            return f"{new}.{int(index) + shift}.{part}.{tail}"
-    return None
-
-
-def _rank(older: tuple[int, int, str] | None) -> tuple[int, int] | None:
-    return None if older is None else older[:2]
-
-
 def _older_key(name: str, n_layers: int) -> tuple[int, int, str] | None:
     """(rank of its list in the older registration order, index in that list, the older key)
     of a current parameter or buffer key; None for keys outside the old lists."""
@@ -518,19 +506,15 @@ def _older_key(name: str, n_layers: int) -> tuple[int, int, str] | None:
     return None
 
 
-def upgrade_legacy_keys(state: Mapping[str, T], n_layers: int, prefix: str = "") -> dict[str, T]:
-    """``state`` with the keys under ``prefix`` that an older checkpoint of an L = ``n_layers``
-    hierarchy used renamed to the current ones (other keys as they are)."""
-    out = {}
-    for key, value in state.items():
-        new = _legacy_key(key[len(prefix):], n_layers) if key.startswith(prefix) else None
-        out[prefix + new if new is not None else key] = value
-    return out
+def _renamed(state: Mapping[str, T], names: Mapping[str, str]) -> dict[str, T]:
+    """``state`` with each key in ``names`` replaced by its value (order kept)."""
+    return {names.get(k, k): v for k, v in state.items()}
 
 
 def _upgrade_on_load(module: HierarchicalVAE, state_dict: dict, prefix: str, *args) -> None:
     """load_state_dict pre-hook: an older checkpoint's keys renamed in place."""
-    upgraded = upgrade_legacy_keys(state_dict, module.n_layers, prefix)
-    if list(upgraded) != list(state_dict):
+    names = {prefix + old: prefix + new for new, old in module.older_key_names().items()}
+    if any(k in names for k in state_dict):
+        upgraded = _renamed(state_dict, names)
         state_dict.clear()
         state_dict.update(upgraded)

@@ -41,10 +41,10 @@ def semi_supervised_loss(model: SemiSupervisedBIVA, out: SemiSupervisedOutput, *
     objective: the labelled rows' mean cross-entropy. At ``free_bits`` 0 and ``kl_weight`` 1
     this is ``out.loss``.
     """
+    if model.objective == "supervised":   # the cross-entropy alone: no bound in it
+        return out.loss
     lab = out.labels
     li, ui = torch.nonzero(lab >= 0).flatten(), torch.nonzero(lab < 0).flatten()
-    if model.objective == "supervised":
-        return out.ce[li].mean() if li.numel() else out.logits.sum() * 0.0
     log_py = -math.log(model.num_classes)
 
     def bound(log_px: Tensor, kl: Tensor) -> Tensor:   # L(x, y) with free bits and KL weight

@@ -336,11 +336,11 @@ def _validated(d, path: Path, model: nn.Module) -> dict:
         warnings.warn(f"{path}: written by an older biva without model_sha256: it cannot be "
                       "checked against the model; refit it (biva ood) to record one",
                       stacklevel=3)
-    elif d["model_sha256"] not in (model_fingerprint(model),
-                                   model_fingerprint(model, older_names=True)):
+    elif d["model_sha256"] != (found := model_fingerprint(model)) and (
+            d["model_sha256"] != model_fingerprint(model, older_names=True)):
         raise ValueError(f"{path}: model_sha256: fitted on other weights ({d['model_sha256']}) "
-                         f"than the model given ({model_fingerprint(model)}); refit the "
-                         "detector for this model (biva ood RUN_DIR)")
+                         f"than the model given ({found}); refit the detector for this model "
+                         "(biva ood RUN_DIR)")
     return d
 
 

@@ -67,8 +67,12 @@ def in_parameter_order(optimizer_state: dict, saved: list[str], current: list[st
                          f"{missing[:3]}, unknown {extra[:3]}); resume with the code and "
                          "config that wrote it, or start from its weights with --init-from")
     groups = optimizer_state["param_groups"]
-    if saved == current or len(groups) != 1:
+    if saved == current:
         return optimizer_state
+    if len(groups) != 1:
+        raise ValueError(f"an optimizer state of {len(groups)} parameter groups saved in "
+                         "another parameter order: which group a parameter belongs to is not "
+                         "recorded, so its moments cannot be matched")
     ids = dict(zip(saved, groups[0]["params"], strict=True))
     return {**optimizer_state, "param_groups": [{**groups[0],
                                                  "params": [ids[n] for n in current]}]}
