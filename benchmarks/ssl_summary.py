@@ -57,25 +57,13 @@ def paired_difference(result: list[dict], a: str, b: str) -> dict | None:
     """Test error of recipe ``a`` minus recipe ``b`` on the label draws both ran (same seed:
     the same 100 labels): the differences, their mean and its 95% t-interval (None with fewer
     than 2 draws)."""
-    import math
-    import statistics
-
-    from scipy import stats
+    from biva.utils.paired import paired_difference as paired
 
     by = {g["recipe"]: dict(zip(g["seeds"], g["test_errors"], strict=True)) for g in result}
-    if a not in by or b not in by:
+    if a not in by or b not in by or (p := paired(by[a], by[b])) is None:
         return None
-    seeds = sorted(set(by[a]) & set(by[b]))
-    diffs = [by[a][s] - by[b][s] for s in seeds]
-    if not diffs:
-        return None
-    out = {"a": a, "b": b, "seeds": seeds, "differences": diffs, "n": len(diffs),
-           "mean": statistics.fmean(diffs), "ci95": None}
-    if len(diffs) >= 2:
-        half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(
-            len(diffs))
-        out["ci95"] = [out["mean"] - half, out["mean"] + half]
-    return out
+    return {"a": a, "b": b, **{k: p[k] for k in ("seeds", "differences", "n", "mean")},
+            "ci95": p["ci95"]}
 
 
 def summarize(run: Path, at: tuple[float, ...] = (), at_steps: tuple[int, ...] = ()

@@ -7,8 +7,18 @@ A page holds each generated fragment between two markers::
     ...
     <!-- end generated: NAME -->
 
-Usage: python scripts/results_pages.py           rewrite every fragment from its JSON
-       python scripts/results_pages.py --check   exit 1, naming the fragment, if a page differs
+and each figure in running text between an inline pair naming its source::
+
+    BIVA reaches <!--f ablation_photos32/table.json::rows/variant=biva/test_L_1_bpd_mean::.3f-->
+    4.597<!--/f--> bits/dim
+
+(on one line): FILE under docs/results/ (or ``card:NAME``, a shipped model's card), a path of
+keys (``key=value`` picks the list item whose ``key`` is ``value``; a number indexes a list),
+a format spec, and optionally ``::neg`` (the negative: nats of -L), ``::x100`` (a share as
+a percentage) or ``::min`` (seconds as minutes).
+
+Usage: python scripts/results_pages.py           rewrite every fragment and inline figure
+       python scripts/results_pages.py --check   exit 1, naming each, if a page differs
 ``tests/test_results_pages.py`` runs the check, so a page and its JSON cannot disagree.
 """
 
@@ -57,31 +67,53 @@ def readme_ablation() -> str:
     """The ablation table of the README and what it supports."""
     photos, mnist = _json("ablation_photos32/table.json"), _json("ablation_static_mnist/table.json")
     p, m = _rows(photos), _rows(mnist)
-    lines = ["| variant | photos32: seeds | L_1 (bits/dim) | valid. at "
-             f"{photos['equal_cpu_minutes']:.1f} CPU-min | static MNIST: L_1 (nats) | "
-             "L_100 (nats) |",
+    lines = ["| variant | photos32: seeds | L_1 (bits/dim) | CPU-ms a step (paired) | "
+             "static MNIST: L_1 (nats) | L_100 (nats) |",
              "|---|---|---|---|---|---|"]
-    best = min(p, key=lambda v: p[v]["test_L_1_bpd_mean"])
     for v, r in p.items():
-        l1 = _pm(r["test_L_1_bpd_mean"], r["test_L_1_bpd_std"])
-        l1 = f"**{l1}**" if v == best else l1
-        valid = _pm(r["valid_bpd_at_equal_cpu_mean"], r["valid_bpd_at_equal_cpu_std"])
-        lines.append(f"| {VARIANT_NAMES[v]} | {len(r['seeds'])} | {l1} | {valid} | "
+        cost = "-" if r["cpu_s_per_step"] is None else f"{1000 * r['cpu_s_per_step']:.0f}"
+        lines.append(f"| {VARIANT_NAMES[v]} | {len(r['seeds'])} | "
+                     f"{_pm(r['test_L_1_bpd_mean'], r['test_L_1_bpd_std'])} | {cost} | "
                      f"{m[v]['test_L_1_mean']:.2f} | {m[v]['test_L_100_mean']:.2f} |")
-    cpu = [r["cpu_minutes"] for r in p.values()]
-    diffs = {v: _per_seed_difference(p["biva"], p[v], "test_L_1_bpd") for v in ("lvae+", "lvae")}
-    said = "; ".join(f"{VARIANT_NAMES[v]} {', '.join(f'{d:+.3f}' for d in ds)}"
-                     for v, ds in diffs.items())
     steps = {int(r["steps"]) for r in p.values()}
     lines += ["", f"photos32: {', '.join(map(str, sorted(steps)))} steps a run, "
-              f"{photos['n_test']} test photos, {min(cpu):.1f}-{max(cpu):.1f} CPU-min a run (one "
-              f"machine, one day); static MNIST: {int(m['biva']['steps'])} steps, "
-              f"{len(m['biva']['seeds'])} seed, the first {mnist['n_test']} test images. BIVA's "
-              f"test L_1 minus each LVAE's, per seed (bits/dim, negative: BIVA better): {said}. "
-              f"{len(p['biva']['seeds'])} seeds give no interval, so no ordering is claimed "
-              "here; the paper's gaps on CIFAR-10 are 0.29 (LVAE+) and 0.48 (LVAE). "
-              + _layers_used()]
+              f"{photos['n_test']} test photos; static MNIST: {int(m['biva']['steps'])} steps, "
+              f"{len(m['biva']['seeds'])} seed, the first {mnist['n_test']} test images. "
+              + _cost_basis(photos) + " " + _orderings(photos) + " " + _layers_used()]
     return "\n".join(lines)
+
+
+def _cost_basis(table: dict) -> str:
+    eq = table["equal_compute"]
+    if "cpu_s" not in eq:
+        return ("The cost of a step is not measured for these runs: CPU-minutes they "
+                "accumulated on a shared machine are not compared.")
+    m = eq["machine"]
+    return (f"Cost of a step: every variant timed in turns, one process per core, at the same "
+            f"time ({m.get('cpu')}, {m.get('cores')} cores, load {m.get('load_1min')}); the "
+            "runs' curves were not kept, so there is no equal-compute value.")
+
+
+def _orderings(table: dict) -> str:
+    """What the paired differences on test L_1 support, in words."""
+    pairs = [q for q in table["paired_differences"] if q["metric"] == "test_L_1_bpd"]
+    held = [q for q in pairs if q["excludes_zero"]]
+    open_ = [q for q in pairs if not q["excludes_zero"]]
+
+    def say(q):
+        return (f"{VARIANT_NAMES[q['b']]} {q['mean']:+.3f} [{q['ci95'][0]:+.3f}, "
+                f"{q['ci95'][1]:+.3f}]" if q["ci95"] else f"{VARIANT_NAMES[q['b']]} "
+                f"{q['mean']:+.3f} (one seed)")
+    out = (f"BIVA's test L_1 minus each variant's, mean over {pairs[0]['n']} paired seeds "
+           "with its 95% interval (bits/dim, negative: BIVA better): "
+           + "; ".join(say(q) for q in pairs) + ".")
+    if held:
+        out += (" BIVA is ahead of " + ", ".join(VARIANT_NAMES[q["b"]] for q in held)
+                + " (the interval excludes 0)")
+    if open_:
+        out += ("; no ordering is claimed against " if held else " No ordering is claimed "
+                "against ") + ", ".join(VARIANT_NAMES[q["b"]] for q in open_)
+    return out + "; the paper's gaps on CIFAR-10 are 0.29 (LVAE+) and 0.48 (LVAE)."
 
 
 def _layers_used() -> str:
@@ -414,6 +446,18 @@ def results_table() -> str:
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def ablation_table(rel: str, per_group: bool = True) -> Callable[[], str]:
+    """A fragment maker: the ablation summary ``rel`` (a table.json) as ``biva ablation``
+    writes its table.md (Table 1, paired differences and, with ``per_group``, KL and active
+    units per latent group)."""
+    def make() -> str:
+        from biva.experiments.ablation import table_markdown
+
+        text = table_markdown(_json(rel)).rstrip("\n")
+        return text if per_group else text.split("\n\nKL(q||p) per latent group")[0]
+    return make
+
+
 FRAGMENTS: dict[str, tuple[str, Callable[[], str]]] = {
     "readme-ablation": ("README.md", readme_ablation),
     "readme-results": ("README.md", readme_results),
@@ -424,6 +468,16 @@ FRAGMENTS: dict[str, tuple[str, Callable[[], str]]] = {
     "pretrained-table": ("docs/guide/pretrained.md", pretrained_table),
     "readme-chosen": ("README.md", chosen_on_what),
     "results-chosen": ("docs/results.md", chosen_on_what),
+    "models-ablation-photos32": ("docs/guide/models.md",
+                                 ablation_table("ablation_photos32/table.json")),
+    "models-ablation-static-mnist": ("docs/guide/models.md",
+                                     ablation_table("ablation_static_mnist/table.json")),
+    "topdown-photos32-first": ("docs/guide/topdown.md", ablation_table(
+        "topdown_photos32_without_image_res_blocks/table.json", per_group=False)),
+    "topdown-photos32": ("docs/guide/topdown.md",
+                         ablation_table("topdown_photos32/table.json", per_group=False)),
+    "topdown-static-mnist": ("docs/guide/topdown.md",
+                             ablation_table("families_static_mnist/table.json", per_group=False)),
 }
 
 
@@ -446,25 +500,86 @@ def render(root: Path = ROOT) -> dict[Path, str]:
     return pages
 
 
+# ----------------------------------------------------------------------------- inline figures
+INLINE = re.compile(r"<!--f (?P<ref>[^>]*?)-->(?P<shown>[^<]*)<!--/f-->")
+TRANSFORMS: dict[str, Callable[[float], float]] = {
+    "neg": lambda v: -v, "x100": lambda v: 100 * v, "min": lambda v: v / 60}
+
+
+def _lookup(value, path: str):
+    """``value`` followed down ``path`` (keys; ``key=value`` selects a list item)."""
+    for seg in path.split("/"):
+        if isinstance(value, list):
+            if "=" in seg:
+                key, want = seg.split("=", 1)
+                value = next(x for x in value if str(x.get(key)) == want)
+            else:
+                value = value[int(seg)]
+        else:
+            value = value[seg]
+    return value
+
+
+def figure(ref: str) -> str:
+    """The text of the inline figure ``ref`` (FILE::PATH::SPEC[::TRANSFORM])."""
+    source, path, spec, *transform = ref.split("::")
+    data = _card(source[5:]) if source.startswith("card:") else _json(source)
+    try:
+        value = _lookup(data, path)
+    except (KeyError, IndexError, ValueError, StopIteration) as err:
+        raise ValueError(f"inline figure {ref!r}: {path} not found in {source}") from err
+    for t in transform:
+        value = TRANSFORMS[t](value)
+    return format(value, spec)
+
+
+def inline_pages(root: Path = ROOT) -> list[Path]:
+    """The pages that may hold inline figures: the README and docs/ (not the build)."""
+    docs = [p for p in sorted((root / "docs").rglob("*.md")) if "_build" not in p.parts]
+    return [root / "README.md", *docs]
+
+
+def render_inline(text: str) -> str:
+    """``text`` with every inline figure re-rendered from its source."""
+    return INLINE.sub(lambda m: f"<!--f {m['ref']}-->{figure(m['ref'])}<!--/f-->", text)
+
+
+def stale_inline(root: Path = ROOT) -> list[str]:
+    """One line per inline figure whose page text differs from its source."""
+    out = []
+    for path in inline_pages(root):
+        for m in INLINE.finditer(path.read_text()):
+            if m["shown"] != (want := figure(m["ref"])):
+                out.append(f"{path.relative_to(root)}: figure {m['ref']} shows {m['shown']}, "
+                           f"its source gives {want}")
+    return out
+
+
 def stale(root: Path = ROOT) -> list[str]:
-    """The fragments whose page text differs from what their JSON renders."""
+    """The fragments whose page text differs from what their JSON renders, then the inline
+    figures that differ from theirs."""
     out = []
     for name, (page, make) in FRAGMENTS.items():
         found = _pattern(name).search((root / page).read_text())
         if found is None or found.group(2) != make():
             out.append(f"{page}: fragment {name}")
-    return out
+    return out + stale_inline(root)
 
 
 def main(argv: list[str]) -> int:
     if "--check" in argv:
         bad = stale()
         for line in bad:
-            print(f"{line} differs from its JSON: run python scripts/results_pages.py")
+            print(f"{line} (differs from its JSON: run python scripts/results_pages.py)")
         return 1 if bad else 0
-    for path, text in render().items():
-        path.write_text(text)
-    print(f"{len(FRAGMENTS)} fragments rendered")
+    pages = render()
+    for path in inline_pages():
+        pages[path] = render_inline(pages.get(path, path.read_text()))
+    n = sum(len(INLINE.findall(text)) for text in pages.values())
+    for path, text in pages.items():
+        if text != path.read_text():
+            path.write_text(text)
+    print(f"{len(FRAGMENTS)} fragments and {n} inline figures rendered")
     return 0
 
 

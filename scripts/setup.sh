@@ -9,11 +9,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --upgrade pip
-  # Torch first, pinned, so no dependency pulls a (multi-GB) CUDA build.
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  # Torch first, pinned, so no dependency pulls a (multi-GB) CUDA build. --no-compile: byte-
+  # compiling every file of torch at install took about as long as the install itself; the
+  # modules a run imports are compiled on first import instead.
+  .venv/bin/python -m pip install -q --no-compile "torch==2.13.0"
 fi
 stamp=.venv/.biva-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q --no-compile -e ".[dev]"
   touch "$stamp"
 fi

@@ -22,12 +22,13 @@ from biva.experiments.ablation import (
     AblationRun,
     ablation_model,
     ablation_train,
-    best_within_cpu,
     doubled_depth,
+    equal_compute_steps,
     evaluate_run_for_ablation,
     plan_runs,
     summarize,
     table_markdown,
+    value_at_step,
 )
 from biva.models import build_hierarchy
 
@@ -163,38 +164,60 @@ def _fake_result(variant, seed, l1, lk, cpu, curve_elbo, kl=(1.0, 0.5), machine=
                       "valid_elbo": curve_elbo, "valid_bpd": [0.0] * n}}
 
 
-def test_summary_means_spreads_and_equal_cpu_minutes_by_hand():
+def _costs(**per_step) -> dict:
+    return {"machine": MACHINE, "variants": {v.replace("_", "+"): {"cpu_s_per_step": c}
+                                             for v, c in per_step.items()}}
+
+
+def test_summary_means_spreads_and_equal_compute_by_hand():
     results = [_fake_result("lvae", 0, -100.0, -98.0, 2.0, [-120.0, -110.0]),
                _fake_result("lvae", 1, -104.0, -100.0, 2.0, [-121.0, -111.0]),
                _fake_result("biva", 0, -90.0, -89.0, 4.0, [-130.0, -105.0, -95.0, -92.0])]
-    s = summarize(results, ["vae", "lvae", "biva"])
+    # An LVAE step costs 1.0 CPU-s, a BIVA step 1.6: the budget is the runs' 20 steps of the
+    # cheapest measured variant (20 CPU-s); BIVA reaches step 12.5 on it.
+    s = summarize(results, ["vae", "lvae", "biva"], _costs(lvae=1.0, biva=1.6))
     assert [r["variant"] for r in s["rows"]] == ["lvae", "biva"]   # vae: no result, no row
     lvae, biva = s["rows"]
     assert lvae["test_L_1_mean"] == pytest.approx(-102.0)
     assert lvae["test_L_1_std"] == pytest.approx(math.sqrt(8.0))   # sample std of -100, -104
     assert lvae["test_L_4_mean"] == pytest.approx(-99.0)
     assert biva["test_L_1_std"] is None                            # one seed: no spread
-    # Equal CPU-minutes = the cheapest run's 2.0: BIVA had reached -105 by then (its 2nd
-    # validation at 2.0 CPU-min), the LVAEs their last values.
-    assert s["equal_cpu_minutes"] == pytest.approx(2.0)
-    assert biva["valid_elbo_at_equal_cpu"] == [-105.0]
-    assert lvae["valid_elbo_at_equal_cpu_mean"] == pytest.approx(-110.5)
-    assert biva["valid_bpd_at_equal_cpu_mean"] == pytest.approx(105 / (100 * math.log(2)))
+    assert s["equal_compute"]["cpu_s"] == pytest.approx(20.0)
+    assert s["equal_compute"]["reference"] == "lvae"
+    assert biva["equal_compute_step"] == pytest.approx(12.5)
+    # Between BIVA's validations at step 10 (-130) and 20 (-105): -130 + 0.25 * 25.
+    assert biva["valid_elbo_at_equal_compute"] == [pytest.approx(-123.75)]
+    assert lvae["valid_elbo_at_equal_compute_mean"] == pytest.approx(-110.5)
+    assert biva["valid_bpd_at_equal_compute_mean"] == pytest.approx(
+        123.75 / (100 * math.log(2)))
+    assert biva["cpu_s_per_step"] == 1.6
     fig = {(f["variant"], f["group"]): f for f in s["kl_per_layer"]}
     assert fig[("lvae", "z2")]["kl"] == [0.5, 0.5] and fig[("lvae", "z1")]["kl_mean"] == 1.0
+    md = table_markdown(s)
+    assert "| `biva` | 0.00M | 1 | 40 | 1600 |" in md and "(step 12)" in md
 
 
-def test_the_value_at_a_cpu_budget_is_interpolated_between_validations_by_hand():
-    """At 2.5 CPU-min, between validations of -3 (2.0) and -1 (3.0): -2, not the -3 of the
-    last validation before it (issue 40); never extrapolated past the run's end."""
-    curve = {"cpu_minutes": [1.0, 2.0, 3.0], "valid_elbo": [-5.0, -3.0, -1.0]}
-    assert best_within_cpu(curve, 2.5) == pytest.approx(-2.0)
-    assert best_within_cpu(curve, 2.0) == -3.0
-    assert best_within_cpu(curve, 0.5) is None
-    assert best_within_cpu(curve, 3.5) is None
+def test_without_step_costs_there_is_no_equal_compute_column():
+    """Accumulated CPU-minutes never stand in for paired step costs (issue 40)."""
+    results = [_fake_result("lvae", 0, -100.0, -98.0, 2.0, [-120.0, -110.0]),
+               _fake_result("biva", 0, -90.0, -89.0, 4.0, [-130.0, -105.0, -95.0, -92.0])]
+    s = summarize(results, ["lvae", "biva"])
+    assert "not measured" in s["equal_compute"]["basis"]
+    assert all(r["valid_elbo_at_equal_compute"] == [None] for r in s["rows"])
+    assert "equal compute: not measured" in table_markdown(s)
+
+
+def test_the_value_at_a_step_is_interpolated_between_validations_by_hand():
+    """At step 25, between validations of -3 (20) and -1 (30): -2, not the -3 of the last
+    validation before it (issue 40); never extrapolated past the run's end."""
+    curve = {"step": [10, 20, 30], "valid_elbo": [-5.0, -3.0, -1.0]}
+    assert value_at_step(curve, 25) == pytest.approx(-2.0)
+    assert value_at_step(curve, 20) == -3.0
+    assert value_at_step(curve, 5) is None
+    assert value_at_step(curve, 35) is None
     # A curve that falls after its best: the best before the budget stands.
-    falling = {"cpu_minutes": [1.0, 2.0, 3.0], "valid_elbo": [-5.0, -1.0, -9.0]}
-    assert best_within_cpu(falling, 2.5) == -1.0
+    falling = {"step": [10, 20, 30], "valid_elbo": [-5.0, -1.0, -9.0]}
+    assert value_at_step(falling, 25) == -1.0
 
 
 def test_cpu_minutes_of_different_machines_are_never_compared():
@@ -203,22 +226,49 @@ def test_cpu_minutes_of_different_machines_are_never_compared():
                _fake_result("biva", 0, -90.0, -89.0, 4.0, [-130.0, -105.0, -95.0, -92.0],
                             machine=other)]
     s = summarize(results, ["lvae", "biva"])
-    assert s["equal_cpu_minutes"] is None and "different machines" in s["equal_cpu_basis"]
-    assert all(r["valid_elbo_at_equal_cpu"] == [None] for r in s["rows"])
-    assert "not compared (different machines)" in table_markdown(s)
+    assert not s["cpu_minutes_comparable"]
+    assert all(r["cpu_minutes"] is None for r in s["rows"])
     # A run without a machine record is not assumed to match one.
     results[1]["machine"] = None
-    assert summarize(results, ["lvae", "biva"])["equal_cpu_minutes"] is None
+    assert summarize(results, ["lvae", "biva"])["rows"][0]["cpu_minutes"] is None
+    results[1]["machine"] = MACHINE
+    assert summarize(results, ["lvae", "biva"])["rows"][1]["cpu_minutes"] == 4.0
 
 
-def test_the_cpu_cut_off_is_the_budget_whatever_variants_the_table_shows():
-    runs = [_fake_result("lvae", 0, -100.0, -98.0, 3.0, [-120.0, -110.0, -108.0], budget=3.0),
-            _fake_result("biva", 0, -90.0, -89.0, 3.0, [-130.0, -105.0, -95.0], budget=3.0),
-            _fake_result("vae", 0, -95.0, -94.0, 1.5, [-140.0], budget=3.0)]
-    both = summarize(runs, ["lvae", "biva", "vae"])
-    one = summarize(runs[:2], ["lvae", "biva"])
-    assert both["equal_cpu_minutes"] == one["equal_cpu_minutes"] == 3.0
-    assert both["equal_cpu_basis"] == "the runs' CPU budget"
+def test_the_equal_compute_cut_off_does_not_move_with_the_variants_shown():
+    """The budget is fixed by the measured variants, not by those in the table: dropping the
+    cheapest variant's runs from the table leaves every other variant's step where it was."""
+    runs = [_fake_result("lvae", 0, -100.0, -98.0, 3.0, [-120.0, -110.0, -108.0]),
+            _fake_result("biva", 0, -90.0, -89.0, 3.0, [-130.0, -105.0, -95.0]),
+            _fake_result("vae", 0, -95.0, -94.0, 1.5, [-140.0, -135.0, -133.0])]
+    costs = _costs(vae=0.5, lvae=1.0, biva=1.5)
+    both = summarize(runs, ["lvae", "biva", "vae"], costs)
+    one = summarize(runs[:2], ["lvae", "biva"], costs)
+    assert both["equal_compute"]["cpu_s"] == one["equal_compute"]["cpu_s"] == 15.0
+    assert [r["equal_compute_step"] for r in one["rows"]] == [15.0, 10.0]
+    assert equal_compute_steps(costs, 30)["steps"] == {"vae": 30.0, "lvae": 15.0,
+                                                       "biva": 10.0}
+
+
+def test_paired_differences_and_their_interval_by_hand():
+    """BIVA minus LVAE+ seed by seed: mean of (-2, -4, -3) = -3, s = 1, t(0.975, 2) = 4.3027:
+    [-3 - 2.484, -3 + 2.484], which excludes 0; with one seed shared there is no interval."""
+    biva = [_fake_result("biva", s, l1, l1, 2.0, [-100.0]) for s, l1 in
+            ((0, -90.0), (1, -92.0), (2, -91.0))]
+    lvae = [_fake_result("lvae+", s, l1, l1, 2.0, [-100.0]) for s, l1 in
+            ((0, -88.0), (1, -88.0), (2, -88.0))]
+    s = summarize([*biva, *lvae], ["lvae+", "biva"])
+    p = next(x for x in s["paired_differences"] if x["metric"] == "test_L_1_bpd")
+    assert p["a"] == "biva" and p["b"] == "lvae+" and p["seeds"] == [0, 1, 2]
+    # In bits/dim (lower is better) the sign flips: -L / (D ln 2).
+    scale = 1 / (100 * math.log(2))
+    assert p["differences"] == pytest.approx([2 * scale, 4 * scale, 3 * scale])
+    half = 4.302653 * 1.0 / math.sqrt(3) * scale
+    assert p["ci95"] == pytest.approx([3 * scale - half, 3 * scale + half], rel=1e-5)
+    assert p["excludes_zero"]
+    assert "excludes 0" in table_markdown(s)
+    one = summarize([biva[0], lvae[0]], ["lvae+", "biva"])
+    assert all(x["ci95"] is None and not x["excludes_zero"] for x in one["paired_differences"])
 
 
 @pytest.fixture(scope="module")
@@ -245,19 +295,12 @@ def test_ablation_command_writes_table_figure_and_curves(ablation_dir):
     assert set(rows) == {"lvae", "biva", "nvae"}
     for r in rows.values():
         assert r["steps"] == 6 and r["seeds"] == [0] and r["params"] > 0
-        assert r["cpu_minutes"] > 0
+        assert r["cpu_minutes"] > 0          # one machine: the CPU time of each run is shown
         for key in ("test_L_1_mean", "test_L_3_mean"):
             assert math.isfinite(r[key]), key
         assert r["test_L_3_mean"] >= r["test_L_1_mean"] - 1.0
-        # At equal CPU-minutes: a value exactly when the run validated within the cheapest
-        # run's CPU time. A 6-step run of the costliest variant (NVAE-style) may not have, on
-        # a busy machine: then None, not a value from beyond the budget (or a crash).
-        curve = json.loads((out / r["variant"] / "seed0" / "ablation_result.json")
-                           .read_text())["curve"]
-        reached = min(curve["cpu_minutes"]) <= table["equal_cpu_minutes"] + 1e-9
-        at_cpu = r["valid_elbo_at_equal_cpu_mean"]
-        assert (at_cpu is not None and math.isfinite(at_cpu)) == reached, r["variant"]
-    assert any(r["valid_elbo_at_equal_cpu_mean"] is not None for r in rows.values())
+        assert r["valid_elbo_at_equal_compute"] == [None]    # no step costs measured yet
+    assert all(len(run["curve"]["step"]) == 6 for run in table["runs"])  # kept for re-summaries
     groups = {(f["variant"], f["group"]) for f in table["kl_per_layer"]}
     assert ("biva", "z1_bu") in groups and ("biva", "z1_td") in groups
     assert ("lvae", "z3") in groups and ("lvae", "z1_bu") not in groups
@@ -282,6 +325,36 @@ def test_ablation_command_resumes_without_retraining(ablation_dir):
              (out / "biva" / "seed0" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "valid"]
     assert steps == list(range(1, 10))   # one record a step, none repeated
+
+
+def test_step_costs_are_timed_in_turns_in_two_processes_and_give_the_equal_compute_column(
+        ablation_dir):
+    """--step-costs times every variant in turns in one process per core (--jobs 2, real
+    processes), writes step_costs.json, and the summary then reads each variant's value at
+    the step the compute budget buys it (interpolated on its own curve)."""
+    out, args = ablation_dir
+    assert main([*args, "--step-costs", "--step-cost-steps", "2", "--step-cost-turns", "2",
+                 "--jobs", "2"]) == 0
+    costs = json.loads((out / "step_costs.json").read_text())
+    assert set(costs["variants"]) == {"lvae", "biva", "nvae"}
+    assert costs["cores_used"] == 2 and costs["machine"]["cpu"]
+    for v, c in costs["variants"].items():
+        assert len(c["turns"]) == 4, v                         # 2 processes x 2 turns
+        assert c["cpu_s_per_step"] == pytest.approx(
+            float(np.median([t[0] for t in c["turns"]]))) and c["cpu_s_per_step"] > 0
+    assert main([*args, "--summary-only"]) == 0
+    table = json.loads((out / "table.json").read_text())
+    eq = table["equal_compute"]
+    cheapest = min(costs["variants"], key=lambda v: costs["variants"][v]["cpu_s_per_step"])
+    assert eq["reference"] == cheapest
+    for r in table["rows"]:
+        step = eq["cpu_s"] / costs["variants"][r["variant"]]["cpu_s_per_step"]
+        assert r["equal_compute_step"] == pytest.approx(step)
+        run = next(x for x in table["runs"] if x["variant"] == r["variant"])
+        assert r["valid_elbo_at_equal_compute"] == [value_at_step(run["curve"], step)]
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert rows[cheapest]["valid_elbo_at_equal_compute"][0] is not None
+    assert "steps of " + cheapest in (out / "table.md").read_text()
 
 
 def test_per_layer_kl_and_active_units_match_a_hand_computation(ablation_dir):

@@ -564,3 +564,21 @@ def test_training_says_why_it_stopped_and_run_announces_its_evaluation(tmp_path,
                            command="run")) == 0
     err = capsys.readouterr().err
     assert "evaluating L_1 and L_3 on the test split (8 images, K = 3" in err
+
+
+def test_predict_given_a_folder_of_images_where_the_run_goes_names_images(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A folder passed in RUN_DIR's slot (with --pretrained, or alone) is refused in one line
+    that names --images with that folder, not argparse's bare 'one of ... is required'."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    Image.new("L", (28, 28)).save(folder / "0.png")
+    for argv in (["predict", "--pretrained", "mnist-100-labels", str(folder)],
+                 ["predict", str(folder)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"pass --images {folder}" in err[0], err
+    assert not (tmp_path / "runs").exists()        # nothing materialized for the refusal

@@ -59,7 +59,7 @@ def _fixed_noise(monkeypatch, layer1_shape=None, layer1_seed=0):
     monkeypatch.setattr(DiagonalGaussian, "sample", sample)
 
 
-@pytest.mark.parametrize("kind", ["biva", "vae", "lvae+", "vdvae", "nvae"])
+@pytest.mark.parametrize("kind", ["biva", "vae", "lvae", "lvae+", "vdvae", "nvae"])
 def test_every_score_of_a_sweep_is_its_definition_on_the_same_draws(kind, monkeypatch):
     model, x = _model(kind)
     _fixed_noise(monkeypatch)

@@ -31,8 +31,8 @@ def test_a_number_edited_in_the_page_fails_the_check(pages, tmp_path):
     assert "reaches 0.958 [0.949, 0.965]" in readme
     (tmp_path / "README.md").write_text(readme.replace("reaches 0.958", "reaches 0.959"))
     (tmp_path / "docs" / "guide").mkdir(parents=True)
-    for page in ("getting-started.md", "results.md", "guide/testing.md", "guide/pretrained.md"):
-        shutil.copy(ROOT / "docs" / page, tmp_path / "docs" / page)
+    for page in {page for page, _ in pages.FRAGMENTS.values()} - {"README.md"}:
+        shutil.copy(ROOT / page, tmp_path / page)
     assert pages.stale(tmp_path) == ["README.md: fragment readme-detectors"]
 
 
@@ -79,10 +79,35 @@ def test_a_number_changed_in_the_json_fails_the_check(pages, tmp_path, monkeypat
     monkeypatch.setattr(pages, "RESULTS", results)
     assert pages.stale() == ["README.md: fragment readme-ablation",
                              "README.md: fragment readme-results",
-                             "docs/results.md: fragment results-table"]
+                             "docs/results.md: fragment results-table",
+                             "docs/guide/models.md: fragment models-ablation-photos32"]
 
 
 def test_markers_missing_from_a_page_are_named(pages, tmp_path):
     (tmp_path / "README.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="README.md: no '<!-- generated: readme-ablation"):
         pages.render(tmp_path)
+
+
+def test_an_inline_figure_follows_its_json_and_an_edit_of_either_fails(pages, tmp_path,
+                                                                       monkeypatch):
+    """A figure in running text names its source (FILE::PATH::SPEC[::TRANSFORM]); the check
+    fails on a typed change of the figure and on a change of the JSON, and the renderer
+    writes the JSON's value back."""
+    (tmp_path / "docs").mkdir()
+    ref = "ablation_photos32/table.json::rows/variant=biva/test_L_1_bpd_mean::.3f"
+    biva = next(r for r in pages._json("ablation_photos32/table.json")["rows"]
+                if r["variant"] == "biva")
+    shown = f"{biva['test_L_1_bpd_mean']:.3f}"
+    page = f"BIVA reaches <!--f {ref}-->{shown}<!--/f--> bits/dim.\n"
+    (tmp_path / "README.md").write_text(page)
+    assert pages.stale_inline(tmp_path) == []
+    (tmp_path / "README.md").write_text(page.replace(shown, "4.111"))
+    assert pages.stale_inline(tmp_path) == [f"README.md: figure {ref} shows 4.111, its source "
+                                            f"gives {shown}"]
+    assert pages.render_inline(page.replace(shown, "4.111")) == page
+    # The transforms: -L in nats, a share as a percentage, seconds as minutes.
+    assert pages.figure("ci_time.json::runs/0/total_s::.1f::min") == (
+        f"{pages._json('ci_time.json')['runs'][0]['total_s'] / 60:.1f}")
+    with pytest.raises(ValueError, match="not found in ablation_photos32/table.json"):
+        pages.figure("ablation_photos32/table.json::rows/variant=nope/test_L_1_bpd_mean::.3f")

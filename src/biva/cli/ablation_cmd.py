@@ -17,8 +17,10 @@ from biva.experiments.ablation import (
     ABLATION_VARIANTS,
     PAPER_VARIANTS,
     AblationSettings,
+    StepCostPlan,
     plan_runs,
     train_ablation,
+    write_step_costs,
     write_summary,
 )
 
@@ -63,6 +65,15 @@ def add_parser(sub) -> None:
                    help="worker processes training runs side by side")
     p.add_argument("--summary-only", action="store_true",
                    help="write the tables and figures from the finished runs, train nothing")
+    p.add_argument("--step-costs", action="store_true",
+                   help="measure the cost of a step of each variant instead of training: "
+                   "every variant timed in turns, one process per core (--jobs), at the same "
+                   "time, into OUT/step_costs.json; the table's equal-compute column comes from "
+                   "it. Run it on idle cores")
+    p.add_argument("--step-cost-turns", type=positive_int, default=3, metavar="N",
+                   help="turns of --step-cost-steps timed updates per variant and process")
+    p.add_argument("--step-cost-steps", type=positive_int, default=10, metavar="N",
+                   help="timed updates of a variant in one turn")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     add_renamed_option(p, "--k", "--samples")
     p.set_defaults(func=run)
@@ -80,7 +91,11 @@ def settings_from(args: argparse.Namespace) -> AblationSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    if not args.summary_only:
+    if args.step_costs:
+        plan = StepCostPlan(steps=args.step_cost_steps, turns=args.step_cost_turns,
+                            workers=args.jobs)
+        print(f"written: {write_step_costs(settings, plan)}")
+    elif not args.summary_only:
         workers = [["-m", "biva.cli.main", *_worker_argv(args.argv)]] * (args.jobs - 1)
         train_ablation(settings, workers=workers)
         if args.worker:

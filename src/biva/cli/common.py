@@ -99,12 +99,23 @@ def resolve_run_dir(args) -> None:
         return
     if args.pretrained and args.run_dir is not None:
         raise ValueError(f"give a run directory or --pretrained, not both ({args.run_dir}, "
-                         f"{args.pretrained})")
+                         f"{args.pretrained})" + (f"; {hint}" if (hint := images_hint(args))
+                                                  else ""))
     if args.pretrained:
 
         args.run_dir = materialize(args.pretrained)
     elif args.run_dir is None:
         raise ValueError("a run directory is needed (or --pretrained NAME)")
+
+
+def images_hint(args) -> str:
+    """For a command with ``--images``: the fix when its RUN_DIR slot holds images instead
+    ("" when it does not)."""
+    path = args.run_dir
+    if getattr(args, "images", "absent") is not None or path is None or not path.exists() or (
+            path / "config.json").is_file():
+        return ""
+    return f"{path} is not a run directory: to use its images pass --images {path}"
 
 
 def add_renamed_option(p: argparse.ArgumentParser, old: str, new: str) -> None:

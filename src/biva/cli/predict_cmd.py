@@ -10,6 +10,7 @@ from biva.cli.common import (
     add_renamed_option,
     add_run_dir_argument,
     add_runtime_options,
+    images_hint,
     nonnegative_int,
     positive_int,
     print_summary,
@@ -29,7 +30,8 @@ def add_parser(sub) -> None:
         "with 'probs' (N, C), 'pred' (N,), 'labels' when known and 'files' for --images; "
         "prints the error if labels are known.", formatter_class=HelpFormatter)
     add_run_dir_argument(p, "a semi-supervised biva run directory")
-    src = p.add_mutually_exclusive_group(required=True)
+    # Not required by argparse: a missing source gets a message that names the fix (run).
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--data", choices=DATASET_NAMES, metavar="NAME",
                      help=f"a dataset ({', '.join(DATASET_NAMES)})")
     src.add_argument("--npz", type=Path, metavar="FILE", help="an .npz file of images")
@@ -56,6 +58,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data is None and args.npz is None and args.images is None:
+        hint = images_hint(args)
+        raise ValueError("what to classify is missing: pass --data NAME, --npz FILE or "
+                         "--images PATH" + (f" ({hint})" if hint else ""))
     device = setup_runtime(args)
     settings = PredictSettings(
         data=args.data, npz=args.npz, images=args.images, split=args.split,

@@ -60,6 +60,12 @@ class EvalSettings:
         return self.split if self.data_path is None else f"data_{self.data_path.stem}"
 
 
+
+def bounds_named(k: int) -> str:
+    """What an evaluation with K = ``k`` importance samples measures: "L_1 and L_k", or
+    "L_1" alone when k = 1."""
+    return "L_1" if k == 1 else f"L_1 and L_{k}"
+
 def default_output(run_dir: str | Path, settings: EvalSettings) -> Path:
     """RUN_DIR/eval_<split>_k<K>[_prior<k>].json (K: importance samples; prior<k>: L^{>k})."""
     run_dir = Path(run_dir)
@@ -100,7 +106,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings = EvalSettings(), *
     t0 = time.perf_counter()
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                         enabled=s.amp == "bf16"), \
-            progress_bar(n, f"L_1 and L_{s.n_samples} on {label}", progress) as update:
+            progress_bar(n, f"{bounds_named(s.n_samples)} on {label}", progress) as update:
         res = evaluate_bounds(model, split, data.kind, cfg.model.bits, n_samples=s.n_samples,
                               batch_size=s.batch_size, max_batch=max_batch,
                               n_examples=s.n_examples, prior_layers=s.prior_layers,

@@ -13,7 +13,7 @@ from biva.data import evaluation_split, load_run_data
 from biva.evaluation.classification import write_class_samples
 from biva.evaluation.generation import write_reconstructions, write_samples
 from biva.evaluation.plots import plot_training_curves
-from biva.runs.evaluate import EvalSettings, evaluate_run, write_evaluation
+from biva.runs.evaluate import EvalSettings, bounds_named, evaluate_run, write_evaluation
 from biva.runs.loading import load_trained
 from biva.training import Trainer
 from biva.training.distributed import destroy_distributed, init_distributed
@@ -109,7 +109,7 @@ def finish_run(run_dir: Path, settings: EvalSettings, *, device="cpu", progress:
     confusion matrix and class-conditional samples. Returns (the evaluation, files written).
     Each phase is announced on stderr: the evaluation can take minutes of its own."""
     s = settings.resolved(read_run_config(Path(run_dir) / "config.json"))
-    print(f"evaluating L_1 and L_{s.n_samples} on the test split ({s.n_examples or 'all'} "
+    print(f"evaluating {bounds_named(s.n_samples)} on the test split ({s.n_examples or 'all'} "
           f"images, K = {s.n_samples} importance samples; --samples sets K)", file=sys.stderr,
           flush=True)
     res = evaluate_run(run_dir, settings, device=device, progress=progress)

@@ -99,6 +99,19 @@ class TrainingLoop:
                 break
         return last
 
+    def timed_updates(self, n: int) -> tuple[float, float]:
+        """Take the next ``n`` updates as :meth:`fit` does, without logs, validations or
+        checkpoints; returns the (process CPU, wall) seconds they took: the cost of ``n``
+        steps on this machine now (``biva.experiments.ablation.step_costs``)."""
+        if getattr(self, "_timing_stream", None) is None:
+            self._timing_stream = self._batches()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            _, images, labels = next(self._timing_stream)
+            self.train_step(self._batch(images), labels)
+            self.step += 1
+        return time.process_time() - cpu, time.perf_counter() - wall
+
     def _agreed(self, flag: bool) -> bool:
         """``flag`` on any rank (one all-reduce under torchrun)."""
         return any_rank(flag, self.device)

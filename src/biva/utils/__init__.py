@@ -1,7 +1,8 @@
 """Utilities with no model in them: atomic writes and plain JSON, config files and overrides,
 safe checkpoints, file digests, run-directory locks, RNG state and seeds, metric logs (JSON
-lines), image grids, progress bars, devices, deprecation warnings, and SIGTERM as an exception
-in the commands (``signals``)."""
+lines), image grids, progress bars, devices, deprecation warnings, SIGTERM as an exception
+in the commands (``signals``), the machine a figure was measured on (``machine``) and paired
+differences with their interval (``paired``)."""
 
 from biva.utils.atomic import (
     atomic_directory,

@@ -10,6 +10,8 @@ under an exclusive lock, so a second worker moves on to the next run instead of 
 
 - :mod:`~biva.experiments.ablation.variants`: what each variant changes in the base config;
 - :mod:`~biva.experiments.ablation.runner`: planning, training and evaluating the runs;
+- :mod:`~biva.experiments.ablation.step_costs`: the paired cost of a step of each variant,
+  and the step each reaches on one compute budget;
 - :mod:`~biva.experiments.ablation.summary`: Table 1, Figure 2 and the curves.
 """
 
@@ -31,8 +33,15 @@ from biva.experiments.ablation.runner import (
     train_ablation_run,
     validation_curve,
 )
+from biva.experiments.ablation.step_costs import (
+    STEP_COSTS_FILE,
+    StepCostPlan,
+    equal_compute_steps,
+    measure_step_costs,
+    value_at_step,
+    write_step_costs,
+)
 from biva.experiments.ablation.summary import (
-    best_within_cpu,
     plot_curves,
     plot_kl_per_layer,
     summarize,
@@ -49,10 +58,11 @@ from biva.experiments.ablation.variants import (
 )
 
 __all__ = ["ABLATION_VARIANTS", "NVAE_SPECTRAL_REG", "PAPER_VARIANTS", "RECIPE_FREE",
-           "RESULT_FILE", "AblationBudget", "AblationRun", "AblationSettings", "ablation_model",
-           "ablation_train", "best_within_cpu", "check_run_matches", "check_same_recipe",
-           "config_maker",
-           "doubled_depth", "evaluate_run_for_ablation", "layer_table", "load_result",
-           "plan_runs", "plot_curves", "plot_kl_per_layer", "run_ablation", "summarize",
-           "table_markdown", "train_ablation", "train_ablation_run", "validation_curve",
+           "RESULT_FILE", "STEP_COSTS_FILE", "AblationBudget", "AblationRun",
+           "AblationSettings", "StepCostPlan", "ablation_model", "ablation_train",
+           "check_run_matches", "check_same_recipe", "config_maker", "doubled_depth",
+           "equal_compute_steps", "evaluate_run_for_ablation", "layer_table", "load_result",
+           "measure_step_costs", "plan_runs", "plot_curves", "plot_kl_per_layer",
+           "run_ablation", "summarize", "table_markdown", "train_ablation",
+           "train_ablation_run", "validation_curve", "value_at_step", "write_step_costs",
            "write_summary"]

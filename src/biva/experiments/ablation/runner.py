@@ -7,11 +7,11 @@ Each (variant, seed) is an ordinary run directory ``OUT/<variant>/seed<S>`` (res
 is evaluated on the test split and ``ablation_result.json`` is written beside it. The summary
 reads those files only:
 
-* ``table.json`` / ``table.md``: Table 1 (parameters, steps, CPU-minutes, test L_1 and L_K,
-  mean and spread over seeds), the validation bound at equal CPU-minutes;
+* ``table.json`` / ``table.md``: Table 1 (parameters, steps, test L_1 and L_K, mean and
+  spread over seeds), the validation bound at equal compute (from ``step_costs.json``);
 * ``kl_per_layer.json`` / ``kl_per_layer.png``: Figure 2 (KL(q||p) per latent group on the
   test examples, BIVA's z^BU and z^TD apart) and active units per group;
-* ``curves.png``: the validation bound against steps and against CPU-minutes.
+* ``curves.png``: the validation bound against steps and against compute.
 
 Several processes may work on one ablation at once: a run is taken under an exclusive lock,
 so a second worker moves on to the next run instead of waiting.

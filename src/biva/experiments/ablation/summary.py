@@ -4,6 +4,7 @@ validation curves (``curves.png``)."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -12,9 +13,15 @@ from pathlib import Path
 
 from biva.evaluation.style import save_png
 from biva.experiments.ablation.runner import AblationRun, load_result
+from biva.experiments.ablation.step_costs import (
+    STEP_COSTS_FILE,
+    equal_compute_steps,
+    value_at_step,
+)
 from biva.experiments.ablation.variants import ABLATION_VARIANTS
 from biva.utils.atomic import atomic_write_json, atomic_write_text
 from biva.utils.machine import same_machine
+from biva.utils.paired import paired_difference
 from biva.utils.run_lock import output_lock
 
 
@@ -27,96 +34,118 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 
-def best_within_cpu(curve: dict, minutes: float, key: str = "valid_elbo") -> float | None:
-    """The best validation ELBO (nats) of a run by ``minutes`` CPU-minutes: the best
-    validation at or before it, or the curve's value at ``minutes`` itself, linearly
-    interpolated between the validations around it, whichever is higher. None when the run
-    never reached ``minutes`` (no extrapolation) or had no validation by then."""
-    m, v = curve["cpu_minutes"], curve[key]
-    before = [x for x, t in zip(v, m, strict=True) if t <= minutes + 1e-9]
-    if not before or m[-1] < minutes - 1e-9:
-        return None
-    i = len(before) - 1
-    at = before[-1]
-    if i + 1 < len(m) and m[i + 1] > m[i]:
-        w = (minutes - m[i]) / (m[i + 1] - m[i])
-        at = v[i] + w * (v[i + 1] - v[i])
-    return max(*before, at)
-
-
-def _equal_cpu_minutes(results: Sequence[dict]) -> tuple[float | None, str]:
-    """The CPU-minutes every run is compared at, and on what basis: the runs' common CPU
-    budget when they had one (whatever variants the table shows), else the shortest run's
-    CPU time; None when the runs were made on different machines (CPU time is not
-    comparable across machines: compare at equal steps)."""
+def _cpu_minutes_comparable(results: Sequence[dict]) -> bool:
+    """Whether the runs' accumulated CPU-minutes may stand side by side: all were made on one
+    kind of machine (a run without a machine record matches nothing). Even then they only
+    describe the runs; "equal compute" comes from paired step costs (:mod:`.step_costs`)."""
     machines = [r.get("machine") for r in results]
-    if any(not same_machine(machines[0], m) for m in machines[1:]):
-        kinds = sorted({f"{(m or {}).get('cpu')} x{(m or {}).get('cores')}" for m in machines})
-        return None, f"not compared: runs from different machines ({'; '.join(kinds)})"
-    budgets = {r.get("budget", {}).get("max_cpu_minutes") or 0 for r in results}
-    if len(budgets) == 1 and budgets != {0}:
-        return float(budgets.pop()), "the runs' CPU budget"
-    return (min(r["curve"]["cpu_minutes"][-1] for r in results if r["curve"]["step"]),
-            "the shortest run's CPU time")
+    return all(same_machine(machines[0], m) for m in machines[1:]) and bool(machines[0])
 
 
-def summarize(results: Sequence[dict], variants: Sequence[str]) -> dict:
+def _equal_compute(results: Sequence[dict], step_costs: dict | None) -> dict:
+    """The equal-compute budget of the table and the step each variant reaches on it; the
+    budget is the runs' step count of the cheapest variant *measured* (not shown)."""
+    if step_costs is None:
+        return {"basis": "not measured: no paired step costs (biva ablation --step-costs)",
+                "steps": {}}
+    budget_steps = min(r["budget"]["steps"] for r in results)
+    eq = equal_compute_steps(step_costs, budget_steps)
+    return {**eq, "budget_steps": budget_steps, "machine": step_costs["machine"],
+            "basis": f"{budget_steps} steps of {eq['reference']} (the cheapest variant "
+            f"measured), step costs paired on {step_costs['machine'].get('cpu')}"}
+
+
+def summarize(results: Sequence[dict], variants: Sequence[str],
+              step_costs: dict | None = None) -> dict:
     """Table 1 and Figure 2 of the ablation from the runs' results (see module docstring).
 
-    Bounds are in nats per example and, for 8-bit data, bits/dim. "At equal CPU-minutes" is
-    the best validation ELBO each run reached within the CPU time of the cheapest run.
+    Bounds are in nats per example and, for 8-bit data, bits/dim. "At equal compute" (with
+    ``step_costs``, a ``step_costs.json``) is the best validation ELBO each run held at the
+    step its variant reaches on one budget (:func:`.step_costs.equal_compute_steps`),
+    interpolated between validations.
     """
     if not results:
         raise ValueError("no finished ablation runs to summarize")
     k = results[0]["test"].get("k", 1)
-    dims = results[0]["dims"]
-    bpd = results[0]["kind"] == "8bit"
-    equal_cpu, equal_cpu_basis = _equal_cpu_minutes(results)
-    rows, figure = [], []
     lk = f"L_{k}" if k > 1 else "L_1"
+    equal = _equal_compute(results, step_costs)
+    cpu_ok = _cpu_minutes_comparable(results)
+    rows = []
     for v in [v for v in variants if any(r["variant"] == v for r in results)]:
         rs = sorted((r for r in results if r["variant"] == v), key=lambda r: r["seed"])
         row = {"variant": v, "description": ABLATION_VARIANTS.get(v, ""),
                "seeds": [r["seed"] for r in rs], "params": rs[0]["params"],
                "stochastic_layers": rs[0]["stochastic_layers"],
                "steps": _mean_std([r["steps"] for r in rs])[0],
-               "cpu_minutes": _mean_std([r["cpu_minutes"] for r in rs])[0]}
+               "cpu_minutes": _mean_std([r["cpu_minutes"] for r in rs])[0] if cpu_ok else None,
+               "cpu_s_per_step": (step_costs or {}).get("variants", {}).get(v, {}).get(
+                   "cpu_s_per_step")}
         for name in ("L_1", lk):
             for suffix in ("", "_bpd"):
                 vals = [r["test"].get(name + suffix) for r in rs]
                 row[f"test_{name}{suffix}"] = vals
                 row[f"test_{name}{suffix}_mean"], row[f"test_{name}{suffix}_std"] = (
                     _mean_std(vals))
-        at_cpu = [None if equal_cpu is None else best_within_cpu(r["curve"], equal_cpu)
-                  for r in rs]
-        row["valid_elbo_at_equal_cpu"] = at_cpu
-        row["valid_elbo_at_equal_cpu_mean"], row["valid_elbo_at_equal_cpu_std"] = (
-            _mean_std(at_cpu))
-        if bpd:
-            scale = 1 / (dims * math.log(2))
-            row["valid_bpd_at_equal_cpu_mean"] = (None if row["valid_elbo_at_equal_cpu_mean"]
-                                                  is None else
-                                                  -row["valid_elbo_at_equal_cpu_mean"] * scale)
-            row["valid_bpd_at_equal_cpu_std"] = (None if row["valid_elbo_at_equal_cpu_std"]
-                                                 is None else
-                                                 row["valid_elbo_at_equal_cpu_std"] * scale)
+        row.update(_at_equal_compute(rs, equal["steps"].get(v), results[0]))
         rows.append(row)
+    return {"k": k, "dims": results[0]["dims"],
+            "units": "bits/dim" if results[0]["kind"] == "8bit" else "nats",
+            "dataset": results[0]["dataset"], "equal_compute": equal,
+            "cpu_minutes_comparable": cpu_ok,
+            "n_test": results[0]["test"]["n_examples"], "rows": rows,
+            "paired_differences": _paired(rows, lk),
+            "runs": list(results), "kl_per_layer": _kl_figure(results, rows)}
+
+
+def _paired(rows: Sequence[dict], lk: str) -> list[dict]:
+    """The reference variant (BIVA when in the table, else the first row) minus each other
+    variant, seed by seed, on test L_1 and L_K (bits/dim for 8-bit data, else nats), with
+    the 95% t-interval of the mean difference."""
+    by = {r["variant"]: r for r in rows}
+    ref = "biva" if "biva" in by else rows[0]["variant"]
+    suffix = "_bpd" if by[ref].get("test_L_1_bpd_mean") is not None else ""
+    out = []
+    for v in by:
+        for metric in dict.fromkeys((f"test_L_1{suffix}", f"test_{lk}{suffix}")):
+            seeds = {s: x for s, x in zip(by[ref]["seeds"], by[ref][metric], strict=True)
+                     if x is not None}
+            other = {s: x for s, x in zip(by[v]["seeds"], by[v][metric], strict=True)
+                     if x is not None}
+            if v != ref and (p := paired_difference(seeds, other)) is not None:
+                out.append({"a": ref, "b": v, "metric": metric, **p})
+    return out
+
+
+def _at_equal_compute(rs: Sequence[dict], step: float | None, first: dict) -> dict:
+    """A variant's validation ELBO (and bits/dim) at its equal-compute step, per seed, mean
+    and spread; None where unmeasured or past a run's end."""
+    at = [None if step is None else value_at_step(r["curve"], step) for r in rs]
+    mean, std = _mean_std(at)
+    out = {"equal_compute_step": step, "valid_elbo_at_equal_compute": at,
+           "valid_elbo_at_equal_compute_mean": mean, "valid_elbo_at_equal_compute_std": std}
+    if first["kind"] == "8bit":
+        scale = 1 / (first["dims"] * math.log(2))
+        out["valid_bpd_at_equal_compute_mean"] = None if mean is None else -mean * scale
+        out["valid_bpd_at_equal_compute_std"] = None if std is None else std * scale
+    return out
+
+
+def _kl_figure(results: Sequence[dict], rows: Sequence[dict]) -> list[dict]:
+    """Figure 2's numbers: per variant and latent group, KL and active units over seeds."""
+    figure = []
+    for row in rows:
+        rs = sorted((r for r in results if r["variant"] == row["variant"]),
+                    key=lambda r: r["seed"])
         for group in rs[0]["layers"]:
             g = group["group"]
             per_seed = [next(x for x in r["layers"] if x["group"] == g) for r in rs]
-            figure.append({"variant": v, "group": g, "layer": group["layer"],
+            figure.append({"variant": row["variant"], "group": g, "layer": group["layer"],
                            "kl_mean": _mean_std([x["kl"] for x in per_seed])[0],
                            "kl": [x["kl"] for x in per_seed],
                            "active": [x["active"] for x in per_seed], "dims": group["dims"],
                            "active_fraction_mean": _mean_std(
                                [x["active_fraction"] for x in per_seed])[0]})
-    return {"k": k, "dims": dims, "units": "bits/dim" if bpd else "nats",
-            "dataset": results[0]["dataset"], "equal_cpu_minutes": equal_cpu,
-            "equal_cpu_basis": equal_cpu_basis,
-            "n_test": results[0]["test"]["n_examples"], "rows": rows,
-            "runs": [{key: r[key] for key in r if key != "curve"} for r in results],
-            "kl_per_layer": figure}
-
+    return figure
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
@@ -126,10 +155,11 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 
 
-def _cpu_label(summary: dict) -> str:
-    m = summary["equal_cpu_minutes"]
-    return "equal CPU-min: not compared (different machines)" if m is None else \
-        f"{m:.1f} CPU-min"
+def _compute_label(summary: dict) -> str:
+    eq = summary["equal_compute"]
+    if "cpu_s" not in eq:
+        return "equal compute: not measured"
+    return f"the compute of {eq['budget_steps']} {eq['reference']} steps"
 
 
 def table_markdown(summary: dict) -> str:
@@ -140,9 +170,10 @@ def table_markdown(summary: dict) -> str:
     suffix, digits = ("_bpd", 3) if bpd else ("", 2)
     lines = [f"Test ({summary['n_test']} examples of {summary['dataset']}, best-validation "
              f"checkpoint; mean ± std over seeds; {summary['units']}, lower is better"
-             + ("" if bpd else " for -L") + "):", "",
-             f"| variant | params | seeds | steps | CPU-min | L_1 ({unit}) | {lk} ({unit}) | "
-             f"valid at {_cpu_label(summary)} ({unit}) |",
+             + ("" if bpd else " for -L") + "). Equal compute: "
+             + summary["equal_compute"]["basis"] + ":", "",
+             f"| variant | params | seeds | steps | CPU-ms a step (paired) | L_1 ({unit}) | "
+             f"{lk} ({unit}) | valid at {_compute_label(summary)} ({unit}) |",
              "|---|---|---|---|---|---|---|---|"]
     sign = 1 if bpd else -1     # bits/dim are positive already; -L in nats
 
@@ -150,15 +181,20 @@ def table_markdown(summary: dict) -> str:
         return (None if m is None else sign * m, s)
 
     for r in summary["rows"]:
-        at_cpu = (_fmt(r.get("valid_bpd_at_equal_cpu_mean"), r.get("valid_bpd_at_equal_cpu_std"),
-                       3) if bpd else _fmt(*neg(r["valid_elbo_at_equal_cpu_mean"],
-                                                r["valid_elbo_at_equal_cpu_std"]), 2))
+        at = (_fmt(r.get("valid_bpd_at_equal_compute_mean"),
+                   r.get("valid_bpd_at_equal_compute_std"), 3) if bpd else
+              _fmt(*neg(r["valid_elbo_at_equal_compute_mean"],
+                        r["valid_elbo_at_equal_compute_std"]), 2))
+        if r["equal_compute_step"] is not None and at != "-":
+            at += f" (step {r['equal_compute_step']:.0f})"
+        cost = "-" if r["cpu_s_per_step"] is None else f"{1000 * r['cpu_s_per_step']:.0f}"
         lines.append(
             f"| `{r['variant']}` | {r['params'] / 1e6:.2f}M | {len(r['seeds'])} | "
-            f"{r['steps']:.0f} | {r['cpu_minutes']:.1f} | "
+            f"{r['steps']:.0f} | {cost} | "
             f"{_fmt(*neg(r[f'test_L_1{suffix}_mean'], r[f'test_L_1{suffix}_std']), digits)} | "
             f"{_fmt(*neg(r[f'test_{lk}{suffix}_mean'], r[f'test_{lk}{suffix}_std']), digits)} | "
-            f"{at_cpu} |")
+            f"{at} |")
+    lines += _paired_lines(summary)
     lines += ["", "KL(q||p) per latent group on the test examples (nats, mean over seeds) and "
               "active units (Var_x E_q[u] > 0.01), bottom group first:", "",
               "| variant | group | KL | active / units |", "|---|---|---|---|"]
@@ -171,6 +207,26 @@ def table_markdown(summary: dict) -> str:
                   f"yet ({', '.join(summary['missing_runs'])}); run the same command again."]
     return "\n".join(lines) + "\n"
 
+
+def _paired_lines(summary: dict) -> list[str]:
+    """The paired differences as Markdown lines (none when no seed is shared)."""
+    pairs = summary.get("paired_differences") or []
+    if not pairs:
+        return []
+    bpd = summary["units"] == "bits/dim"
+    lines = ["", f"Paired differences, seed by seed ({pairs[0]['a']} minus each; "
+             + ("bits/dim, negative: " if bpd else "nats, positive: ") + f"{pairs[0]['a']} "
+             "better); an ordering holds where the 95% interval excludes 0:", "",
+             "| minus | metric | per seed | mean | 95% interval |", "|---|---|---|---|---|"]
+    digits = 3 if bpd else 2
+    for p in pairs:
+        ci = ("- (one seed)" if p["ci95"] is None else
+              f"[{p['ci95'][0]:.{digits}f}, {p['ci95'][1]:.{digits}f}]"
+              + (" excludes 0" if p["excludes_zero"] else ""))
+        per = ", ".join(f"{d:+.{digits}f}" for d in p["differences"])
+        lines.append(f"| `{p['b']}` | {p['metric'].removeprefix('test_')} | {per} | "
+                     f"{p['mean']:+.{digits}f} | {ci} |")
+    return lines
 
 
 def plot_kl_per_layer(summary: dict, out: Path) -> Path:
@@ -207,35 +263,43 @@ def plot_kl_per_layer(summary: dict, out: Path) -> Path:
 
 
 def plot_curves(results: Sequence[dict], summary: dict, out: Path) -> Path:
-    """Validation bound against steps and against CPU-minutes, one line per run."""
+    """Validation bound against steps and, with paired step costs, against compute (steps x
+    the variant's CPU seconds a step, in steps of the cheapest variant), one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bpd = summary["units"] == "bits/dim"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    colors = dict(zip([r["variant"] for r in summary["rows"]],
-                      plt.get_cmap("tab10").colors, strict=False))
+    eq = summary["equal_compute"]
+    costs = {r["variant"]: r["cpu_s_per_step"] for r in summary["rows"]}
+    panels = 2 if "cpu_s" in eq else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), constrained_layout=True,
+                             squeeze=False)
+    axes = axes[0]
+    colors = dict(zip(costs, plt.get_cmap("tab10").colors, strict=False))
     seen = set()
     for r in sorted(results, key=lambda r: (r["variant"], r["seed"])):
         c = r["curve"]
         y = c["valid_bpd"] if bpd else [-e for e in c["valid_elbo"]]
         label = None if r["variant"] in seen else r["variant"]
         seen.add(r["variant"])
-        for ax, x in zip(axes, (c["step"], c["cpu_minutes"]), strict=True):
-            ax.plot(x, y, color=colors.get(r["variant"]), label=label, alpha=0.85)
-    for ax, xlabel in zip(axes, ("training step", "CPU-minutes"), strict=True):
+        axes[0].plot(c["step"], y, color=colors.get(r["variant"]), label=label, alpha=0.85)
+        if panels == 2 and costs.get(r["variant"]):
+            ref = eq["cpu_s"] / eq["budget_steps"]
+            axes[1].plot([s * costs[r["variant"]] / ref for s in c["step"]], y,
+                         color=colors.get(r["variant"]), label=label, alpha=0.85)
+    xlabels = ["training step", f"compute (steps of {eq.get('reference')}, paired costs)"]
+    for ax, xlabel in zip(axes, xlabels, strict=False):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation -ELBO, " + ("bits/dim" if bpd else "nats"))
         ax.grid(alpha=0.3)
         ax.legend()
-    if summary["equal_cpu_minutes"] is not None:
-        axes[1].axvline(summary["equal_cpu_minutes"], color="grey", linestyle=":")
+    if panels == 2:
+        axes[1].axvline(eq["budget_steps"], color="grey", linestyle=":")
     save_png(fig, out)
     plt.close(fig)
     return out
-
 
 
 def write_summary(out: str | Path, runs: Sequence[AblationRun],
@@ -244,13 +308,16 @@ def write_summary(out: str | Path, runs: Sequence[AblationRun],
     the finished runs; returns the paths written. Several processes may work on one ablation:
     the summaries are written one at a time (a lock beside the files), each from the results
     there when it starts, so the five files always come from one summary and the last one
-    written holds the most runs. Runs without a result yet are listed in table.json
-    (``missing_runs``) and table.md."""
+    written holds the most runs. With ``out/step_costs.json`` (``biva ablation
+    --step-costs``) the table has its equal-compute column. Runs without a result yet are
+    listed in table.json (``missing_runs``) and table.md."""
     out = Path(out)
     with output_lock(out / "table", wait_s=600):
         results = [r for r in (load_result(run.result_path) for run in runs) if r is not None]
         missing = [str(run.run_dir) for run in runs if not run.result_path.is_file()]
-        summary = {**summarize(results, variants), "missing_runs": missing}
+        costs = out / STEP_COSTS_FILE
+        step_costs = json.loads(costs.read_text()) if costs.is_file() else None
+        summary = {**summarize(results, variants, step_costs), "missing_runs": missing}
         written = [out / "table.json", out / "table.md", out / "kl_per_layer.json"]
         atomic_write_json(written[0], summary)
         atomic_write_text(written[1], table_markdown(summary))
