@@ -88,10 +88,11 @@ def _cost_basis(table: dict) -> str:
     if "cpu_s" not in eq:
         return ("The cost of a step is not measured for these runs: CPU-minutes they "
                 "accumulated on a shared machine are not compared.")
-    m = eq["machine"]
-    return (f"Cost of a step: every variant timed in turns, one process per core, at the same "
-            f"time ({m.get('cpu')}, {m.get('cores')} cores, load {m.get('load_1min')}); the "
-            "runs' curves were not kept, so there is no equal-compute value.")
+    m, after = eq["machine"], eq.get("load_1min_after")
+    return (f"Cost of a step: every variant timed in turns, one process per core, both cores "
+            f"busy as in the runs ({m.get('cpu')}, {m.get('cores')} cores, nothing else "
+            f"running{'' if after is None else f'; load {after} at the end'}); the runs' "
+            "curves were not kept, so there is no equal-compute value.")
 
 
 def _orderings(table: dict) -> str:

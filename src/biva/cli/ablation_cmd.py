@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
         plan = StepCostPlan(steps=args.step_cost_steps, turns=args.step_cost_turns,
                             workers=args.jobs)
         print(f"written: {write_step_costs(settings, plan)}")
+        if not any(run.result_path.is_file() for run in
+                   plan_runs(settings.out, settings.variants, settings.seeds)):
+            return 0          # nothing trained yet: the table comes with the first results
     elif not args.summary_only:
         workers = [["-m", "biva.cli.main", *_worker_argv(args.argv)]] * (args.jobs - 1)
         train_ablation(settings, workers=workers)

@@ -51,6 +51,7 @@ def _equal_compute(results: Sequence[dict], step_costs: dict | None) -> dict:
     budget_steps = min(r["budget"]["steps"] for r in results)
     eq = equal_compute_steps(step_costs, budget_steps)
     return {**eq, "budget_steps": budget_steps, "machine": step_costs["machine"],
+            "load_1min_after": step_costs.get("load_1min_after"),
             "basis": f"{budget_steps} steps of {eq['reference']} (the cheapest variant "
             f"measured), step costs paired on {step_costs['machine'].get('cpu')}"}
 
