@@ -29,7 +29,8 @@ def test_model_is_sensitive_enough_for_the_brute_force_test(trained, images, exa
 # Extended (about 50 worker-seconds): in CI the same property follows from two cheaper checks,
 # the sweep equal to the direct L^{>k} weights on the same draws for the LVAE
 # (test_ood_score_definitions.py) and those weights unbiased against brute force (above); the
-# shared-sweep brute-force check stays in CI for BIVA, whose bottom-up pass is stochastic.
+# shared-sweep brute-force check stays in CI for BIVA (test_bound_exact.py): it also catches
+# a sweep that reuses one draw across the K importance samples, which equal draws cannot.
 @pytest.mark.extended
 def test_shared_bottom_up_sweep_is_unbiased_for_every_k(trained, images, exact_log_px):
     """bound_sweep shares one BU pass across k: each L^{>k} stays an unbiased p(x) estimate."""
