@@ -293,8 +293,12 @@ def test_cli_train_evaluate_predict_sample(tmp_path, capsys):
     assert json.loads((run / "confusion_test.json").read_text())["n_samples"] == 1
 
     out = tmp_path / "pred.npz"
+    capsys.readouterr()
     assert main(["predict", str(run), "--data", "digits", "--n-examples", "30", "--out",
                  str(out)]) == 0
+    # One name for the count in every console summary (evaluate prints n_examples too).
+    printed = capsys.readouterr().out
+    assert json.loads(printed[:printed.rindex("}") + 1])["n_examples"] == 30
     pred = np.load(out)
     assert pred["probs"].shape == (30, 10)
     np.testing.assert_allclose(pred["probs"].sum(1), 1.0, atol=1e-5)

@@ -125,7 +125,7 @@ def _slices(x: Tensor) -> Callable[[int], Iterable[Tensor]]:
 def predict_run(run_dir: str | Path, settings: PredictSettings, *,
                 device: str | torch.device = "cpu") -> tuple[dict, Path]:
     """Classify ``settings``' images with the run's EMA classifier, write 'probs' (N, C),
-    'pred' (N,) and 'labels' (when known); returns ({"n", "source"[, "error",
+    'pred' (N,) and 'labels' (when known); returns ({"n_examples", "source"[, "error",
     "accuracy"]}, the file written)."""
     model, cfg, _ = _classifier(run_dir, settings.checkpoint, device)
     batches, labels, names, source, files = _inputs(model, cfg, settings)
@@ -144,7 +144,7 @@ def predict_run(run_dir: str | Path, settings: PredictSettings, *,
         buf = io.BytesIO()
         np.savez(buf, **result)
         atomic_write_bytes(out, buf.getvalue())
-    summary = {"n": int(len(probs)), "source": source}
+    summary = {"n_examples": int(len(probs)), "source": source}
     if labels is not None:
         s = classification_summary(probs, labels, names)
         summary.update(error=s["error"], accuracy=s["accuracy"])
