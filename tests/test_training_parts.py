@@ -200,3 +200,16 @@ def test_sample_images_and_metrics_leave_the_training_rng_alone(tmp_path):
     assert (tmp_path / "run" / "figures" / "s.png").stat().st_size > 0
     lines = run.metrics_path.read_text().splitlines()
     assert [json.loads(line) for line in lines] == [record]
+
+
+def test_auto_threads_leave_the_cores_other_processes_hold():
+    """--threads 0 on a busy machine: no more threads than idle cores (two threads on a
+    2-core machine with one core busy spin-waited: 19 steps in a 4-CPU-minute budget)."""
+    from biva.utils.machine import threads_for_load
+
+    assert threads_for_load(2, 0.1, default=2) == 2       # idle: torch's default
+    assert threads_for_load(2, 1.2, default=2) == 1       # one core busy
+    assert threads_for_load(2, 3.7, default=2) == 1       # never fewer than one
+    assert threads_for_load(16, 4.4, default=16) == 12
+    assert threads_for_load(16, 0.0, default=8) == 8      # never more than the default
+    assert threads_for_load(2, None, default=2) == 2      # no load average (not Linux)

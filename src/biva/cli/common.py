@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from biva.pretrained import materialize
 from biva.utils.deprecation import warn_renamed
 from biva.utils.device import resolve_device
+from biva.utils.machine import auto_threads
 from biva.utils.parsing import parse_int_list, parse_names, parse_temperatures  # noqa: F401
 
 
@@ -59,10 +61,16 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def setup_runtime(args: argparse.Namespace) -> torch.device:
-    """Apply --threads and resolve --device."""
+    """Apply --threads (0: torch's default, fewer on a busy machine) and resolve --device."""
+    device = resolve_device(args.device)
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    elif hasattr(args, "threads") and device.type == "cpu":
+        threads, why = auto_threads()
+        if threads < torch.get_num_threads():
+            torch.set_num_threads(threads)
+            print(why, file=sys.stderr, flush=True)
+    return device
 
 
 def _int_at_least(low: int):

@@ -15,6 +15,7 @@ from biva.data import DatasetSplits, num_batches
 from biva.training.precision import resolve_amp
 from biva.utils.checkpoint import load_checkpoint
 from biva.utils.device import resolve_device
+from biva.utils.machine import auto_threads
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,14 @@ def place_process(cfg: RunConfig) -> Placement:
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
+    device = resolve_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
+    elif device.type == "cpu" and not distributed:
+        threads, why = auto_threads()
+        if threads < torch.get_num_threads():
+            torch.set_num_threads(threads)
+            print(why, flush=True)
     amp, why = resolve_amp(tc.amp, device)
     if rank == 0:
         print(f"precision: {'bf16 autocast' if amp == 'bf16' else 'fp32'} ({why})")

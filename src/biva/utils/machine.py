@@ -38,3 +38,28 @@ def same_machine(a: dict | None, b: dict | None) -> bool:
     if not a or not b:
         return False
     return (a.get("cpu"), a.get("cores")) == (b.get("cpu"), b.get("cores"))
+
+
+def threads_for_load(cores: int, load_1min: float | None, default: int) -> int:
+    """CPU threads for a process that was told "auto" (``--threads 0``): ``default`` (torch's),
+    but no more than the cores other processes leave idle (cores minus the 1-minute load,
+    rounded; at least 1). Two threads on a 2-core machine whose other core is busy spin-wait
+    on each other: a 4-CPU-minute photo run took 19 steps instead of about 150."""
+    if load_1min is None:
+        return default
+    return max(1, min(default, cores - round(load_1min)))
+
+
+def auto_threads() -> tuple[int, str]:
+    """:func:`threads_for_load` on this machine now, and a line that says why."""
+    import torch
+
+    cores, default = os.cpu_count() or 1, torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    n = threads_for_load(cores, load, default)
+    why = (f"threads: {n} (auto: {cores} cores, load {load:.1f} from other processes; "
+           "--threads N to choose)" if load is not None else f"threads: {n}")
+    return n, why
