@@ -12,7 +12,7 @@ import torch
 from biva.pretrained import materialize
 from biva.utils.deprecation import warn_renamed
 from biva.utils.device import resolve_device
-from biva.utils.machine import auto_threads
+from biva.utils.machine import limit_threads_to_idle_cores
 from biva.utils.parsing import parse_int_list, parse_names, parse_temperatures  # noqa: F401
 
 
@@ -65,11 +65,9 @@ def setup_runtime(args: argparse.Namespace) -> torch.device:
     device = resolve_device(args.device)
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    elif hasattr(args, "threads") and device.type == "cpu":
-        threads, why = auto_threads()
-        if threads < torch.get_num_threads():
-            torch.set_num_threads(threads)
-            print(why, file=sys.stderr, flush=True)
+    elif hasattr(args, "threads") and device.type == "cpu" and (
+            why := limit_threads_to_idle_cores()):
+        print(why, file=sys.stderr, flush=True)
     return device
 
 

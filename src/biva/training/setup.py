@@ -15,7 +15,7 @@ from biva.data import DatasetSplits, num_batches
 from biva.training.precision import resolve_amp
 from biva.utils.checkpoint import load_checkpoint
 from biva.utils.device import resolve_device
-from biva.utils.machine import auto_threads
+from biva.utils.machine import limit_threads_to_idle_cores
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,8 @@ def place_process(cfg: RunConfig) -> Placement:
     device = resolve_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    elif device.type == "cpu" and not distributed:
-        threads, why = auto_threads()
-        if threads < torch.get_num_threads():
-            torch.set_num_threads(threads)
-            print(why, flush=True)
+    elif device.type == "cpu" and not distributed and (why := limit_threads_to_idle_cores()):
+        print(why, flush=True)
     amp, why = resolve_amp(tc.amp, device)
     if rank == 0:
         print(f"precision: {'bf16 autocast' if amp == 'bf16' else 'fp32'} ({why})")

@@ -63,3 +63,15 @@ def auto_threads() -> tuple[int, str]:
     why = (f"threads: {n} (auto: {cores} cores, load {load:.1f} from other processes; "
            "--threads N to choose)" if load is not None else f"threads: {n}")
     return n, why
+
+
+def limit_threads_to_idle_cores() -> str | None:
+    """For ``--threads 0`` on CPU: lower torch's thread count to :func:`auto_threads` when the
+    machine is busy; returns the line that says so (None when nothing changed)."""
+    import torch
+
+    threads, why = auto_threads()
+    if threads >= torch.get_num_threads():
+        return None
+    torch.set_num_threads(threads)
+    return why
